@@ -1,0 +1,29 @@
+"""The FastAPI application: routers under /api, OpenAPI at /api/docs."""
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from backend.api import auth, images, labels, projects, rounds
+from backend.errors import DomainError
+
+
+def create_app() -> FastAPI:
+    app = FastAPI(
+        title="XAL",
+        description="Annotation service with explainable active learning for HEp-2 cell images.",
+        version="0.1.0",
+        docs_url="/api/docs",
+        openapi_url="/api/openapi.json",
+    )
+
+    @app.exception_handler(DomainError)
+    async def domain_error(_request: Request, error: DomainError) -> JSONResponse:
+        return JSONResponse({"detail": error.message, **error.details}, status_code=error.status_code)
+
+    for module in (auth, projects, images, labels, rounds):
+        app.include_router(module.router, prefix="/api")
+
+    @app.get("/api/health", tags=["meta"])
+    def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    return app

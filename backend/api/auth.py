@@ -1,0 +1,55 @@
+"""Users and API tokens."""
+from fastapi import APIRouter, HTTPException, status
+from sqlalchemy import select
+
+from backend.api.deps import Admin, AnyUser, SessionDep
+from backend.db.models import User
+from backend.schemas import LoginIn, TokenOut, UserCreate, UserOut
+from backend.services import users
+
+router = APIRouter(tags=["auth"])
+
+
+@router.post("/auth/token", response_model=TokenOut, status_code=201)
+def login(body: LoginIn, session: SessionDep):
+    """Exchanges a username and password for a new bearer token."""
+    user = users.login(session, body.username, body.password)
+    if user is None:
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "wrong username or password")
+    token, secret = users.issue_token(session, user, name="login")
+    session.commit()
+    return TokenOut(id=token.id, token=secret, username=user.username, role=user.role)
+
+
+@router.get("/me", response_model=UserOut)
+def me(user: AnyUser):
+    return user
+
+
+@router.get("/users", response_model=list[UserOut])
+def list_users(session: SessionDep, _admin: Admin):
+    return session.scalars(select(User).order_by(User.id)).all()
+
+
+@router.post("/users", response_model=UserOut, status_code=201)
+def create_user(body: UserCreate, session: SessionDep, _admin: Admin):
+    user = users.create_user(session, body.username, body.role, body.password)
+    session.commit()
+    return user
+
+
+@router.post("/users/{user_id}/tokens", response_model=TokenOut, status_code=201)
+def issue_token(user_id: int, session: SessionDep, _admin: Admin, name: str = ""):
+    user = session.get(User, user_id)
+    if user is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no user {user_id}")
+    token, secret = users.issue_token(session, user, name)
+    session.commit()
+    return TokenOut(id=token.id, token=secret, username=user.username, role=user.role)
+
+
+@router.delete("/tokens/{token_id}", status_code=204)
+def revoke_token(token_id: int, session: SessionDep, user: AnyUser):
+    """Admins revoke any token; others their own."""
+    users.revoke_token(session, token_id, user)
+    session.commit()

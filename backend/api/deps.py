@@ -1,0 +1,51 @@
+"""Dependencies every route uses: the database session and the authenticated user."""
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, status
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.orm import Session
+
+from backend.db.models import Project, User
+from backend.db.session import get_session
+from backend.services.users import user_for_token
+
+SessionDep = Annotated[Session, Depends(get_session)]
+_bearer = HTTPBearer(auto_error=False)
+
+
+def current_user(
+    session: SessionDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+) -> User:
+    user = user_for_token(session, credentials.credentials) if credentials else None
+    if user is None:
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            "a valid bearer token is required (Authorization: Bearer <token>)",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    session.commit()  # keeps last_used_at
+    return user
+
+
+def require_role(*roles: str):
+    def check(user: Annotated[User, Depends(current_user)]) -> User:
+        if user.role not in roles:
+            raise HTTPException(status.HTTP_403_FORBIDDEN, f"this needs the role {' or '.join(roles)}")
+        return user
+
+    return check
+
+
+AnyUser = Annotated[User, Depends(current_user)]
+Admin = Annotated[User, Depends(require_role("admin"))]
+Annotator = Annotated[User, Depends(require_role("admin", "annotator"))]
+
+
+def get_project(project_id: int, session: SessionDep, _user: AnyUser) -> Project:
+    project = session.get(Project, project_id)
+    if project is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no project {project_id}")
+    return project
+
+
+ProjectDep = Annotated[Project, Depends(get_project)]

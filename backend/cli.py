@@ -1,0 +1,149 @@
+"""`xal`: the one command. xal serve | worker | migrate | create-user | token | import."""
+import argparse
+import logging
+import os
+import secrets
+import subprocess
+import sys
+from pathlib import Path
+
+
+def _serve(args) -> None:
+    import uvicorn
+    from sqlalchemy import func, select
+
+    from backend.db.migrate import upgrade_database
+    from backend.db.models import User
+    from backend.db.session import new_session
+    from backend.services.users import create_user, issue_token
+    from backend.settings import get_settings
+
+    settings = get_settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    upgrade_database()
+    with new_session() as session:
+        if not session.scalar(select(func.count(User.id))):
+            password = secrets.token_urlsafe(12)
+            admin = create_user(session, "admin", "admin", password)
+            _, token = issue_token(session, admin, "first start")
+            session.commit()
+            print(f"First start: created user 'admin' with password {password}\nAPI token: {token}", flush=True)
+    worker = None
+    if not args.no_worker:
+        worker = subprocess.Popen([sys.executable, "-m", "backend.cli", "worker"], env=os.environ.copy())
+    print(f"XAL on http://{args.host}:{args.port}/  (API docs: /api/docs; database: "
+          f"{settings.resolved_database_url.split('@')[-1]}; broker: {settings.resolved_broker_url.split('@')[-1]})", flush=True)
+    try:
+        uvicorn.run("backend.api.app:create_app", factory=True, host=args.host, port=args.port, log_level="info")
+    finally:
+        if worker is not None:
+            worker.terminate()
+            worker.wait(timeout=30)
+
+
+def _worker(args) -> None:
+    from backend.settings import get_settings
+    from worker.celery_app import celery_app
+
+    argv = ["worker", "--loglevel", args.loglevel, "-Q", get_settings().queue, "--hostname", f"xal-{os.getpid()}@%h"]
+    # one training job already uses every core; several processes only pay off with many cores or GPUs
+    argv += ["--pool", "solo"] if args.concurrency == 1 else ["--concurrency", str(args.concurrency)]
+    celery_app.worker_main(argv)
+
+
+def _migrate(_args) -> None:
+    from backend.db.migrate import upgrade_database
+
+    upgrade_database()
+    print("database is at the latest schema")
+
+
+def _create_user(args) -> None:
+    from backend.db.migrate import upgrade_database
+    from backend.db.session import new_session
+    from backend.services.users import create_user, issue_token
+
+    upgrade_database()
+    with new_session() as session:
+        user = create_user(session, args.username, args.role, args.password)
+        _, token = issue_token(session, user, "cli")
+        session.commit()
+    print(token)
+
+
+def _token(args) -> None:
+    from sqlalchemy import select
+
+    from backend.db.models import User
+    from backend.db.session import new_session
+    from backend.services.users import issue_token
+
+    with new_session() as session:
+        user = session.scalar(select(User).where(User.username == args.username))
+        if user is None:
+            sys.exit(f"no user {args.username!r}")
+        _, token = issue_token(session, user, args.name)
+        session.commit()
+    print(token)
+
+
+def _import(args) -> None:
+    from backend.cli_import import run_import
+
+    report = run_import(
+        args.project, Path(args.folder), Path(args.labels) if args.labels else None, args.split,
+        "skip" if args.skip_duplicates else "error", "skip" if args.skip_invalid else "error",
+    )
+    print(f"imported {len(report.image_ids)} images into the {args.split} split; "
+          f"{len(report.duplicates)} duplicates and {len(report.invalid)} invalid files skipped")
+    for item in report.invalid[:20]:
+        print(f"  invalid: {item['filename']}: {item['error']}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="xal", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="migrate the database, start a worker and serve the API and UI")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--no-worker", action="store_true", help="workers run elsewhere")
+    serve.set_defaults(run=_serve)
+
+    worker = sub.add_parser("worker", help="run a Celery worker that computes rounds")
+    worker.add_argument("--concurrency", type=int, default=1)
+    worker.add_argument("--loglevel", default="INFO")
+    worker.set_defaults(run=_worker)
+
+    sub.add_parser("migrate", help="upgrade the database schema").set_defaults(run=_migrate)
+
+    user = sub.add_parser("create-user", help="create a user and print an API token for it")
+    user.add_argument("username")
+    user.add_argument("--role", choices=["admin", "annotator", "client"], required=True)
+    user.add_argument("--password")
+    user.set_defaults(run=_create_user)
+
+    token = sub.add_parser("token", help="print a new API token for a user")
+    token.add_argument("username")
+    token.add_argument("--name", default="cli")
+    token.set_defaults(run=_token)
+
+    imp = sub.add_parser("import", help="import a folder of cell images into a project")
+    imp.add_argument("project", help="project id or name")
+    imp.add_argument("folder")
+    imp.add_argument("--labels", help="CSV with an image-path column and a class column")
+    imp.add_argument("--split", choices=["pool", "test"], default="pool")
+    imp.add_argument("--skip-duplicates", action="store_true")
+    imp.add_argument("--skip-invalid", action="store_true")
+    imp.set_defaults(run=_import)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    args.run(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,167 @@
+"""Typed SQLAlchemy 2 models. Alembic (migrations/) owns the schema; these mirror it."""
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import JSON, ForeignKey, Index, String, Text, UniqueConstraint, text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+def utcnow() -> datetime:
+    """Naive UTC: stored and compared the same way on PostgreSQL and SQLite."""
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
+
+
+class User(Base):
+    __tablename__ = "users"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    username: Mapped[str] = mapped_column(String(100), unique=True)
+    password_hash: Mapped[str | None] = mapped_column(String(200))
+    role: Mapped[str] = mapped_column(String(20))  # admin | annotator | client
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ApiToken(Base):
+    __tablename__ = "api_tokens"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)  # sha256 of the secret
+    name: Mapped[str] = mapped_column(String(100), default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_used_at: Mapped[datetime | None]
+    revoked_at: Mapped[datetime | None]
+    user: Mapped[User] = relationship()
+
+
+class ModelVersion(Base):
+    __tablename__ = "model_versions"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    project_id: Mapped[int | None] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
+    parent_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"))
+    name: Mapped[str] = mapped_column(String(200), default="")
+    checkpoint_key: Mapped[str] = mapped_column(String(64))  # blob holding the checkpoint
+    class_names: Mapped[list[Any]] = mapped_column(default=list)
+    metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    training: Mapped[dict[str, Any]] = mapped_column(default=dict)  # history, epochs, seconds, n_labels
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Project(Base):
+    __tablename__ = "projects"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    description: Mapped[str] = mapped_column(Text, default="")
+    channel: Mapped[str] = mapped_column(String(20), default="luminance")
+    # budget B, initial batch k and step m; None = the defaults (20% of the pool, 15% and 10% of B)
+    budget: Mapped[int | None]
+    initial_size: Mapped[int | None]
+    step_size: Mapped[int | None]
+    strategy: Mapped[str] = mapped_column(String(50), default="entropy")
+    model_settings: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    start_model_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id", use_alter=True))
+    state: Mapped[str] = mapped_column(String(20), default="draft")  # draft | active | finished
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    classes: Mapped[list["ProjectClass"]] = relationship(
+        order_by="ProjectClass.position", cascade="all, delete-orphan", lazy="selectin"
+    )
+
+
+class ProjectClass(Base):
+    __tablename__ = "project_classes"
+    __table_args__ = (
+        UniqueConstraint("project_id", "name"),
+        UniqueConstraint("project_id", "key"),
+        UniqueConstraint("project_id", "position"),
+    )
+    id: Mapped[int] = mapped_column(primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(100))
+    key: Mapped[str] = mapped_column(String(1))  # keyboard shortcut
+    position: Mapped[int]  # display order, also the network's output index
+
+
+class Image(Base):
+    __tablename__ = "images"
+    __table_args__ = (UniqueConstraint("project_id", "content_hash"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
+    content_hash: Mapped[str] = mapped_column(String(64))  # sha256 of the file = its blob key
+    filename: Mapped[str] = mapped_column(String(500))
+    mask_key: Mapped[str | None] = mapped_column(String(64))
+    width: Mapped[int]
+    height: Mapped[int]
+    split: Mapped[str] = mapped_column(String(10), default="pool")  # pool | test
+    # A class known at import (required for the test split). Never shown to annotators
+    # nor used for training: it scores rounds and lets `simulate` act as the oracle.
+    reference_class_id: Mapped[int | None] = mapped_column(ForeignKey("project_classes.id"))
+    meta: Mapped[dict[str, Any]] = mapped_column(default=dict)  # specimen, intensity, ...
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Round(Base):
+    """Round 0 picks the first k cells; round n >= 1 fine-tunes on every label so far,
+    evaluates on the test split and picks the next m cells (none once the budget is spent)."""
+
+    __tablename__ = "rounds"
+    __table_args__ = (UniqueConstraint("project_id", "number"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
+    number: Mapped[int]
+    state: Mapped[str] = mapped_column(String(20), default="queued")  # queued | running | done | failed | cancelled
+    model_version_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"))
+    n_labels: Mapped[int] = mapped_column(default=0)  # size of the training set
+    n_selected: Mapped[int] = mapped_column(default=0)
+    attempts: Mapped[int] = mapped_column(default=0)
+    progress: Mapped[dict[str, Any]] = mapped_column(default=dict)  # phase, done, total
+    timings: Mapped[dict[str, Any]] = mapped_column(default=dict)  # seconds per phase
+    metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)  # on the test split
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+
+
+class Selection(Base):
+    """A cell a round picked; the open round's selections are the annotators' queue."""
+
+    __tablename__ = "selections"
+    __table_args__ = (UniqueConstraint("round_id", "image_id"), UniqueConstraint("round_id", "rank"))
+    id: Mapped[int] = mapped_column(primary_key=True)
+    round_id: Mapped[int] = mapped_column(ForeignKey("rounds.id", ondelete="CASCADE"), index=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), index=True)
+    rank: Mapped[int]
+    score: Mapped[float]
+    details: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    leased_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    leased_at: Mapped[datetime | None]
+    lease_expires_at: Mapped[datetime | None]
+    image: Mapped[Image] = relationship(lazy="joined")
+
+
+class Label(Base):
+    """Labels are never deleted: an undo sets retracted_at, a relabel sets superseded_at.
+    At most one current label per image (partial unique index)."""
+
+    __tablename__ = "labels"
+    __table_args__ = (
+        Index(
+            "uq_labels_current_per_image",
+            "image_id",
+            unique=True,
+            postgresql_where=text("retracted_at IS NULL AND superseded_at IS NULL"),
+            sqlite_where=text("retracted_at IS NULL AND superseded_at IS NULL"),
+        ),
+    )
+    id: Mapped[int] = mapped_column(primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), index=True)
+    class_id: Mapped[int] = mapped_column(ForeignKey("project_classes.id"))
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    round_id: Mapped[int | None] = mapped_column(ForeignKey("rounds.id"))  # the round that queued the cell
+    duration_ms: Mapped[int | None]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    retracted_at: Mapped[datetime | None]
+    superseded_at: Mapped[datetime | None]

@@ -1,0 +1,219 @@
+"""Pydantic schemas of the public REST API."""
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+Channel = Literal["luminance", "red", "green", "blue"]
+Split = Literal["pool", "test"]
+
+
+class ORM(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+
+class ClassSpec(BaseModel):
+    name: str = Field(min_length=1, max_length=100)
+    key: str | None = Field(default=None, description="keyboard shortcut, one character; default 1, 2, 3, ...")
+
+    @field_validator("key")
+    @classmethod
+    def one_printable_character(cls, key: str | None) -> str | None:
+        if key is not None and (len(key) != 1 or not key.isprintable() or key.isspace()):
+            raise ValueError("a shortcut key is one printable, non-space character")
+        return key
+
+
+class ModelSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    max_epochs: int = Field(default=30, ge=1, le=500)
+    patience: int = Field(default=5, ge=1, le=100)
+    batch_size: int = Field(default=128, ge=1, le=4096)
+    lr: float = Field(default=1e-3, gt=0, le=1)
+    val_fraction: float = Field(default=0.2, ge=0, lt=1)
+    augment: bool = True
+    seed: int = 0
+
+
+class ProjectCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=200)
+    description: str = ""
+    classes: list[ClassSpec] = Field(min_length=2, max_length=36)
+    channel: Channel = "luminance"
+    budget: int | None = Field(default=None, ge=1, description="B; default 20% of the pool")
+    initial_size: int | None = Field(default=None, ge=1, description="k; default 15% of B")
+    step_size: int | None = Field(default=None, ge=1, description="m; default 10% of B")
+    strategy: str = "entropy"
+    model_settings: ModelSettings = ModelSettings()
+    start_model_id: int | None = None
+
+
+class ProjectUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    description: str | None = None
+    budget: int | None = Field(default=None, ge=1)
+    step_size: int | None = Field(default=None, ge=1)
+    strategy: str | None = None
+    model_settings: ModelSettings | None = None
+
+
+class ClassOut(ORM):
+    id: int
+    name: str
+    key: str
+    position: int
+
+
+class ProjectOut(ORM):
+    id: int
+    name: str
+    description: str
+    classes: list[ClassOut]
+    channel: str
+    budget: int | None
+    initial_size: int | None
+    step_size: int | None
+    strategy: str
+    model_settings: dict[str, Any]
+    start_model_id: int | None
+    state: str
+    created_at: datetime
+
+
+class ImageOut(ORM):
+    id: int
+    filename: str
+    content_hash: str
+    width: int
+    height: int
+    split: str
+    has_mask: bool
+    reference_class: str | None
+    label: str | None
+    meta: dict[str, Any]
+
+
+class ImagePage(BaseModel):
+    total: int
+    items: list[ImageOut]
+
+
+class ImportReportOut(BaseModel):
+    imported: int
+    image_ids: list[int]
+    duplicates: list[str]
+    invalid: list[dict[str, str]]
+
+
+class SelectionOut(BaseModel):
+    image_id: int
+    filename: str
+    round: int
+    rank: int
+    score: float
+    details: dict[str, Any]
+    status: Literal["queued", "leased", "labeled"]
+    label: str | None = None
+    lease_expires_at: datetime | None = None
+
+
+class LeasedCell(BaseModel):
+    image_id: int
+    filename: str
+    image_url: str
+    round: int
+    rank: int
+    score: float
+    details: dict[str, Any]
+    lease_expires_at: datetime
+
+
+class NextCell(BaseModel):
+    cell: LeasedCell | None
+    message: str
+    round_state: str | None
+
+
+class LabelIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    image_id: int
+    class_name: str = Field(min_length=1)
+    duration_ms: int | None = Field(default=None, ge=0, le=24 * 3600 * 1000)
+
+
+class LabelOut(ORM):
+    id: int
+    image_id: int
+    class_name: str
+    username: str
+    round: int | None
+    duration_ms: int | None
+    created_at: datetime
+    retracted_at: datetime | None
+    superseded_at: datetime | None
+
+
+class RoundOut(ORM):
+    number: int
+    state: str
+    model_version_id: int | None
+    n_labels: int
+    n_selected: int
+    attempts: int
+    progress: dict[str, Any]
+    timings: dict[str, Any]
+    metrics: dict[str, Any]
+    error: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class Progress(BaseModel):
+    state: str
+    pool_size: int
+    test_size: int
+    budget: int | None
+    labeled: int
+    budget_used: float | None
+    step: dict[str, int] | None
+    labels_per_class: dict[str, int]
+    current_round: RoundOut | None
+    rounds: list[dict[str, Any]]
+
+
+class ModelVersionOut(ORM):
+    id: int
+    project_id: int | None
+    parent_id: int | None
+    name: str
+    class_names: list[str]
+    metrics: dict[str, Any]
+    created_at: datetime
+
+
+class UserCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    username: str = Field(min_length=1, max_length=100)
+    role: Literal["admin", "annotator", "client"]
+    password: str | None = Field(default=None, min_length=8, max_length=200)
+
+
+class UserOut(ORM):
+    id: int
+    username: str
+    role: str
+    created_at: datetime
+
+
+class TokenOut(BaseModel):
+    id: int
+    token: str
+    username: str
+    role: str
+
+
+class LoginIn(BaseModel):
+    username: str
+    password: str

@@ -1,0 +1,99 @@
+"""Projects: creation, settings, and the budget defaults (thesis Table 2, DESIGN.md)."""
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from backend.db.models import Image, ModelVersion, Project, ProjectClass
+from backend.errors import Conflict, Invalid, NotFound
+from backend.schemas import ProjectCreate, ProjectUpdate
+
+DEFAULT_KEYS = "123456789abcdefghijklmnopqrstuvwxyz0"
+
+
+def known_strategies() -> list[str]:
+    from worker.ml.strategies import STRATEGIES  # the one registry; imports torch, so only here
+
+    return sorted(STRATEGIES)
+
+
+def _check_strategy(name: str) -> None:
+    names = known_strategies()
+    if name not in names:
+        raise Invalid(f"unknown strategy {name!r}; known strategies: {', '.join(names)}")
+
+
+def create_project(session: Session, spec: ProjectCreate) -> Project:
+    if session.scalar(select(Project).where(Project.name == spec.name)):
+        raise Conflict(f"a project named {spec.name!r} exists already")
+    _check_strategy(spec.strategy)
+    names = [c.name for c in spec.classes]
+    if len(set(names)) != len(names):
+        raise Invalid("class names must be unique")
+    explicit = {c.key for c in spec.classes if c.key}
+    if len(explicit) != len([c for c in spec.classes if c.key]):
+        raise Invalid("shortcut keys must be unique")
+    free_keys = iter(k for k in DEFAULT_KEYS if k not in explicit)
+    if spec.start_model_id is not None and session.get(ModelVersion, spec.start_model_id) is None:
+        raise Invalid(f"no model version {spec.start_model_id} to start from")
+    project = Project(
+        name=spec.name,
+        description=spec.description,
+        channel=spec.channel,
+        budget=spec.budget,
+        initial_size=spec.initial_size,
+        step_size=spec.step_size,
+        strategy=spec.strategy,
+        model_settings=spec.model_settings.model_dump(),
+        start_model_id=spec.start_model_id,
+        classes=[
+            ProjectClass(name=c.name, key=c.key or next(free_keys), position=i) for i, c in enumerate(spec.classes)
+        ],
+    )
+    session.add(project)
+    session.flush()
+    return project
+
+
+def update_project(session: Session, project: Project, changes: ProjectUpdate) -> Project:
+    fields = changes.model_dump(exclude_unset=True)
+    if "strategy" in fields:
+        _check_strategy(fields["strategy"])
+    if "budget" in fields and project.state != "draft":
+        labeled = count_pool(session, project, labeled=True)
+        if fields["budget"] < labeled:
+            raise Conflict(f"the budget cannot go below the {labeled} labels already given")
+    if "model_settings" in fields:
+        fields["model_settings"] = changes.model_settings.model_dump()
+    for name, value in fields.items():
+        setattr(project, name, value)
+    session.flush()
+    return project
+
+
+def find_project(session: Session, ref: str | int) -> Project:
+    project = session.get(Project, int(ref)) if str(ref).isdigit() else None
+    project = project or session.scalar(select(Project).where(Project.name == str(ref)))
+    if project is None:
+        raise NotFound(f"no project {ref!r}")
+    return project
+
+
+def count_pool(session: Session, project: Project, labeled: bool | None = None) -> int:
+    from backend.services.labeling import current_label_exists
+
+    query = select(func.count(Image.id)).where(Image.project_id == project.id, Image.split == "pool")
+    if labeled is not None:
+        query = query.where(current_label_exists() if labeled else ~current_label_exists())
+    return session.scalar(query) or 0
+
+
+def resolve_budget(project: Project, pool_size: int) -> None:
+    """Fills B, k and m where the project left them to the defaults: B = 20% of the pool,
+    k = 15% of B, m = 10% of B (at least one cell each)."""
+    if project.budget is None:
+        project.budget = max(1, round(0.2 * pool_size))
+    project.budget = min(project.budget, pool_size)
+    if project.initial_size is None:
+        project.initial_size = max(1, round(0.15 * project.budget))
+    if project.step_size is None:
+        project.step_size = max(1, round(0.1 * project.budget))
+    project.initial_size = min(project.initial_size, project.budget)

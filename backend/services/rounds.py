@@ -1,0 +1,113 @@
+"""The budget loop (thesis Table 2): round 0 queues the first k cells; when a step's cells
+are all labeled, the next round fine-tunes, evaluates and queues the next m cells, until
+the budget B is spent. Rounds are computed by Celery workers; the API never waits."""
+import logging
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from backend.db.models import Image, Label, Project, ProjectClass, Round
+from backend.errors import Conflict
+from backend.services.labeling import is_current, latest_round, open_round, unlabeled_selections
+from backend.services.projects import count_pool, resolve_budget
+
+log = logging.getLogger(__name__)
+
+
+def start_project(session: Session, project: Project) -> Round:
+    if project.state != "draft":
+        raise Conflict(f"project {project.name!r} is already {project.state}")
+    pool_size = count_pool(session, project)
+    if pool_size == 0:
+        raise Conflict("import a pool of images before starting the project")
+    resolve_budget(project, pool_size)
+    project.state = "active"
+    round_ = Round(project_id=project.id, number=0)
+    session.add(round_)
+    session.commit()
+    dispatch_round(round_)
+    return round_
+
+
+def open_next_round_if_step_done(session: Session, project: Project) -> Round | None:
+    """Called after each label: when the open round's cells are all labeled, adds the next
+    round (once: a concurrent twin hits the unique (project, number) key and backs off)."""
+    round_ = open_round(session, project)
+    if round_ is None:
+        return None
+    if session.scalar(select(func.count()).select_from(unlabeled_selections(round_).subquery())):
+        return None
+    try:
+        with session.begin_nested():
+            next_round = Round(project_id=project.id, number=round_.number + 1)
+            session.add(next_round)
+    except IntegrityError:
+        return None
+    return next_round
+
+
+def dispatch_round(round_: Round) -> None:
+    """Sends the round to the workers. If the broker is unreachable the round stays queued;
+    workers pick up queued rounds when they start (worker.tasks.resume_unfinished_rounds)."""
+    from worker.celery_app import celery_app
+    from backend.settings import get_settings
+
+    try:
+        celery_app.send_task("xal.run_round", args=[round_.id], queue=get_settings().queue)
+    except Exception:  # noqa: BLE001 - any broker failure: keep the label, run the round later
+        log.exception("could not send round %s to the broker; it stays queued", round_.id)
+
+
+def rerun_round(session: Session, project: Project) -> Round:
+    """Admin's trigger: re-sends the latest round when it failed or is stuck in the queue."""
+    round_ = latest_round(session, project)
+    if round_ is None or round_.state not in ("queued", "failed"):
+        raise Conflict("only a queued or failed round can be triggered again")
+    round_.state, round_.error = "queued", None
+    session.commit()
+    dispatch_round(round_)
+    return round_
+
+
+def labels_per_class(session: Session, project: Project) -> dict[str, int]:
+    counts = dict(
+        session.execute(
+            select(ProjectClass.name, func.count(Label.id))
+            .join(Label, Label.class_id == ProjectClass.id)
+            .join(Image, Image.id == Label.image_id)
+            .where(Label.project_id == project.id, is_current(), Image.split == "pool")
+            .group_by(ProjectClass.name)
+        ).all()
+    )
+    return {cls.name: counts.get(cls.name, 0) for cls in project.classes}
+
+
+def progress(session: Session, project: Project) -> dict:
+    rounds = session.scalars(select(Round).where(Round.project_id == project.id).order_by(Round.number)).all()
+    labeled = count_pool(session, project, labeled=True)
+    step = None
+    current = open_round(session, project)
+    if current is not None:
+        done = session.scalar(
+            select(func.count(Label.id)).where(Label.round_id == current.id, is_current())
+        ) or 0
+        step = {"round": current.number, "labeled": done, "size": current.n_selected}
+    return {
+        "state": project.state,
+        "pool_size": count_pool(session, project),
+        "test_size": session.scalar(
+            select(func.count(Image.id)).where(Image.project_id == project.id, Image.split == "test")
+        ) or 0,
+        "budget": project.budget,
+        "labeled": labeled,
+        "budget_used": labeled / project.budget if project.budget else None,
+        "step": step,
+        "labels_per_class": labels_per_class(session, project),
+        "current_round": rounds[-1] if rounds else None,
+        "rounds": [
+            {"number": r.number, "state": r.state, "n_labels": r.n_labels, "n_selected": r.n_selected,
+             "aca": r.metrics.get("aca"), "mca": r.metrics.get("mca")}
+            for r in rounds
+        ],
+    }

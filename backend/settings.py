@@ -1,0 +1,52 @@
+"""The one settings object. Every value comes from an XAL_* environment variable or its default.
+
+With no variables set the service runs on an embedded default: SQLite under the data
+dir and Celery's filesystem transport (folders under the data dir), so nothing but
+Python is needed. Production sets XAL_DATABASE_URL (PostgreSQL) and XAL_BROKER_URL (Redis).
+"""
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="XAL_", env_file=".env", extra="ignore")
+
+    data_dir: Path = Path("xal-data")
+    database_url: str | None = None  # default: sqlite:///<data_dir>/xal.db
+    broker_url: str | None = None  # default: filesystem:// under <data_dir>/broker
+    queue: str = "xal"  # Celery queue the API sends rounds to and workers consume
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    lease_seconds: int = 300
+    max_upload_bytes: int = 512 * 1024 * 1024
+    max_image_bytes: int = 20 * 1024 * 1024
+    max_image_pixels: int = 4096 * 4096
+    max_zip_members: int = 100_000
+
+    @property
+    def blob_dir(self) -> Path:
+        return self.data_dir / "blobs"
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data_dir / 'xal.db').resolve()}"
+
+    @property
+    def resolved_broker_url(self) -> str:
+        return self.broker_url or "filesystem://"
+
+    @property
+    def embedded_broker(self) -> bool:
+        return self.resolved_broker_url.startswith("filesystem://")
+
+    @property
+    def broker_dir(self) -> Path:
+        return (self.data_dir / "broker").resolve()
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,60 @@
+"""Bearer tokens on every route, and roles."""
+from tests.service.conftest import make_user
+
+
+def test_every_api_route_but_login_and_health_requires_a_token(app_client):
+    public = {"/api/auth/token", "/api/health", "/api/openapi.json", "/api/docs", "/api/docs/oauth2-redirect", "/api/redoc"}
+    for route in app_client.app.routes:
+        path = getattr(route, "path", "")
+        if not path.startswith("/api") or path in public:
+            continue
+        concrete = path.replace("{project_id}", "1").replace("{image_id}", "1").replace("{number}", "0") \
+                       .replace("{user_id}", "1").replace("{token_id}", "1")
+        for method in route.methods - {"HEAD", "OPTIONS"}:
+            response = app_client.request(method, concrete)
+            assert response.status_code == 401, f"{method} {path} gave {response.status_code}"
+
+
+def test_annotators_cannot_change_projects_and_clients_only_read(app_client, admin_headers):
+    _, annotator = make_user("annotator")
+    _, client = make_user("client")
+    spec = {"name": "roles", "classes": [{"name": "a"}, {"name": "b"}]}
+    assert app_client.post("/api/projects", headers=annotator, json=spec).status_code == 403
+    assert app_client.post("/api/projects", headers=client, json=spec).status_code == 403
+    created = app_client.post("/api/projects", headers=admin_headers, json=spec)
+    assert created.status_code == 201
+    project_id = created.json()["id"]
+    assert app_client.get(f"/api/projects/{project_id}", headers=client).status_code == 200
+    assert app_client.patch(f"/api/projects/{project_id}", headers=annotator, json={"budget": 5}).status_code == 403
+    assert app_client.post(f"/api/projects/{project_id}/queue/next", headers=client).status_code == 403
+    assert app_client.post("/api/users", headers=annotator, json={"username": "x", "role": "admin"}).status_code == 403
+
+
+def test_login_issues_a_token_that_can_be_revoked(app_client, admin_headers):
+    created = app_client.post("/api/users", headers=admin_headers,
+                              json={"username": "pathologist", "role": "annotator", "password": "correct horse"})
+    assert created.status_code == 201
+    assert app_client.post("/api/auth/token", json={"username": "pathologist", "password": "wrong"}).status_code == 401
+    login = app_client.post("/api/auth/token", json={"username": "pathologist", "password": "correct horse"})
+    assert login.status_code == 201
+    headers = {"Authorization": f"Bearer {login.json()['token']}"}
+    assert app_client.get("/api/me", headers=headers).json()["role"] == "annotator"
+    assert app_client.delete(f"/api/tokens/{login.json()['id']}", headers=headers).status_code == 204
+    assert app_client.get("/api/me", headers=headers).status_code == 401
+
+
+def test_projects_reject_bad_settings_with_clear_messages(app_client, admin_headers):
+    duplicate = app_client.post("/api/projects", headers=admin_headers,
+                                json={"name": "dup-classes", "classes": [{"name": "a"}, {"name": "a"}]})
+    assert duplicate.status_code == 422 and "unique" in duplicate.json()["detail"]
+    strategy = app_client.post("/api/projects", headers=admin_headers,
+                               json={"name": "bad-strategy", "classes": [{"name": "a"}, {"name": "b"}], "strategy": "magic"})
+    assert strategy.status_code == 422 and "known strategies" in strategy.json()["detail"]
+    keys = app_client.post("/api/projects", headers=admin_headers,
+                           json={"name": "bad-keys", "classes": [{"name": "a", "key": "x"}, {"name": "b", "key": "x"}]})
+    assert keys.status_code == 422
+    empty = app_client.post("/api/projects", headers=admin_headers, json={"name": "empty", "classes": [{"name": "a"}, {"name": "b"}]})
+    assert app_client.post(f"/api/projects/{empty.json()['id']}/start", headers=admin_headers).status_code == 409
+    assert app_client.get("/api/projects", headers=admin_headers).status_code == 200
+    names = {p["name"] for p in app_client.get("/api/projects", headers=admin_headers).json()}
+    assert not names & {"dup-classes", "bad-strategy", "bad-keys"}

@@ -1,0 +1,144 @@
+"""Leases, labels, undo, relabel and export against real PostgreSQL. Round 0 (random
+picks, no training) is computed in-process so these tests need no worker."""
+import csv
+import io
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from sqlalchemy import func, select
+
+from tests.conftest import balanced_sample
+from tests.service.conftest import make_user
+
+CLASSES = ["Homogeneous", "Speckled", "Nucleolar", "Centromere", "NuMem", "Golgi"]
+
+
+@pytest.fixture
+def open_project(app_client, admin_headers, i3a_dir, i3a_rows):
+    """A started project whose round 0 queued 6 of its 24 pool cells."""
+    from backend.db.models import Round
+    from backend.db.session import new_session
+    from backend.services.imports import IncomingFile, import_images
+    from backend.services.projects import find_project
+    from worker.rounds import run_round
+
+    name = f"labeling-{uuid.uuid4().hex[:6]}"
+    response = app_client.post("/api/projects", headers=admin_headers, json={
+        "name": name, "classes": [{"name": c} for c in CLASSES], "budget": 12, "initial_size": 6, "step_size": 6,
+    })
+    assert response.status_code == 201, response.text
+    project_id = response.json()["id"]
+    rows = balanced_sample(i3a_rows, per_class=4, offset=200)
+    with new_session() as session:
+        files = [IncomingFile(f"{r['image_id']}.png", (i3a_dir / r["image_path"]).read_bytes()) for r in rows]
+        import_images(session, find_project(session, project_id), files)
+        session.commit()
+    assert app_client.post(f"/api/projects/{project_id}/start", headers=admin_headers).status_code == 202
+    with new_session() as session:
+        round_id = session.scalar(select(Round.id).where(Round.project_id == project_id, Round.number == 0))
+    assert run_round(round_id) in ("done", "skipped")  # a test-session worker may have been faster
+    return project_id
+
+
+def _next(client, project_id, headers):
+    response = client.post(f"/api/projects/{project_id}/queue/next", headers=headers)
+    assert response.status_code == 200, response.text
+    return response.json()["cell"]
+
+
+def _label(client, project_id, headers, image_id, class_name="Golgi"):
+    return client.post(f"/api/projects/{project_id}/labels", headers=headers,
+                       json={"image_id": image_id, "class_name": class_name})
+
+
+def _label_rows(project_id):
+    from backend.db.models import Label
+    from backend.db.session import new_session
+
+    with new_session() as session:
+        return session.scalar(select(func.count(Label.id)).where(Label.project_id == project_id))
+
+
+def test_an_annotator_gets_the_same_leased_cell_until_they_label_it(app_client, open_project):
+    _, annotator = make_user("annotator")
+    first = _next(app_client, open_project, annotator)
+    assert first["rank"] == 0 and first["image_url"].endswith(f"/images/{first['image_id']}/file")
+    assert _next(app_client, open_project, annotator)["image_id"] == first["image_id"]
+    assert _label(app_client, open_project, annotator, first["image_id"]).status_code == 201
+    assert _next(app_client, open_project, annotator)["rank"] == 1
+
+
+def test_second_annotator_never_gets_a_leased_cell(app_client, open_project):
+    annotators = [make_user("annotator")[1] for _ in range(8)]
+    with ThreadPoolExecutor(8) as pool:
+        cells = list(pool.map(lambda headers: _next(app_client, open_project, headers), annotators))
+    leased = [c["image_id"] for c in cells if c is not None]
+    assert len(leased) == 6 == len(set(leased))  # 6 queued cells, 8 annotators: two get none
+    assert cells.count(None) == 2
+
+
+def test_a_cell_leased_to_someone_else_cannot_be_labeled_and_nothing_changes(app_client, open_project):
+    _, alice = make_user("annotator")
+    _, bob = make_user("annotator")
+    cell = _next(app_client, open_project, alice)
+    before = _label_rows(open_project)
+    response = _label(app_client, open_project, bob, cell["image_id"])
+    assert response.status_code == 409 and "leased to another annotator" in response.json()["detail"]
+    assert _label_rows(open_project) == before
+
+
+def test_bad_labels_get_clear_errors_and_store_nothing(app_client, open_project, admin_headers):
+    _, annotator = make_user("annotator")
+    cell = _next(app_client, open_project, annotator)
+    before = _label_rows(open_project)
+    unknown_class = _label(app_client, open_project, annotator, cell["image_id"], "Mitotic")
+    assert unknown_class.status_code == 422 and "no class 'Mitotic'" in unknown_class.json()["detail"]
+    queued = {s["image_id"] for s in app_client.get(f"/api/projects/{open_project}/queue", headers=annotator).json()}
+    images = app_client.get(f"/api/projects/{open_project}/images?limit=100", headers=admin_headers).json()["items"]
+    not_queued = next(i["id"] for i in images if i["id"] not in queued)
+    response = _label(app_client, open_project, annotator, not_queued)
+    assert response.status_code == 409 and "not in the labeling queue" in response.json()["detail"]
+    assert _label(app_client, open_project, annotator, 10**9).status_code == 404
+    malformed = app_client.post(f"/api/projects/{open_project}/labels", headers=annotator, json={"image_id": "x"})
+    assert malformed.status_code == 422
+    assert _label_rows(open_project) == before
+
+
+def test_undo_returns_the_cell_to_its_annotator_and_keeps_the_history(app_client, open_project, admin_headers):
+    _, annotator = make_user("annotator")
+    cell = _next(app_client, open_project, annotator)
+    assert _label(app_client, open_project, annotator, cell["image_id"], "Speckled").status_code == 201
+    undone = app_client.post(f"/api/projects/{open_project}/labels/undo", headers=annotator)
+    assert undone.status_code == 200 and undone.json()["retracted_at"] is not None
+    assert _next(app_client, open_project, annotator)["image_id"] == cell["image_id"]
+    assert _label(app_client, open_project, annotator, cell["image_id"], "Centromere").status_code == 201
+    relabel = _label(app_client, open_project, annotator, cell["image_id"], "Nucleolar")
+    assert relabel.status_code == 201
+
+    export = app_client.get(f"/api/projects/{open_project}/labels/export?history=true&format=json", headers=admin_headers)
+    history = [row for row in export.json() if row["image_id"] == cell["image_id"]]
+    assert [row["class_name"] for row in history] == ["Speckled", "Centromere", "Nucleolar"]
+    assert history[0]["retracted_at"] and history[1]["superseded_at"] and not history[2]["superseded_at"]
+    current = list(csv.DictReader(io.StringIO(
+        app_client.get(f"/api/projects/{open_project}/labels/export", headers=admin_headers).text)))
+    assert [row["class_name"] for row in current if row["image_id"] == str(cell["image_id"])] == ["Nucleolar"]
+
+    _, other = make_user("annotator")
+    response = _label(app_client, open_project, other, cell["image_id"], "Golgi")
+    assert response.status_code == 409 and "another annotator" in response.json()["detail"]
+
+
+def test_the_last_label_of_a_step_opens_the_next_round_once(app_client, open_project, admin_headers):
+    annotators = [make_user("annotator")[1] for _ in range(6)]
+    cells = [_next(app_client, open_project, headers) for headers in annotators]
+    with ThreadPoolExecutor(6) as pool:
+        statuses = list(pool.map(lambda pair: _label(app_client, open_project, pair[0], pair[1]["image_id"]).status_code,
+                                 zip(annotators, cells)))
+    assert statuses == [201] * 6
+    rounds = app_client.get(f"/api/projects/{open_project}/rounds", headers=admin_headers).json()
+    assert [r["number"] for r in rounds] == [0, 1]
+    waiting = app_client.post(f"/api/projects/{open_project}/queue/next", headers=annotators[0]).json()
+    assert waiting["cell"] is None and "round 1" in waiting["message"]
+    progress = app_client.get(f"/api/projects/{open_project}/progress", headers=admin_headers).json()
+    assert progress["labeled"] == 6 and progress["budget"] == 12 and progress["budget_used"] == 0.5

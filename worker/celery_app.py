@@ -1,0 +1,35 @@
+"""The Celery app. Broker: Redis in production, the filesystem transport (folders under
+the data dir, no server) in the embedded default. Results go to the database through
+the ORM, so Celery keeps no result backend."""
+from celery import Celery
+
+from backend.settings import get_settings
+
+
+def make_celery() -> Celery:
+    settings = get_settings()
+    app = Celery("xal", broker=settings.resolved_broker_url, include=["worker.tasks"])
+    app.conf.update(
+        task_default_queue=settings.queue,
+        task_ignore_result=True,
+        # a round whose worker dies is redelivered, and rounds are idempotent
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        broker_connection_retry_on_startup=True,
+        worker_hijack_root_logger=False,
+    )
+    if settings.embedded_broker:
+        folder = settings.broker_dir
+        for sub in ("messages", "processed"):
+            (folder / sub).mkdir(parents=True, exist_ok=True)
+        app.conf.broker_transport_options = {
+            "data_folder_in": str(folder / "messages"),
+            "data_folder_out": str(folder / "messages"),
+            "processed_folder": str(folder / "processed"),
+            "store_processed": False,
+        }
+    return app
+
+
+celery_app = make_celery()

@@ -1,0 +1,260 @@
+"""One round of the budget loop, as a worker runs it: gather the inputs from the database,
+call worker.ml, write the results back in one transaction.
+
+Idempotent: a round that is done or cancelled is left alone, and results are written only
+while the round row is locked and still running, so a duplicated or redelivered message
+never creates a second set of selections or a second model version."""
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+from sqlalchemy import select
+
+from backend.blobs import get_blob_store
+from backend.db.models import Image, Label, ModelVersion, Project, Round, Selection, utcnow
+from backend.db.session import new_session
+from backend.services.labeling import current_label_exists, is_current
+from backend.settings import get_settings
+
+log = logging.getLogger(__name__)
+
+
+@lru_cache(maxsize=20_000)
+def _cell(content_hash: str, channel: str) -> np.ndarray:
+    from worker.ml.images import load_cell
+
+    return load_cell(get_blob_store().get(content_hash), channel)
+
+
+def load_cells(content_hashes: list[str], channel: str) -> np.ndarray:
+    from worker.ml.images import INPUT_SIZE
+
+    if not content_hashes:
+        return np.zeros((0, INPUT_SIZE, INPUT_SIZE), np.float32)
+    return np.stack([_cell(h, channel) for h in content_hashes])
+
+
+def unfinished_round_ids() -> list[int]:
+    with new_session() as session:
+        return list(session.scalars(select(Round.id).where(Round.state.in_(("queued", "running"))).order_by(Round.id)))
+
+
+@dataclass
+class RoundInputs:
+    project_id: int
+    number: int
+    channel: str
+    class_names: list[str]
+    strategy: str
+    model_settings: dict
+    batch_size: int  # cells this round queues
+    parent_model_id: int | None
+    parent_checkpoint: str | None
+    transfer: bool  # parent is a start model from elsewhere: new head, frozen early layers
+    labeled_hashes: list[str]
+    labeled_classes: np.ndarray
+    pool_ids: list[int]
+    pool_hashes: list[str]
+    test_hashes: list[str]
+    test_classes: np.ndarray
+
+
+def _claim(session, round_id: int) -> Round | None:
+    round_ = session.scalar(select(Round).where(Round.id == round_id).with_for_update())
+    if round_ is None or round_.state in ("done", "cancelled"):
+        return None
+    round_.state, round_.attempts, round_.error = "running", round_.attempts + 1, None
+    round_.started_at = utcnow()
+    round_.progress = {"phase": "loading"}
+    session.commit()
+    return round_
+
+
+def _gather(session, round_: Round) -> RoundInputs:
+    project = session.get(Project, round_.project_id)
+    positions = {cls.id: cls.position for cls in project.classes}
+    labeled = session.execute(
+        select(Image.content_hash, Label.class_id)
+        .join(Label, Label.image_id == Image.id)
+        .where(Image.project_id == project.id, Image.split == "pool", is_current())
+        .order_by(Image.id)
+    ).all()
+    pool = session.execute(
+        select(Image.id, Image.content_hash)
+        .where(Image.project_id == project.id, Image.split == "pool", ~current_label_exists())
+        .order_by(Image.id)
+    ).all()
+    test = session.execute(
+        select(Image.content_hash, Image.reference_class_id)
+        .where(Image.project_id == project.id, Image.split == "test", Image.reference_class_id.is_not(None))
+        .order_by(Image.id)
+    ).all()
+    parent = session.scalar(
+        select(ModelVersion)
+        .join(Round, Round.model_version_id == ModelVersion.id)
+        .where(Round.project_id == project.id, Round.number < round_.number)
+        .order_by(Round.number.desc())
+        .limit(1)
+    )
+    transfer = parent is None and project.start_model_id is not None
+    if transfer:
+        parent = session.get(ModelVersion, project.start_model_id)
+    budget_left = project.budget - len(labeled)
+    size = project.initial_size if round_.number == 0 else project.step_size
+    return RoundInputs(
+        project_id=project.id,
+        number=round_.number,
+        channel=project.channel,
+        class_names=[cls.name for cls in project.classes],
+        strategy=project.strategy,
+        model_settings=project.model_settings,
+        batch_size=max(0, min(size, budget_left, len(pool))),
+        parent_model_id=parent.id if parent else None,
+        parent_checkpoint=parent.checkpoint_key if parent else None,
+        transfer=transfer,
+        labeled_hashes=[h for h, _ in labeled],
+        labeled_classes=np.array([positions[c] for _, c in labeled], dtype=np.int64),
+        pool_ids=[i for i, _ in pool],
+        pool_hashes=[h for _, h in pool],
+        test_hashes=[h for h, _ in test],
+        test_classes=np.array([positions[c] for _, c in test], dtype=np.int64),
+    )
+
+
+def _set_progress(round_id: int, **progress) -> None:
+    with new_session() as session:
+        round_ = session.get(Round, round_id)
+        round_.progress = progress
+        session.commit()
+
+
+def _model_for(inputs: RoundInputs, device):
+    """The parent checkpoint (the previous round's, or the project's start model with a new
+    head and frozen early layers), or a fresh network when there is none."""
+    import torch
+
+    from worker.ml.network import ParallelResidualNet, freeze_early_layers, replace_head
+    from worker.ml.training import load_checkpoint
+
+    n_classes = len(inputs.class_names)
+    if inputs.parent_checkpoint is None:
+        torch.manual_seed(inputs.model_settings.get("seed", 0))
+        return ParallelResidualNet(n_classes).to(device)
+    model = load_checkpoint(get_blob_store().get(inputs.parent_checkpoint), map_location=device)
+    if inputs.transfer:
+        replace_head(model, n_classes)
+        freeze_early_layers(model)
+    return model.to(device)
+
+
+def compute_round(inputs: RoundInputs, report: Callable[..., None] = lambda **progress: None) -> dict:
+    """The heavy part: train, evaluate, rank. No database; `report(**progress)` is told the phase."""
+    from worker.ml.metrics import classification_metrics
+    from worker.ml.strategies import SelectionContext, rank_pool
+    from worker.ml.training import TrainingConfig, predict_proba, resolve_device, save_checkpoint, train_classifier
+
+    timings: dict[str, float] = {}
+    settings = dict(inputs.model_settings)
+    rng = np.random.default_rng([inputs.project_id, inputs.number, settings.get("seed", 0)])
+    device = resolve_device(get_settings().device)
+    result = {"timings": timings, "metrics": {}, "checkpoint": None, "training": None, "selected": []}
+
+    started = time.perf_counter()
+    labeled = load_cells(inputs.labeled_hashes, inputs.channel)
+    pool = load_cells(inputs.pool_hashes, inputs.channel)
+    timings["load_s"] = time.perf_counter() - started
+
+    model = None
+    if inputs.number > 0:
+        model = _model_for(inputs, device)
+        config = TrainingConfig(**{k: v for k, v in settings.items() if k in TrainingConfig.__dataclass_fields__})
+        config.freeze_early = getattr(model, "early_layers_frozen", False)
+        report(phase="training", epoch=0, max_epochs=config.max_epochs)
+        trained = train_classifier(
+            model, labeled, inputs.labeled_classes, config, device,
+            progress=lambda epoch, total: report(phase="training", epoch=epoch, max_epochs=total),
+        )
+        model = trained.model
+        timings["train_s"] = trained.seconds
+        result["training"] = {
+            "epochs_run": trained.epochs_run, "best_epoch": trained.best_epoch,
+            "best_val_loss": trained.best_val_loss, "history": trained.history, "n_labels": len(labeled),
+        }
+        result["checkpoint"] = save_checkpoint(model)
+        if inputs.test_hashes:
+            report(phase="evaluating")
+            started = time.perf_counter()
+            test = load_cells(inputs.test_hashes, inputs.channel)
+            predicted = predict_proba(model, test, device, config.batch_size).argmax(1)
+            result["metrics"] = classification_metrics(inputs.test_classes, predicted, len(inputs.class_names))
+            result["metrics"]["class_names"] = inputs.class_names
+            timings["evaluate_s"] = time.perf_counter() - started
+
+    if inputs.batch_size > 0:
+        report(phase="scoring", pool=len(pool))
+        started = time.perf_counter()
+        # Round 0 has no model yet: its k cells are random (thesis Table 2, step 2).
+        strategy = inputs.strategy if model is not None else "random"
+        context = SelectionContext(
+            model=model, device=device, labeled_images=labeled, labeled_labels=inputs.labeled_classes,
+            pool_images=pool, rng=rng, batch_size=settings.get("batch_size", 128),
+        )
+        ranking = rank_pool(strategy, context)
+        top = range(inputs.batch_size)
+        result["selected"] = [
+            (inputs.pool_ids[int(ranking.order[i])], float(ranking.scores[i]), {"strategy": strategy, **ranking.details[i]})
+            for i in top
+        ]
+        timings["score_s"] = time.perf_counter() - started
+    return result
+
+
+def _store(round_id: int, inputs: RoundInputs, result: dict) -> None:
+    with new_session() as session:
+        round_ = session.scalar(select(Round).where(Round.id == round_id).with_for_update())
+        if round_.state != "running" or session.scalar(select(Selection.id).where(Selection.round_id == round_id).limit(1)):
+            log.info("round %s was finished elsewhere; dropping this result", round_id)
+            return
+        if result["checkpoint"] is not None:
+            model = ModelVersion(
+                project_id=inputs.project_id, parent_id=inputs.parent_model_id,
+                name=f"round {inputs.number}", checkpoint_key=get_blob_store().put(result["checkpoint"]),
+                class_names=inputs.class_names, metrics=result["metrics"], training=result["training"],
+            )
+            session.add(model)
+            session.flush()
+            round_.model_version_id = model.id
+        for rank, (image_id, score, details) in enumerate(result["selected"]):
+            session.add(Selection(round_id=round_id, image_id=image_id, rank=rank, score=score, details=details))
+        round_.n_labels = len(inputs.labeled_hashes)
+        round_.n_selected = len(result["selected"])
+        round_.metrics = result["metrics"]
+        round_.timings = {**result["timings"], "total_s": (utcnow() - round_.started_at).total_seconds()}
+        round_.progress = {"phase": "done"}
+        round_.state, round_.finished_at = "done", utcnow()
+        if not result["selected"]:
+            session.get(Project, inputs.project_id).state = "finished"
+        session.commit()
+
+
+def run_round(round_id: int) -> str:
+    with new_session() as session:
+        round_ = _claim(session, round_id)
+        if round_ is None:
+            return "skipped"
+        inputs = _gather(session, round_)
+    try:
+        result = compute_round(inputs, lambda **progress: _set_progress(round_id, **progress))
+    except Exception as error:
+        log.exception("round %s failed", round_id)
+        with new_session() as session:
+            round_ = session.get(Round, round_id)
+            round_.state, round_.error, round_.finished_at = "failed", f"{type(error).__name__}: {error}", utcnow()
+            round_.progress = {"phase": "failed"}
+            session.commit()
+        return "failed"
+    _store(round_id, inputs, result)
+    return "done"
