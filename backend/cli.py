@@ -142,7 +142,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
-    args.run(args)
+    from backend.errors import DomainError
+
+    try:
+        args.run(args)
+    except DomainError as error:
+        sys.exit(f"xal {args.command}: {error.message}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,12 @@
+FROM python:3.11-slim
+WORKDIR /app
+# CPU torch; a GPU worker image swaps this line for a CUDA build of torch 2.13.0
+RUN pip install --no-cache-dir torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu
+COPY pyproject.toml alembic.ini README.md ./
+COPY backend backend
+COPY worker worker
+COPY migrations migrations
+RUN pip install --no-cache-dir . && pip install --no-cache-dir --no-deps zennit==0.5.1
+ENV XAL_DATA_DIR=/data
+EXPOSE 8000
+CMD ["xal", "serve", "--no-worker", "--host", "0.0.0.0"]
