@@ -1,0 +1,137 @@
+"""Selection strategies: which pool cells are worth an expert's time.
+
+A strategy is a function `SelectionContext -> Ranking`, registered by name in
+STRATEGIES. Adding one is one function plus one registry line. The softmax
+strategies (thesis eq. 1-3) are built from plain score functions over a
+probability array, so they can be tested and reused on arrays alone.
+"""
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+import numpy as np
+import torch
+
+from .training import predict_proba
+
+
+@dataclass
+class SelectionContext:
+    """Everything a strategy may look at: the model, the labeled set L and the pool U."""
+
+    model: Any  # a ParallelResidualNet; Any so that array-only strategies can be tested without one
+    device: torch.device
+    labeled_images: np.ndarray  # (N_L, 112, 112) float32
+    labeled_labels: np.ndarray  # (N_L,) int
+    pool_images: np.ndarray  # (N_U, 112, 112) float32
+    rng: np.random.Generator
+    batch_size: int = 128
+    # Softmax outputs on the pool, if already computed elsewhere (e.g. merged
+    # from shards); otherwise filled on first use by pool_probabilities().
+    cached_pool_probabilities: Optional[np.ndarray] = field(default=None, repr=False)
+
+    @property
+    def pool_size(self) -> int:
+        if self.cached_pool_probabilities is not None:
+            return len(self.cached_pool_probabilities)
+        return len(self.pool_images)
+
+    def pool_probabilities(self) -> np.ndarray:
+        """(N_U, C) softmax outputs of the model on the pool, computed once."""
+        if self.cached_pool_probabilities is None:
+            self.cached_pool_probabilities = predict_proba(self.model, self.pool_images, self.device, self.batch_size)
+        return self.cached_pool_probabilities
+
+
+@dataclass
+class Ranking:
+    """The pool, most informative first."""
+
+    order: np.ndarray  # pool indices
+    scores: np.ndarray  # aligned with order; higher = more informative
+    details: list[dict]  # aligned with order; JSON-serialisable, shown by the UI/API
+
+
+Strategy = Callable[[SelectionContext], Ranking]
+
+
+class UnknownStrategy(ValueError, KeyError):
+    """Raised for a strategy name that is not registered (catchable as either)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+def rank_by_scores(scores: np.ndarray, details: Optional[list[dict]] = None) -> Ranking:
+    """Order pool indices by score, highest first; ties go to the lower pool index."""
+    scores = np.asarray(scores, dtype=np.float64)
+    order = np.lexsort((np.arange(len(scores)), -scores))
+    if details is None:
+        details = [{} for _ in scores]
+    return Ranking(order=order, scores=scores[order], details=[details[i] for i in order])
+
+
+# --- score functions over (N, C) softmax outputs; higher = more informative ---
+
+def entropy_scores(probabilities: np.ndarray) -> np.ndarray:
+    """Shannon entropy in nats, -sum_c p_c log p_c (thesis eq. 3); 0 log 0 = 0."""
+    p = np.asarray(probabilities, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        terms = np.where(p > 0, p * np.log(p), 0.0)
+    return -terms.sum(axis=1)
+
+
+def least_confidence_scores(probabilities: np.ndarray) -> np.ndarray:
+    """1 - max_c p_c (thesis eq. 1)."""
+    return 1.0 - np.asarray(probabilities, dtype=np.float64).max(axis=1)
+
+
+def margin_scores(probabilities: np.ndarray) -> np.ndarray:
+    """1 - (p_(1) - p_(2)) with p_(1) >= p_(2) the two largest (thesis eq. 2).
+
+    The thesis ranks by the margin ascending; 1 - margin orders the same way
+    with "higher = more informative", like every other score.
+    """
+    p = np.sort(np.asarray(probabilities, dtype=np.float64), axis=1)
+    return 1.0 - (p[:, -1] - p[:, -2])
+
+
+def _softmax_details(probabilities: np.ndarray) -> list[dict]:
+    return [{"probabilities": [float(v) for v in row], "predicted": int(row.argmax())} for row in probabilities]
+
+
+def _softmax_strategy(score: Callable[[np.ndarray], np.ndarray]) -> Strategy:
+    def strategy(context: SelectionContext) -> Ranking:
+        probabilities = context.pool_probabilities()
+        return rank_by_scores(score(probabilities), _softmax_details(probabilities))
+
+    strategy.__name__ = score.__name__.removesuffix("_scores")
+    strategy.__doc__ = score.__doc__
+    return strategy
+
+
+def random_ranking(context: SelectionContext) -> Ranking:
+    """A uniform random order drawn from context.rng; the score is the draw."""
+    return rank_by_scores(context.rng.random(context.pool_size))
+
+
+STRATEGIES: dict[str, Strategy] = {
+    "random": random_ranking,
+    "entropy": _softmax_strategy(entropy_scores),
+    "least_confidence": _softmax_strategy(least_confidence_scores),
+    "margin": _softmax_strategy(margin_scores),
+}
+
+
+def rank_pool(name: str, context: SelectionContext) -> Ranking:
+    """Rank the pool with the strategy registered as `name`."""
+    try:
+        strategy = STRATEGIES[name]
+    except KeyError:
+        raise UnknownStrategy(f"unknown selection strategy {name!r}; known: {', '.join(sorted(STRATEGIES))}") from None
+    ranking = strategy(context)
+    n = context.pool_size
+    if not (len(ranking.order) == len(ranking.scores) == len(ranking.details) == n) or not np.array_equal(
+        np.sort(ranking.order), np.arange(n)
+    ):
+        raise RuntimeError(f"strategy {name!r} did not rank each of the {n} pool items exactly once")
+    return ranking
