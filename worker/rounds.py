@@ -63,7 +63,7 @@ class RoundInputs:
 
 
 def _claim(session, round_id: int) -> Round | None:
-    round_ = session.scalar(select(Round).where(Round.id == round_id).with_for_update())
+    round_ = session.scalar(select(Round).where(Round.id == round_id).with_for_update(key_share=True))
     if round_ is None or round_.state in ("done", "cancelled"):
         return None
     round_.state, round_.attempts, round_.error = "running", round_.attempts + 1, None
@@ -164,7 +164,6 @@ def compute_round(inputs: RoundInputs, report: Callable[..., None] = lambda **pr
 
     started = time.perf_counter()
     labeled = load_cells(inputs.labeled_hashes, inputs.channel)
-    pool = load_cells(inputs.pool_hashes, inputs.channel)
     timings["load_s"] = time.perf_counter() - started
 
     model = None
@@ -194,13 +193,14 @@ def compute_round(inputs: RoundInputs, report: Callable[..., None] = lambda **pr
             timings["evaluate_s"] = time.perf_counter() - started
 
     if inputs.batch_size > 0:
-        report(phase="scoring", pool=len(pool))
+        report(phase="scoring", pool=len(inputs.pool_ids))
         started = time.perf_counter()
         # Round 0 has no model yet: its k cells are random (thesis Table 2, step 2).
         strategy = inputs.strategy if model is not None else "random"
         context = SelectionContext(
             model=model, device=device, labeled_images=labeled, labeled_labels=inputs.labeled_classes,
-            pool_images=pool, rng=rng, batch_size=settings.get("batch_size", 128),
+            pool_size=len(inputs.pool_ids), load_pool_images=lambda: load_cells(inputs.pool_hashes, inputs.channel),
+            rng=rng, batch_size=settings.get("batch_size", 128),
         )
         ranking = rank_pool(strategy, context)
         top = range(inputs.batch_size)
@@ -214,7 +214,7 @@ def compute_round(inputs: RoundInputs, report: Callable[..., None] = lambda **pr
 
 def _store(round_id: int, inputs: RoundInputs, result: dict) -> None:
     with new_session() as session:
-        round_ = session.scalar(select(Round).where(Round.id == round_id).with_for_update())
+        round_ = session.scalar(select(Round).where(Round.id == round_id).with_for_update(key_share=True))
         if round_.state != "running" or session.scalar(select(Selection.id).where(Selection.round_id == round_id).limit(1)):
             log.info("round %s was finished elsewhere; dropping this result", round_id)
             return

@@ -36,6 +36,11 @@ def open_next_round_if_step_done(session: Session, project: Project) -> Round | 
     round_ = open_round(session, project)
     if round_ is None:
         return None
+    # Serialise step completion on the round row: two last labels committed at once would
+    # otherwise each miss the other's (uncommitted) label and neither would open the next
+    # round. NO KEY UPDATE, because each new label already holds a KEY SHARE lock on this row
+    # (its foreign key), which a plain FOR UPDATE would deadlock against.
+    session.execute(select(Round.id).where(Round.id == round_.id).with_for_update(key_share=True))
     if session.scalar(select(func.count()).select_from(unlabeled_selections(round_).subquery())):
         return None
     try:

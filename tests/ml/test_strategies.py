@@ -34,7 +34,8 @@ def context_with(probabilities: np.ndarray, seed: int = 0) -> SelectionContext:
         device=torch.device("cpu"),
         labeled_images=np.zeros((0, 112, 112), np.float32),
         labeled_labels=np.zeros(0, np.int64),
-        pool_images=np.zeros((n, 112, 112), np.float32),
+        pool_size=n,
+        load_pool_images=lambda: np.zeros((n, 112, 112), np.float32),
         rng=np.random.default_rng(seed),
         cached_pool_probabilities=probabilities,
     )
@@ -116,7 +117,8 @@ def test_pool_probabilities_come_from_the_model_once():
         device=torch.device("cpu"),
         labeled_images=np.zeros((0, 112, 112), np.float32),
         labeled_labels=np.zeros(0, np.int64),
-        pool_images=np.random.default_rng(0).random((5, 112, 112)).astype(np.float32),
+        pool_size=5,
+        load_pool_images=lambda: np.random.default_rng(0).random((5, 112, 112)).astype(np.float32),
         rng=np.random.default_rng(0),
     )
     probabilities = context.pool_probabilities()

@@ -6,6 +6,7 @@ strategies (thesis eq. 1-3) are built from plain score functions over a
 probability array, so they can be tested and reused on arrays alone.
 """
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Callable, Optional
 
 import numpy as np
@@ -16,24 +17,29 @@ from .training import predict_proba
 
 @dataclass
 class SelectionContext:
-    """Everything a strategy may look at: the model, the labeled set L and the pool U."""
+    """Everything a strategy may look at: the model, the labeled set L and the pool U.
+
+    The pool's cells are loaded on first use (`pool_images`), so a strategy that needs
+    only the pool's size (random, e.g. the first batch before any model) loads nothing."""
 
     model: Any  # a ParallelResidualNet; Any so that array-only strategies can be tested without one
     device: torch.device
     labeled_images: np.ndarray  # (N_L, 112, 112) float32
     labeled_labels: np.ndarray  # (N_L,) int
-    pool_images: np.ndarray  # (N_U, 112, 112) float32
+    pool_size: int
+    load_pool_images: Callable[[], np.ndarray]  # -> (N_U, 112, 112) float32, called at most once
     rng: np.random.Generator
     batch_size: int = 128
     # Softmax outputs on the pool, if already computed elsewhere (e.g. merged
     # from shards); otherwise filled on first use by pool_probabilities().
     cached_pool_probabilities: Optional[np.ndarray] = field(default=None, repr=False)
 
-    @property
-    def pool_size(self) -> int:
-        if self.cached_pool_probabilities is not None:
-            return len(self.cached_pool_probabilities)
-        return len(self.pool_images)
+    @cached_property
+    def pool_images(self) -> np.ndarray:
+        images = self.load_pool_images()
+        if len(images) != self.pool_size:
+            raise ValueError(f"the pool loader gave {len(images)} cells for a pool of {self.pool_size}")
+        return images
 
     def pool_probabilities(self) -> np.ndarray:
         """(N_U, C) softmax outputs of the model on the pool, computed once."""
