@@ -30,6 +30,7 @@ class SelectionContext:
     load_pool_images: Callable[[], np.ndarray]  # -> (N_U, 112, 112) float32, called at most once
     rng: np.random.Generator
     batch_size: int = 128
+    options: dict = field(default_factory=dict)  # the project's settings for its strategy
     # Softmax outputs on the pool, if already computed elsewhere (e.g. merged
     # from shards); otherwise filled on first use by pool_probabilities().
     cached_pool_probabilities: Optional[np.ndarray] = field(default=None, repr=False)
@@ -55,6 +56,7 @@ class Ranking:
     order: np.ndarray  # pool indices
     scores: np.ndarray  # aligned with order; higher = more informative
     details: list[dict]  # aligned with order; JSON-serialisable, shown by the UI/API
+    summary: dict = field(default_factory=dict)  # about the whole ranking (e.g. clusters), kept with the round
 
 
 Strategy = Callable[[SelectionContext], Ranking]
