@@ -45,6 +45,7 @@ class ProjectCreate(BaseModel):
     initial_size: int | None = Field(default=None, ge=1, description="k; default 15% of B")
     step_size: int | None = Field(default=None, ge=1, description="m; default 10% of B")
     strategy: str = "entropy"
+    strategy_options: dict[str, Any] = Field(default_factory=dict, description="settings of the strategy, e.g. representation")
     model_settings: ModelSettings = ModelSettings()
     start_model_id: int | None = None
 
@@ -55,6 +56,7 @@ class ProjectUpdate(BaseModel):
     budget: int | None = Field(default=None, ge=1)
     step_size: int | None = Field(default=None, ge=1)
     strategy: str | None = None
+    strategy_options: dict[str, Any] | None = None
     model_settings: ModelSettings | None = None
 
 
@@ -75,6 +77,7 @@ class ProjectOut(ORM):
     initial_size: int | None
     step_size: int | None
     strategy: str
+    strategy_options: dict[str, Any]
     model_settings: dict[str, Any]
     start_model_id: int | None
     state: str
@@ -164,6 +167,8 @@ class RoundOut(ORM):
     progress: dict[str, Any]
     timings: dict[str, Any]
     metrics: dict[str, Any]
+    selection_summary: dict[str, Any]
+    diagnostics: dict[str, Any]
     error: str | None
     created_at: datetime
     started_at: datetime | None

@@ -59,7 +59,7 @@ def main() -> None:
             pool = slice(max(args.labeled), max(args.labeled) + args.pool)
             test = slice(max(args.labeled) + args.pool, needed)
             inputs = RoundInputs(
-                project_id=1, number=1 + repeat, channel="luminance", class_names=classes, strategy=args.strategy,
+                project_id=1, number=1 + repeat, channel="luminance", class_names=classes, strategy=args.strategy, strategy_options={},
                 model_settings={**TrainingConfig().__dict__, "seed": repeat}, batch_size=max(1, args.pool // 20),
                 parent_model_id=None, parent_checkpoint=None, transfer=False,
                 labeled_hashes=hashes[labeled], labeled_classes=targets[labeled],

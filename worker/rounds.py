@@ -49,6 +49,7 @@ class RoundInputs:
     channel: str
     class_names: list[str]
     strategy: str
+    strategy_options: dict
     model_settings: dict
     batch_size: int  # cells this round queues
     parent_model_id: int | None
@@ -110,6 +111,7 @@ def _gather(session, round_: Round) -> RoundInputs:
         channel=project.channel,
         class_names=[cls.name for cls in project.classes],
         strategy=project.strategy,
+        strategy_options=project.strategy_options,
         model_settings=project.model_settings,
         batch_size=max(0, min(size, budget_left, len(pool))),
         parent_model_id=parent.id if parent else None,
@@ -122,6 +124,28 @@ def _gather(session, round_: Round) -> RoundInputs:
         test_hashes=[h for h, _ in test],
         test_classes=np.array([positions[c] for _, c in test], dtype=np.int64),
     )
+
+
+def _diagnose_previous_batch(session, round_: Round) -> None:
+    """Now that the previous round's batch is labeled: how many of its cells had the model
+    got wrong, against the error rate it expected on the pool (worker.ml.metrics)."""
+    from worker.ml.metrics import selection_diagnostics
+
+    previous = session.scalar(select(Round).where(Round.project_id == round_.project_id, Round.number == round_.number - 1))
+    if previous is None or previous.model_version_id is None:
+        return
+    positions = {cls.id: cls.position for cls in session.get(Project, round_.project_id).classes}
+    batch = session.execute(
+        select(Selection.score, Selection.details, Label.class_id)
+        .join(Label, (Label.image_id == Selection.image_id) & is_current())
+        .where(Selection.round_id == previous.id)
+    ).all()
+    batch = [(score, details["predicted"], positions[class_id]) for score, details, class_id in batch if "predicted" in details]
+    if batch:
+        scores, predicted, labels = zip(*batch)
+        previous.diagnostics = selection_diagnostics(
+            scores, predicted, labels, previous.selection_summary.get("pool_expected_error"))
+        session.commit()
 
 
 def _set_progress(round_id: int, **progress) -> None:
@@ -160,7 +184,8 @@ def compute_round(inputs: RoundInputs, report: Callable[..., None] = lambda **pr
     settings = dict(inputs.model_settings)
     rng = np.random.default_rng([inputs.project_id, inputs.number, settings.get("seed", 0)])
     device = resolve_device(get_settings().device)
-    result = {"timings": timings, "metrics": {}, "checkpoint": None, "training": None, "selected": []}
+    result = {"timings": timings, "metrics": {}, "checkpoint": None, "training": None, "selected": [],
+              "summary": {}, "pool_predicted": None}
 
     started = time.perf_counter()
     labeled = load_cells(inputs.labeled_hashes, inputs.channel)
@@ -200,14 +225,22 @@ def compute_round(inputs: RoundInputs, report: Callable[..., None] = lambda **pr
         context = SelectionContext(
             model=model, device=device, labeled_images=labeled, labeled_labels=inputs.labeled_classes,
             pool_size=len(inputs.pool_ids), load_pool_images=lambda: load_cells(inputs.pool_hashes, inputs.channel),
-            rng=rng, batch_size=settings.get("batch_size", 128),
+            rng=rng, batch_size=settings.get("batch_size", 128), options=inputs.strategy_options,
         )
         ranking = rank_pool(strategy, context)
-        top = range(inputs.batch_size)
-        result["selected"] = [
-            (inputs.pool_ids[int(ranking.order[i])], float(ranking.scores[i]), {"strategy": strategy, **ranking.details[i]})
-            for i in top
-        ]
+        result["summary"] = ranking.summary
+        probabilities = context.pool_probabilities() if model is not None else None
+        result["selected"] = []
+        for i in range(inputs.batch_size):
+            index = int(ranking.order[i])
+            details = {"strategy": strategy, **ranking.details[i]}
+            if probabilities is not None:  # every strategy's pick shows what the model thought of it
+                details.setdefault("probabilities", [float(p) for p in probabilities[index]])
+                details.setdefault("predicted", int(probabilities[index].argmax()))
+            result["selected"].append((inputs.pool_ids[index], float(ranking.scores[i]), details))
+        if probabilities is not None:
+            result["pool_predicted"] = probabilities.argmax(1)
+            result["summary"]["pool_expected_error"] = float(np.mean(1 - probabilities.max(1)))
         timings["score_s"] = time.perf_counter() - started
     return result
 
@@ -232,6 +265,7 @@ def _store(round_id: int, inputs: RoundInputs, result: dict) -> None:
         round_.n_labels = len(inputs.labeled_hashes)
         round_.n_selected = len(result["selected"])
         round_.metrics = result["metrics"]
+        round_.selection_summary = result["summary"]
         round_.timings = {**result["timings"], "total_s": (utcnow() - round_.started_at).total_seconds()}
         round_.progress = {"phase": "done"}
         round_.state, round_.finished_at = "done", utcnow()
@@ -245,6 +279,7 @@ def run_round(round_id: int) -> str:
         round_ = _claim(session, round_id)
         if round_ is None:
             return "skipped"
+        _diagnose_previous_batch(session, round_)
         inputs = _gather(session, round_)
     try:
         result = compute_round(inputs, lambda **progress: _set_progress(round_id, **progress))

@@ -60,6 +60,7 @@ class Project(Base):
     initial_size: Mapped[int | None]
     step_size: Mapped[int | None]
     strategy: Mapped[str] = mapped_column(String(50), default="entropy")
+    strategy_options: Mapped[dict[str, Any]] = mapped_column(default=dict)  # e.g. representation, centres
     model_settings: Mapped[dict[str, Any]] = mapped_column(default=dict)
     start_model_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id", use_alter=True))
     state: Mapped[str] = mapped_column(String(20), default="draft")  # draft | active | finished
@@ -118,6 +119,10 @@ class Round(Base):
     progress: Mapped[dict[str, Any]] = mapped_column(default=dict)  # phase, done, total
     timings: Mapped[dict[str, Any]] = mapped_column(default=dict)  # seconds per phase
     metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)  # on the test split
+    # what the strategy said about its whole ranking (clusters, pool's expected error, ...)
+    selection_summary: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # filled once this round's batch is labeled: how many of its cells the model had wrong
+    diagnostics: Mapped[dict[str, Any]] = mapped_column(default=dict)
     error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None]

@@ -42,6 +42,7 @@ def create_project(session: Session, spec: ProjectCreate) -> Project:
         initial_size=spec.initial_size,
         step_size=spec.step_size,
         strategy=spec.strategy,
+        strategy_options=spec.strategy_options,
         model_settings=spec.model_settings.model_dump(),
         start_model_id=spec.start_model_id,
         classes=[

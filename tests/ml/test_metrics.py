@@ -33,3 +33,16 @@ def test_no_samples_gives_no_accuracy():
 def test_labels_outside_the_classes_are_rejected():
     with pytest.raises(ValueError, match="labels must lie"):
         classification_metrics([0, 3], [0, 1], n_classes=3)
+
+
+def test_selection_diagnostics_count_the_models_mistakes_in_a_batch():
+    from worker.ml.metrics import selection_diagnostics
+
+    diagnostics = selection_diagnostics(
+        scores=[0.9, 0.8, 0.3, 0.1], predicted=[0, 1, 2, 2], labels=[1, 1, 2, 0], pool_expected_error=0.2
+    )
+    assert diagnostics["hit_rate"] == 0.5 and diagnostics["errors"] == 2 and diagnostics["pool_expected_error"] == 0.2
+    assert diagnostics["error_auroc"] == 0.5  # errors at scores 0.9 and 0.1, correct at 0.8 and 0.3
+    perfect = selection_diagnostics([0.9, 0.8, 0.3], [0, 0, 1], [1, 1, 1])
+    assert perfect["error_auroc"] == 1.0
+    assert selection_diagnostics([0.5, 0.4], [1, 1], [1, 1])["error_auroc"] is None

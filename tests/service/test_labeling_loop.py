@@ -84,6 +84,10 @@ def test_budget_loop_runs_rounds_until_the_budget_is_spent(app_client, admin_hea
         assert sum(map(sum, metrics["confusion"])) == 60
         assert r["model_version_id"] is not None and r["timings"]["train_s"] > 0
     assert rounds[-1]["metrics"]["aca"] > 1 / 6  # 60 real labels beat chance on the test split
+    for r in rounds[1:3]:  # model-picked batches, once labeled, are checked against the model's mistakes
+        assert r["diagnostics"]["n"] == STEP and 0 <= r["diagnostics"]["hit_rate"] <= 1
+        assert 0 < r["selection_summary"]["pool_expected_error"] < 1
+        assert r["diagnostics"]["pool_expected_error"] == r["selection_summary"]["pool_expected_error"]
 
     models = client.get(f"/api/models?project_id={project_id}", headers=admin_headers).json()
     assert [m["id"] for m in models] == [r["model_version_id"] for r in rounds[1:]]

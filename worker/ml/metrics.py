@@ -28,3 +28,25 @@ def classification_metrics(y_true, y_pred, n_classes: int) -> dict:
         "confusion": confusion.astype(int).tolist(),
         "n": int(len(y_true)),
     }
+
+
+def selection_diagnostics(scores, predicted, labels, pool_expected_error: float | None = None) -> dict:
+    """How well a labeled batch's selection found the model's mistakes.
+
+    hit_rate: the share of the batch the model had misclassified (its prediction when the
+    batch was picked vs. the label it then got), beside `pool_expected_error`, the error
+    rate the model expected on the whole pool (mean of 1 - max softmax) — a strategy that
+    finds mistakes has a hit rate well above it. error_auroc: how well the batch's scores
+    rank its errors above its correct cells (None when the batch has only one kind)."""
+    from sklearn.metrics import roc_auc_score
+
+    errors = np.asarray(predicted) != np.asarray(labels)
+    scores = np.asarray(scores, dtype=np.float64)
+    auroc = float(roc_auc_score(errors, scores)) if 0 < errors.sum() < len(errors) else None
+    return {
+        "n": int(len(errors)),
+        "errors": int(errors.sum()),
+        "hit_rate": float(errors.mean()) if len(errors) else None,
+        "pool_expected_error": pool_expected_error,
+        "error_auroc": auroc,
+    }
