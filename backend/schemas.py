@@ -46,6 +46,7 @@ class ProjectCreate(BaseModel):
     step_size: int | None = Field(default=None, ge=1, description="m; default 10% of B")
     strategy: str = "entropy"
     strategy_options: dict[str, Any] = Field(default_factory=dict, description="settings of the strategy, e.g. representation")
+    reveal_after_label: bool = False
     model_settings: ModelSettings = ModelSettings()
     start_model_id: int | None = None
 
@@ -57,6 +58,7 @@ class ProjectUpdate(BaseModel):
     step_size: int | None = Field(default=None, ge=1)
     strategy: str | None = None
     strategy_options: dict[str, Any] | None = None
+    reveal_after_label: bool | None = None
     model_settings: ModelSettings | None = None
 
 
@@ -78,6 +80,7 @@ class ProjectOut(ORM):
     step_size: int | None
     strategy: str
     strategy_options: dict[str, Any]
+    reveal_after_label: bool
     model_settings: dict[str, Any]
     start_model_id: int | None
     state: str
@@ -130,6 +133,7 @@ class LeasedCell(BaseModel):
     score: float
     details: dict[str, Any]
     lease_expires_at: datetime
+    hints_hidden: bool = False
 
 
 class NextCell(BaseModel):
@@ -143,6 +147,14 @@ class LabelIn(BaseModel):
     image_id: int
     class_name: str = Field(min_length=1)
     duration_ms: int | None = Field(default=None, ge=0, le=24 * 3600 * 1000)
+    after_reveal: bool = Field(default=False, description="the answer given after the hints of a blind label were revealed")
+
+
+class SkipIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    image_id: int
+    reason: Literal["skip", "unsure"] = "skip"
+    note: str = Field(default="", max_length=2000)
 
 
 class LabelOut(ORM):
@@ -155,6 +167,8 @@ class LabelOut(ORM):
     created_at: datetime
     retracted_at: datetime | None
     superseded_at: datetime | None
+    hints_seen: bool
+    hints: dict[str, Any] | None = None  # the strategy's details, returned after a blind label
 
 
 class RoundOut(ORM):
@@ -222,3 +236,10 @@ class TokenOut(BaseModel):
 class LoginIn(BaseModel):
     username: str
     password: str
+
+
+class RelevanceMapOut(BaseModel):
+    method: str
+    model_version_id: int
+    png_url: str
+    npy_url: str

@@ -1,9 +1,14 @@
 """The FastAPI application: routers under /api, OpenAPI at /api/docs."""
+from pathlib import Path
+
 from fastapi import FastAPI, Request
+from fastapi.staticfiles import StaticFiles
 from fastapi.responses import JSONResponse
 
 from backend.api import auth, images, labels, projects, rounds
 from backend.errors import DomainError
+
+FRONTEND = Path(__file__).resolve().parents[2] / "frontend"
 
 
 def create_app() -> FastAPI:
@@ -26,4 +31,6 @@ def create_app() -> FastAPI:
     def health() -> dict[str, str]:
         return {"status": "ok"}
 
+    # the browser UI: static files, no build step; mounted last so /api wins
+    app.mount("/", StaticFiles(directory=FRONTEND, html=True, check_dir=False), name="frontend")
     return app

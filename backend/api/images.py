@@ -13,11 +13,12 @@ from starlette.responses import Response
 
 from backend.api.deps import Admin, AnyUser, ProjectDep, SessionDep
 from backend.blobs import get_blob_store
-from backend.db.models import Image, Label, Project, ProjectClass, User
+from backend.db.models import Image, Label, Project, ProjectClass, RelevanceMap, User
 from backend.errors import Invalid, NotFound
-from backend.schemas import ImageOut, ImagePage, ImportReportOut, Split
+from backend.schemas import ImageOut, ImagePage, ImportReportOut, RelevanceMapOut, Split
 from backend.services.imports import IncomingFile, files_from_zip, import_images
 from backend.services.labeling import is_current
+from backend.services.projects import project_image
 from backend.settings import get_settings
 
 # Blobs are content-addressed: a URL's bytes never change. "private": the API needs a token.
@@ -136,23 +137,52 @@ def get_image(image_id: int, project: ProjectDep, session: SessionDep, user: Any
     query, _current, _label_class = _images_with_classes(project)
     row = session.execute(query.where(Image.id == image_id)).first()
     if row is None:
-        raise _no_image(project, image_id)
+        raise NotFound(f"project {project.name!r} has no image {image_id}")
     return _image_out(*row, user)
 
 
 @router.get("/projects/{project_id}/images/{image_id}/file", response_class=Response)
 def get_image_file(image_id: int, project: ProjectDep, session: SessionDep):
     """The original bytes as uploaded."""
-    image = _project_image(session, project, image_id)
+    image = project_image(session, project, image_id)
     return _blob_response(image.content_hash, image.filename)
 
 
 @router.get("/projects/{project_id}/images/{image_id}/mask", response_class=Response)
 def get_image_mask(image_id: int, project: ProjectDep, session: SessionDep):
-    image = _project_image(session, project, image_id)
+    image = project_image(session, project, image_id)
     if image.mask_key is None:
         raise NotFound(f"image {image_id} of project {project.name!r} has no mask")
     return _blob_response(image.mask_key, "")
+
+
+@router.get("/projects/{project_id}/images/{image_id}/maps", response_model=list[RelevanceMapOut])
+def list_relevance_maps(image_id: int, project: ProjectDep, session: SessionDep):
+    """The cell's relevance maps, newest model first: a PNG heat map (blue = negative,
+    white = none, red = positive relevance; see the README) and the raw array (npy)."""
+    image = project_image(session, project, image_id)
+    maps = session.scalars(
+        select(RelevanceMap).where(RelevanceMap.image_id == image.id)
+        .order_by(RelevanceMap.model_version_id.desc(), RelevanceMap.method)
+    )
+    base = f"/api/projects/{project.id}/images/{image.id}/maps"
+    return [
+        RelevanceMapOut(method=m.method, model_version_id=m.model_version_id,
+                        png_url=f"{base}/{m.id}.png", npy_url=f"{base}/{m.id}.npy")
+        for m in maps
+    ]
+
+
+@router.get("/projects/{project_id}/images/{image_id}/maps/{map_id}.{kind}", response_class=Response)
+def get_relevance_map(image_id: int, map_id: int, kind: Literal["png", "npy"], project: ProjectDep, session: SessionDep):
+    image = project_image(session, project, image_id)
+    relevance_map = session.get(RelevanceMap, map_id)
+    if relevance_map is None or relevance_map.image_id != image.id:
+        raise NotFound(f"image {image_id} has no relevance map {map_id}")
+    if kind == "png":
+        return _blob_response(relevance_map.png_key, "map.png")
+    return Response(get_blob_store().get(relevance_map.npy_key), media_type="application/octet-stream",
+                    headers={"Cache-Control": IMMUTABLE, "Content-Disposition": f'attachment; filename="map-{map_id}.npy"'})
 
 
 def _images_with_classes(project: Project):
@@ -187,17 +217,6 @@ def _image_out(image: Image, label: str | None, reference_class: str | None, use
         label=label,
         meta={} if annotator else image.meta,
     )
-
-
-def _project_image(session, project: Project, image_id: int) -> Image:
-    image = session.get(Image, image_id)
-    if image is None or image.project_id != project.id:
-        raise _no_image(project, image_id)
-    return image
-
-
-def _no_image(project: Project, image_id: int) -> NotFound:
-    return NotFound(f"project {project.name!r} has no image {image_id}")
 
 
 def _blob_response(key: str, filename: str) -> Response:

@@ -7,10 +7,10 @@ import json
 from fastapi import APIRouter, Query
 from fastapi.responses import Response
 
-from backend.api.deps import Annotator, AnyUser, ProjectDep, SessionDep
-from backend.db.models import utcnow
-from backend.schemas import LabelIn, LabelOut, LeasedCell, NextCell, SelectionOut
-from backend.services import labeling
+from backend.api.deps import Admin, Annotator, AnyUser, ProjectDep, SessionDep
+from backend.db.models import Label, Round, User, utcnow
+from backend.schemas import LabelIn, LabelOut, LeasedCell, NextCell, SelectionOut, SkipIn
+from backend.services import labeling, stats
 from backend.services.labeling import is_leased, latest_round
 from backend.services.rounds import dispatch_round
 
@@ -46,11 +46,13 @@ def next_cell(project: ProjectDep, session: SessionDep, user: Annotator):
         else:
             message = "every queued cell is leased or labeled"
         return NextCell(cell=None, message=message, round_state=round_ and round_.state)
+    hidden = project.reveal_after_label
     return NextCell(
         cell=LeasedCell(
             image_id=selection.image_id, filename=selection.image.filename,
             image_url=f"/api/projects/{project.id}/images/{selection.image_id}/file",
-            round=round_.number, rank=selection.rank, score=selection.score, details=selection.details,
+            round=round_.number, rank=selection.rank, score=selection.score,
+            details={} if hidden else selection.details, hints_hidden=hidden,
             lease_expires_at=selection.lease_expires_at,
         ),
         message="leased",
@@ -58,25 +60,38 @@ def next_cell(project: ProjectDep, session: SessionDep, user: Annotator):
     )
 
 
-def _label_out(label, project, session) -> LabelOut:
-    from backend.db.models import Round, User
-
+def _label_out(label: Label, project, session, hints: dict | None = None) -> LabelOut:
     round_ = session.get(Round, label.round_id) if label.round_id else None
     return LabelOut(
         id=label.id, image_id=label.image_id, class_name=next(c.name for c in project.classes if c.id == label.class_id),
         username=session.get(User, label.user_id).username, round=round_.number if round_ else None,
         duration_ms=label.duration_ms, created_at=label.created_at,
-        retracted_at=label.retracted_at, superseded_at=label.superseded_at,
+        retracted_at=label.retracted_at, superseded_at=label.superseded_at, hints_seen=label.hints_seen, hints=hints,
     )
 
 
 @router.post("/projects/{project_id}/labels", response_model=LabelOut, status_code=201)
 def submit_label(body: LabelIn, project: ProjectDep, session: SessionDep, user: Annotator):
-    """Labels a queued cell (or relabels one's own labeled cell; the old label is kept)."""
-    label, new_round = labeling.submit_label(session, project, user, body.image_id, body.class_name, body.duration_ms)
+    """Labels a queued cell (or relabels one's own labeled cell; the old label is kept).
+    After a blind label of a "label first, then reveal" project the response carries the hints."""
+    label, new_round = labeling.submit_label(
+        session, project, user, body.image_id, body.class_name, body.duration_ms, body.after_reveal)
     if new_round is not None:
         dispatch_round(new_round)
-    return _label_out(label, project, session)
+    return _label_out(label, project, session, labeling.hints_for(session, label) if not label.hints_seen else None)
+
+
+@router.post("/projects/{project_id}/queue/skip")
+def skip_cell(body: SkipIn, project: ProjectDep, session: SessionDep, user: Annotator) -> dict:
+    """Returns the cell to the queue with a note (skip or unsure); the caller gets other cells first."""
+    note = labeling.skip_cell(session, project, user, body.image_id, body.reason, body.note)
+    return {"released": True, "image_id": note.image_id, "reason": note.kind}
+
+
+@router.get("/projects/{project_id}/stats")
+def annotator_stats(project: ProjectDep, session: SessionDep, _admin: Admin) -> dict:
+    """Throughput per annotator, agreement on cells labeled twice, changes after a reveal."""
+    return stats.annotator_stats(session, project)
 
 
 @router.post("/projects/{project_id}/labels/undo", response_model=LabelOut)

@@ -55,3 +55,9 @@ def list_selections(number: int, project: ProjectDep, session: SessionDep):
 def retry_round(project: ProjectDep, session: SessionDep, _admin: Admin):
     """Sends the latest round to the workers again when it failed or is stuck in the queue."""
     return rounds.rerun_round(session, project)
+
+
+@router.post("/projects/{project_id}/rounds/cancel", response_model=RoundOut)
+def cancel_round(project: ProjectDep, session: SessionDep, _admin: Admin):
+    """Cancels the latest round while it is queued or running; retry sends it again."""
+    return rounds.cancel_round(session, project)

@@ -63,6 +63,8 @@ class Project(Base):
     strategy_options: Mapped[dict[str, Any]] = mapped_column(default=dict)  # e.g. representation, centres
     model_settings: Mapped[dict[str, Any]] = mapped_column(default=dict)
     start_model_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id", use_alter=True))
+    # "label first, then reveal": hints stay hidden until the annotator's blind label is in
+    reveal_after_label: Mapped[bool] = mapped_column(default=False)
     state: Mapped[str] = mapped_column(String(20), default="draft")  # draft | active | finished
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     classes: Mapped[list["ProjectClass"]] = relationship(
@@ -170,3 +172,33 @@ class Label(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     retracted_at: Mapped[datetime | None]
     superseded_at: Mapped[datetime | None]
+    # False for a blind label of a "label first, then reveal" project
+    hints_seen: Mapped[bool] = mapped_column(default=True)
+
+
+class CellNote(Base):
+    """An annotator's skip or "unsure": the cell went back to the queue with this note."""
+
+    __tablename__ = "cell_notes"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), index=True)
+    round_id: Mapped[int] = mapped_column(ForeignKey("rounds.id", ondelete="CASCADE"))
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    kind: Mapped[str] = mapped_column(String(10))  # skip | unsure
+    note: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class RelevanceMap(Base):
+    """A cell's relevance map under one model: a rendered PNG and the raw array (npy)."""
+
+    __tablename__ = "relevance_maps"
+    __table_args__ = (UniqueConstraint("image_id", "model_version_id", "method"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), index=True)
+    model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id", ondelete="CASCADE"))
+    method: Mapped[str] = mapped_column(String(20))
+    png_key: Mapped[str] = mapped_column(String(64))
+    npy_key: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -10,8 +10,9 @@ from sqlalchemy import and_, exists, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from backend.db.models import Image, Label, Project, ProjectClass, Round, Selection, User, utcnow
-from backend.errors import Conflict, Invalid, NotFound
+from backend.db.models import CellNote, Image, Label, Project, ProjectClass, Round, Selection, User, utcnow
+from backend.errors import Conflict, Invalid
+from backend.services.projects import project_image
 from backend.settings import get_settings
 
 
@@ -90,8 +91,11 @@ def lease_next_cell(session: Session, project: Project, user: User) -> Selection
         session.commit()
         return held
     free = or_(Selection.leased_by_id.is_(None), Selection.lease_expires_at <= now)
+    skipped_by_me = exists(select(CellNote.id).where(
+        CellNote.image_id == Selection.image_id, CellNote.round_id == round_.id, CellNote.user_id == user.id))
     for _ in range(20):  # others may take candidates between our read and our write
-        candidates = session.scalars(unlabeled_selections(round_).where(free).order_by(Selection.rank).limit(5)).all()
+        candidates = session.scalars(
+            unlabeled_selections(round_).where(free).order_by(skipped_by_me, Selection.rank).limit(5)).all()
         if not candidates:
             return None
         for candidate in candidates:
@@ -116,27 +120,25 @@ def _class_by_name(project: Project, name: str) -> ProjectClass:
     raise Invalid(f"project {project.name!r} has no class {name!r}; its classes are: {names}")
 
 
-def _project_image(session: Session, project: Project, image_id: int) -> Image:
-    image = session.get(Image, image_id)
-    if image is None or image.project_id != project.id:
-        raise NotFound(f"project {project.name!r} has no image {image_id}")
-    return image
-
-
 def current_label(session: Session, image_id: int) -> Label | None:
     return session.scalar(select(Label).where(Label.image_id == image_id, is_current()))
 
 
 def submit_label(
-    session: Session, project: Project, user: User, image_id: int, class_name: str, duration_ms: int | None = None
+    session: Session, project: Project, user: User, image_id: int, class_name: str,
+    duration_ms: int | None = None, after_reveal: bool = False,
 ) -> tuple[Label, Round | None]:
     """Records a label and returns it with the round it opened, if it completed a step.
     A cell must be queued (and not leased by someone else); a labeled cell may be
-    relabeled by its annotator or an admin, which keeps the old label as history."""
+    relabeled by its annotator or an admin, which keeps the old label as history.
+    In a "label first, then reveal" project the first label is blind (hints_seen False);
+    `after_reveal` records the annotator's answer once they have seen the hints."""
     cls = _class_by_name(project, class_name)
-    image = _project_image(session, project, image_id)
+    image = project_image(session, project, image_id)
     now = utcnow()
     previous = current_label(session, image.id)
+    if after_reveal and (previous is None or previous.user_id != user.id or previous.hints_seen):
+        raise Conflict(f"there is no blind label of yours on image {image_id} to revise after the reveal")
     if previous is not None:
         if previous.user_id != user.id and user.role != "admin":
             raise Conflict(f"image {image_id} was labeled by another annotator; only they or an admin can relabel it")
@@ -157,7 +159,7 @@ def submit_label(
             duration_ms = int((now - selection.leased_at).total_seconds() * 1000)
         selection.leased_by_id = selection.leased_at = selection.lease_expires_at = None
         label = Label(project_id=project.id, image_id=image.id, class_id=cls.id, user_id=user.id,
-                      round_id=round_.id, duration_ms=duration_ms)
+                      round_id=round_.id, duration_ms=duration_ms, hints_seen=not project.reveal_after_label)
     session.add(label)
     try:
         session.flush()
@@ -169,6 +171,32 @@ def submit_label(
     new_round = open_next_round_if_step_done(session, project)
     session.commit()
     return label, new_round
+
+
+def hints_for(session: Session, label: Label) -> dict | None:
+    """What the strategy said about the labeled cell when it queued it."""
+    return session.scalar(
+        select(Selection.details).where(Selection.round_id == label.round_id, Selection.image_id == label.image_id))
+
+
+def skip_cell(session: Session, project: Project, user: User, image_id: int, kind: str, note: str) -> CellNote:
+    """Returns a queued cell to the queue with the annotator's note; they get other cells first."""
+    image = project_image(session, project, image_id)
+    round_ = open_round(session, project)
+    selection = round_ and session.scalar(
+        select(Selection).join(Image, Image.id == Selection.image_id)
+        .where(Selection.round_id == round_.id, Selection.image_id == image.id, ~current_label_exists())
+    )
+    if selection is None:
+        raise Conflict(f"image {image_id} is not in the labeling queue")
+    if selection.leased_by_id not in (None, user.id) and selection.lease_expires_at > utcnow():
+        raise Conflict(f"image {image_id} is leased to another annotator")
+    selection.leased_by_id = selection.leased_at = selection.lease_expires_at = None
+    cell_note = CellNote(project_id=project.id, image_id=image.id, round_id=round_.id, user_id=user.id,
+                         kind=kind, note=note)
+    session.add(cell_note)
+    session.commit()
+    return cell_note
 
 
 def undo_last_label(session: Session, project: Project, user: User) -> Label:

@@ -43,6 +43,7 @@ def create_project(session: Session, spec: ProjectCreate) -> Project:
         step_size=spec.step_size,
         strategy=spec.strategy,
         strategy_options=spec.strategy_options,
+        reveal_after_label=spec.reveal_after_label,
         model_settings=spec.model_settings.model_dump(),
         start_model_id=spec.start_model_id,
         classes=[
@@ -76,6 +77,13 @@ def find_project(session: Session, ref: str | int) -> Project:
     if project is None:
         raise NotFound(f"no project {ref!r}")
     return project
+
+
+def project_image(session: Session, project: Project, image_id: int) -> Image:
+    image = session.get(Image, image_id)
+    if image is None or image.project_id != project.id:
+        raise NotFound(f"project {project.name!r} has no image {image_id}")
+    return image
 
 
 def count_pool(session: Session, project: Project, labeled: bool | None = None) -> int:

@@ -65,13 +65,26 @@ def dispatch_round(round_: Round) -> None:
 
 
 def rerun_round(session: Session, project: Project) -> Round:
-    """Admin's trigger: re-sends the latest round when it failed or is stuck in the queue."""
+    """Admin's trigger: re-sends the latest round when it failed, was cancelled or is stuck in the queue."""
     round_ = latest_round(session, project)
-    if round_ is None or round_.state not in ("queued", "failed"):
-        raise Conflict("only a queued or failed round can be triggered again")
+    if round_ is None or round_.state not in ("queued", "failed", "cancelled"):
+        raise Conflict("only a queued, failed or cancelled round can be triggered again")
     round_.state, round_.error = "queued", None
     session.commit()
     dispatch_round(round_)
+    return round_
+
+
+def cancel_round(session: Session, project: Project) -> Round:
+    """Stops the latest round while it is queued or running; a worker still computing it
+    drops its result (worker.rounds stores only into a running round)."""
+    round_ = session.scalar(
+        select(Round).where(Round.project_id == project.id).order_by(Round.number.desc()).limit(1)
+        .with_for_update(key_share=True))
+    if round_ is None or round_.state not in ("queued", "running"):
+        raise Conflict("only a queued or running round can be cancelled")
+    round_.state, round_.progress = "cancelled", {"phase": "cancelled"}
+    session.commit()
     return round_
 
 

@@ -53,6 +53,10 @@ def service_env(tmp_path_factory) -> Iterator[dict[str, str]]:
     _clear_cached_settings()
     with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+    import redis
+
+    # rounds no worker took, and kombu's bookkeeping of the queue
+    redis.Redis.from_url(REDIS_URL).delete(env["XAL_QUEUE"], f"_kombu.binding.{env['XAL_QUEUE']}")
 
 
 def _clear_cached_settings() -> None:

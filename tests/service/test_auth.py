@@ -9,7 +9,9 @@ def test_every_api_route_but_login_and_health_requires_a_token(app_client):
         if not path.startswith("/api") or path in public:
             continue
         concrete = path.replace("{project_id}", "1").replace("{image_id}", "1").replace("{number}", "0") \
-                       .replace("{user_id}", "1").replace("{token_id}", "1")
+                       .replace("{user_id}", "1").replace("{token_id}", "1").replace("{map_id}", "1") \
+                       .replace("{kind}", "png")
+        assert "{" not in concrete, f"give the test a value for the parameters of {path}"
         for method in route.methods - {"HEAD", "OPTIONS"}:
             response = app_client.request(method, concrete)
             assert response.status_code == 401, f"{method} {path} gave {response.status_code}"

@@ -142,3 +142,78 @@ def test_the_last_label_of_a_step_opens_the_next_round_once(app_client, open_pro
     assert waiting["cell"] is None and "round 1" in waiting["message"]
     progress = app_client.get(f"/api/projects/{open_project}/progress", headers=admin_headers).json()
     assert progress["labeled"] == 6 and progress["budget"] == 12 and progress["budget_used"] == 0.5
+
+
+def test_a_skipped_cell_goes_back_to_the_queue_and_its_annotator_gets_others_first(app_client, open_project, db):
+    from backend.db.models import CellNote
+
+    _, annotator = make_user("annotator")
+    first = _next(app_client, open_project, annotator)
+    response = app_client.post(f"/api/projects/{open_project}/queue/skip", headers=annotator,
+                               json={"image_id": first["image_id"], "reason": "unsure", "note": "between speckled and homogeneous"})
+    assert response.status_code == 200
+    assert _next(app_client, open_project, annotator)["image_id"] != first["image_id"]
+    _, colleague = make_user("annotator")
+    assert _next(app_client, open_project, colleague)["image_id"] == first["image_id"]  # back in the queue
+    note = db.scalar(select(CellNote).where(CellNote.image_id == first["image_id"]))
+    assert note.kind == "unsure" and note.note == "between speckled and homogeneous"
+    bad = app_client.post(f"/api/projects/{open_project}/queue/skip", headers=annotator,
+                          json={"image_id": first["image_id"], "reason": "bored"})
+    assert bad.status_code == 422
+
+
+def test_label_first_then_reveal_keeps_both_answers(app_client, open_project, admin_headers):
+    assert app_client.patch(f"/api/projects/{open_project}", headers=admin_headers,
+                            json={"reveal_after_label": True}).status_code == 200
+    _, annotator = make_user("annotator")
+    cell = app_client.post(f"/api/projects/{open_project}/queue/next", headers=annotator).json()["cell"]
+    assert cell["hints_hidden"] and cell["details"] == {}
+    blind = _label(app_client, open_project, annotator, cell["image_id"], "Speckled").json()
+    assert blind["hints_seen"] is False and blind["hints"]["strategy"] == "random"
+    revised = app_client.post(f"/api/projects/{open_project}/labels", headers=annotator,
+                              json={"image_id": cell["image_id"], "class_name": "Homogeneous", "after_reveal": True})
+    assert revised.status_code == 201 and revised.json()["hints_seen"] is True
+    again = app_client.post(f"/api/projects/{open_project}/labels", headers=annotator,
+                            json={"image_id": cell["image_id"], "class_name": "Golgi", "after_reveal": True})
+    assert again.status_code == 409
+    stats = app_client.get(f"/api/projects/{open_project}/stats", headers=admin_headers).json()
+    assert stats["reveal"] == {"n": 1, "changed": 1}
+
+
+def test_stats_show_throughput_and_agreement(app_client, open_project, admin_headers):
+    _, alice = make_user("annotator", "alice-" + uuid.uuid4().hex[:4])
+    cell = _next(app_client, open_project, alice)
+    assert _label(app_client, open_project, alice, cell["image_id"], "Speckled").status_code == 201
+    admin_relabel = _label(app_client, open_project, admin_headers, cell["image_id"], "Speckled")
+    assert admin_relabel.status_code == 201
+    stats = app_client.get(f"/api/projects/{open_project}/stats", headers=admin_headers).json()
+    mine = next(a for a in stats["annotators"] if a["username"].startswith("alice-"))
+    assert mine["labels"] == 1 and mine["median_seconds"] is not None and mine["labels_per_hour"] > 0
+    assert stats["agreement"]["cells_labeled_twice"] == 1 and stats["agreement"]["percent_agreement"] == 100.0
+    _, annotator = make_user("annotator")
+    assert app_client.get(f"/api/projects/{open_project}/stats", headers=annotator).status_code == 403
+
+
+def test_an_admin_can_cancel_and_retry_a_round(app_client, open_project, admin_headers):
+    annotators = [make_user("annotator")[1] for _ in range(6)]
+    for headers in annotators:
+        cell = _next(app_client, open_project, headers)
+        assert _label(app_client, open_project, headers, cell["image_id"]).status_code == 201
+    cancelled = app_client.post(f"/api/projects/{open_project}/rounds/cancel", headers=admin_headers)
+    if cancelled.status_code == 409:  # a worker of this test session finished round 1 first
+        assert app_client.get(f"/api/projects/{open_project}/rounds/1", headers=admin_headers).json()["state"] == "done"
+        return
+    assert cancelled.status_code == 200 and cancelled.json()["state"] == "cancelled"
+    assert app_client.post(f"/api/projects/{open_project}/rounds/cancel", headers=admin_headers).status_code == 409
+    assert app_client.post(f"/api/projects/{open_project}/rounds/cancel", headers=annotators[0]).status_code == 403
+    retried = app_client.post(f"/api/projects/{open_project}/rounds/retry", headers=admin_headers)
+    assert retried.status_code == 202 and retried.json()["state"] == "queued" and retried.json()["number"] == 1
+
+
+def test_relevance_maps_list_is_empty_before_a_model_exists(app_client, open_project, admin_headers):
+    _, annotator = make_user("annotator")
+    cell = _next(app_client, open_project, annotator)
+    maps = app_client.get(f"/api/projects/{open_project}/images/{cell['image_id']}/maps", headers=annotator)
+    assert maps.status_code == 200 and maps.json() == []
+    assert app_client.get(f"/api/projects/{open_project}/images/{cell['image_id']}/maps/1.png",
+                          headers=annotator).status_code == 404

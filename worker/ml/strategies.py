@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from .training import predict_proba
+from .xal import xal_entropy, xal_least, xal_margin
 
 
 @dataclass
@@ -127,6 +128,9 @@ STRATEGIES: dict[str, Strategy] = {
     "entropy": _softmax_strategy(entropy_scores),
     "least_confidence": _softmax_strategy(least_confidence_scores),
     "margin": _softmax_strategy(margin_scores),
+    "xal-entropy": xal_entropy,
+    "xal-margin": xal_margin,
+    "xal-least": xal_least,
 }
 
 
