@@ -62,7 +62,7 @@ def main() -> None:
                 project_id=1, number=1 + repeat, channel="luminance", class_names=classes, strategy=args.strategy, strategy_options={},
                 model_settings={**TrainingConfig().__dict__, "seed": repeat}, batch_size=max(1, args.pool // 20),
                 parent_model_id=None, parent_checkpoint=None, transfer=False,
-                labeled_hashes=hashes[labeled], labeled_classes=targets[labeled],
+                labeled_ids=list(range(n_labeled)), labeled_hashes=hashes[labeled], labeled_classes=targets[labeled],
                 pool_ids=list(range(args.pool)), pool_hashes=hashes[pool],
                 test_hashes=hashes[test], test_classes=targets[test],
             )

@@ -14,7 +14,7 @@ import numpy as np
 from sqlalchemy import select
 
 from backend.blobs import get_blob_store
-from backend.db.models import Image, Label, ModelVersion, Project, Round, Selection, utcnow
+from backend.db.models import Image, Label, ModelVersion, Project, RelevanceMap, Round, Selection, utcnow
 from backend.db.session import new_session
 from backend.services.labeling import current_label_exists, is_current
 from backend.settings import get_settings
@@ -55,12 +55,14 @@ class RoundInputs:
     parent_model_id: int | None
     parent_checkpoint: str | None
     transfer: bool  # parent is a start model from elsewhere: new head, frozen early layers
+    labeled_ids: list[int]
     labeled_hashes: list[str]
     labeled_classes: np.ndarray
     pool_ids: list[int]
     pool_hashes: list[str]
     test_hashes: list[str]
     test_classes: np.ndarray
+    render_maps: bool = True  # the simulator has no one to show them to
 
 
 def _claim(session, round_id: int) -> Round | None:
@@ -78,7 +80,7 @@ def _gather(session, round_: Round) -> RoundInputs:
     project = session.get(Project, round_.project_id)
     positions = {cls.id: cls.position for cls in project.classes}
     labeled = session.execute(
-        select(Image.content_hash, Label.class_id)
+        select(Image.id, Image.content_hash, Label.class_id)
         .join(Label, Label.image_id == Image.id)
         .where(Image.project_id == project.id, Image.split == "pool", is_current())
         .order_by(Image.id)
@@ -117,8 +119,9 @@ def _gather(session, round_: Round) -> RoundInputs:
         parent_model_id=parent.id if parent else None,
         parent_checkpoint=parent.checkpoint_key if parent else None,
         transfer=transfer,
-        labeled_hashes=[h for h, _ in labeled],
-        labeled_classes=np.array([positions[c] for _, c in labeled], dtype=np.int64),
+        labeled_ids=[i for i, _, _ in labeled],
+        labeled_hashes=[h for _, h, _ in labeled],
+        labeled_classes=np.array([positions[c] for _, _, c in labeled], dtype=np.int64),
         pool_ids=[i for i, _ in pool],
         pool_hashes=[h for _, h in pool],
         test_hashes=[h for h, _ in test],
@@ -185,7 +188,7 @@ def compute_round(inputs: RoundInputs, report: Callable[..., None] = lambda **pr
     rng = np.random.default_rng([inputs.project_id, inputs.number, settings.get("seed", 0)])
     device = resolve_device(get_settings().device)
     result = {"timings": timings, "metrics": {}, "checkpoint": None, "training": None, "selected": [],
-              "summary": {}, "pool_predicted": None}
+              "summary": {}, "pool_predicted": None, "maps": []}
 
     started = time.perf_counter()
     labeled = load_cells(inputs.labeled_hashes, inputs.channel)
@@ -230,19 +233,53 @@ def compute_round(inputs: RoundInputs, report: Callable[..., None] = lambda **pr
         ranking = rank_pool(strategy, context)
         result["summary"] = ranking.summary
         probabilities = context.pool_probabilities() if model is not None else None
-        result["selected"] = []
-        for i in range(inputs.batch_size):
-            index = int(ranking.order[i])
-            details = {"strategy": strategy, **ranking.details[i]}
+        for medoid in result["summary"].get("centre_medoids", []):
+            _name_labeled_cell(medoid, inputs)
+        picked = [int(index) for index in ranking.order[: inputs.batch_size]]
+        for rank, index in enumerate(picked):
+            details = {"strategy": strategy, **ranking.details[rank]}
             if probabilities is not None:  # every strategy's pick shows what the model thought of it
                 details.setdefault("probabilities", [float(p) for p in probabilities[index]])
                 details.setdefault("predicted", int(probabilities[index].argmax()))
-            result["selected"].append((inputs.pool_ids[index], float(ranking.scores[i]), details))
+            for nearest in details.get("nearest", []):
+                _name_labeled_cell(nearest, inputs)
+            result["selected"].append((inputs.pool_ids[index], float(ranking.scores[rank]), details))
         if probabilities is not None:
             result["pool_predicted"] = probabilities.argmax(1)
             result["summary"]["pool_expected_error"] = float(np.mean(1 - probabilities.max(1)))
         timings["score_s"] = time.perf_counter() - started
+        if model is not None and inputs.render_maps:
+            report(phase="maps")
+            started = time.perf_counter()
+            result["maps"] = _render_maps(model, device, inputs, context.pool_images, picked, labeled, result["selected"])
+            timings["maps_s"] = time.perf_counter() - started
     return result
+
+
+MAP_METHODS = ("deeptaylor", "lrp-epsilon")  # the two the pathologist sees beside each queued cell
+
+
+def _name_labeled_cell(entry: dict, inputs: RoundInputs) -> None:
+    """Strategies point at labeled cells by index into L; the UI needs the image and class name."""
+    entry["image_id"] = inputs.labeled_ids[entry["labeled_index"]]
+    entry["class_name"] = inputs.class_names[entry["class"]]
+
+
+def _render_maps(model, device, inputs: RoundInputs, pool_images, picked, labeled_images, selected) -> list[tuple]:
+    """(image_id, method, png, npy) for each queued cell and each medoid the queued cells
+    are compared with. The npy holds the raw relevance w.r.t. the two wavelet inputs (2x56x56)."""
+    from worker.ml.relevance import relevance_maps
+    from worker.ml.render import array_npy, heatmap_png
+
+    medoids = sorted({n["labeled_index"] for _, _, details in selected for n in details.get("nearest", [])})
+    cells = np.concatenate([pool_images[picked], labeled_images[medoids]])
+    image_ids = [inputs.pool_ids[i] for i in picked] + [inputs.labeled_ids[i] for i in medoids]
+    rendered = []
+    for method in MAP_METHODS:
+        maps = relevance_maps(model, cells, method, device)
+        for image_id, input_map, image_map in zip(image_ids, maps.input_maps, maps.image_maps):
+            rendered.append((image_id, method, heatmap_png(image_map), array_npy(input_map)))
+    return rendered
 
 
 def _store(round_id: int, inputs: RoundInputs, result: dict) -> None:
@@ -260,6 +297,10 @@ def _store(round_id: int, inputs: RoundInputs, result: dict) -> None:
             session.add(model)
             session.flush()
             round_.model_version_id = model.id
+            store = get_blob_store()
+            for image_id, method, png, npy in result["maps"]:
+                session.add(RelevanceMap(image_id=image_id, model_version_id=model.id, method=method,
+                                         png_key=store.put(png), npy_key=store.put(npy)))
         for rank, (image_id, score, details) in enumerate(result["selected"]):
             session.add(Selection(round_id=round_id, image_id=image_id, rank=rank, score=score, details=details))
         round_.n_labels = len(inputs.labeled_hashes)

@@ -3,6 +3,7 @@ real I3A cells, real training. The ground truth plays the annotator."""
 import csv
 import io
 
+import numpy as np
 import pytest
 
 from tests.conftest import balanced_sample
@@ -97,6 +98,15 @@ def test_budget_loop_runs_rounds_until_the_budget_is_spent(app_client, admin_hea
     scores = [s["score"] for s in selections]
     assert scores == sorted(scores, reverse=True) and all(s["status"] == "labeled" for s in selections)
     assert len(selections[0]["details"]["probabilities"]) == 6
+
+    picked = selections[0]["image_id"]  # each queued cell has its DeepTaylor and LRP maps under the round's model
+    maps = client.get(f"/api/projects/{project_id}/images/{picked}/maps", headers=admin_headers).json()
+    assert {m["method"] for m in maps} == {"deeptaylor", "lrp-epsilon"}
+    assert {m["model_version_id"] for m in maps} == {rounds[1]["model_version_id"]}
+    png = client.get(maps[0]["png_url"], headers=admin_headers)
+    assert png.status_code == 200 and png.headers["content-type"] == "image/png"
+    raw = np.load(io.BytesIO(client.get(maps[0]["npy_url"], headers=admin_headers).content))
+    assert raw.shape == (2, 56, 56) and raw.dtype == np.float32
 
     progress = client.get(f"/api/projects/{project_id}/progress", headers=admin_headers).json()
     assert progress["state"] == "finished" and progress["labeled"] == BUDGET == progress["budget"]
