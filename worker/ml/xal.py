@@ -245,8 +245,9 @@ def xal_ranking(context: SelectionContext, strategy: str, score: Callable[[np.nd
     options = parse_options(context.options)
     labels = np.asarray(context.labeled_labels)
     n_clusters = options.n_clusters or context.model.n_classes
-    if options.centres == "clusters" and len(labels) < n_clusters:
-        raise ValueError(f"{strategy} needs at least {n_clusters} labeled cells to form {n_clusters} clusters; L has {len(labels)}")
+    n_reference = min(len(labels), options.max_reference)
+    if options.centres == "clusters" and n_reference < n_clusters:
+        raise ValueError(f"{strategy} needs at least {n_clusters} reference cells for {n_clusters} clusters; has {n_reference}")
     if options.centres == "classes" and len(np.unique(labels)) < 2:
         raise ValueError(f"{strategy} with per-class centres needs labeled cells of at least 2 classes")
     reference = balanced_subset(labels, options.max_reference, context.rng)
@@ -274,6 +275,9 @@ def xal_ranking(context: SelectionContext, strategy: str, score: Callable[[np.nd
     distances_s = time.perf_counter() - started
 
     labeled_index = reference[centres.reference_medoids]
+    centre_facts = [
+        {"centre": k, "labeled_index": int(i), "class": int(c)} for k, (i, c) in enumerate(zip(labeled_index, centres.classes))
+    ]
     details = []
     for i, row in enumerate(distances):
         detail = {
@@ -283,8 +287,7 @@ def xal_ranking(context: SelectionContext, strategy: str, score: Callable[[np.nd
             "relevance_method": options.relevance_method,
             "distances": [float(d) for d in row],
             "nearest": [
-                {"centre": int(k), "labeled_index": int(labeled_index[k]), "class": int(centres.classes[k]), "distance": float(row[k])}
-                for k in np.argsort(row, kind="stable")[:NEAREST_SHOWN]
+                {**centre_facts[k], "distance": float(row[k])} for k in np.argsort(row, kind="stable")[:NEAREST_SHOWN]
             ],
             "predicted": int(pool_maps.predicted[i]),
         }
@@ -302,8 +305,7 @@ def xal_ranking(context: SelectionContext, strategy: str, score: Callable[[np.nd
         "n_centres": len(labeled_index),
         "cluster_sizes": centres.sizes.tolist(),
         "centre_medoids": [
-            {"centre": k, "labeled_index": int(labeled_index[k]), "class": int(centres.classes[k]), "majority_class": int(centres.majority_classes[k])}
-            for k in range(len(labeled_index))
+            {**facts, "majority_class": int(majority)} for facts, majority in zip(centre_facts, centres.majority_classes)
         ],
         "degenerate": centres.degenerate_reason is not None,
         "degenerate_reason": centres.degenerate_reason,
