@@ -9,22 +9,19 @@ from backend.schemas import ProjectCreate, ProjectUpdate
 DEFAULT_KEYS = "123456789abcdefghijklmnopqrstuvwxyz0"
 
 
-def known_strategies() -> list[str]:
-    from worker.ml.strategies import STRATEGIES  # the one registry; imports torch, so only here
+def _check_strategy(name: str, options: dict) -> None:
+    from worker.ml.strategies import check_options  # the one registry; imports torch, so only here
 
-    return sorted(STRATEGIES)
-
-
-def _check_strategy(name: str) -> None:
-    names = known_strategies()
-    if name not in names:
-        raise Invalid(f"unknown strategy {name!r}; known strategies: {', '.join(names)}")
+    try:
+        check_options(name, options)
+    except ValueError as error:
+        raise Invalid(f"strategy {name!r}: {error}") from None
 
 
 def create_project(session: Session, spec: ProjectCreate) -> Project:
     if session.scalar(select(Project).where(Project.name == spec.name)):
         raise Conflict(f"a project named {spec.name!r} exists already")
-    _check_strategy(spec.strategy)
+    _check_strategy(spec.strategy, spec.strategy_options)
     names = [c.name for c in spec.classes]
     if len(set(names)) != len(names):
         raise Invalid("class names must be unique")
@@ -57,8 +54,8 @@ def create_project(session: Session, spec: ProjectCreate) -> Project:
 
 def update_project(session: Session, project: Project, changes: ProjectUpdate) -> Project:
     fields = changes.model_dump(exclude_unset=True)
-    if "strategy" in fields:
-        _check_strategy(fields["strategy"])
+    if "strategy" in fields or "strategy_options" in fields:
+        _check_strategy(fields.get("strategy", project.strategy), fields.get("strategy_options", project.strategy_options))
     if "budget" in fields and project.state != "draft":
         labeled = count_pool(session, project, labeled=True)
         if fields["budget"] < labeled:

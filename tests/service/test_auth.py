@@ -51,7 +51,14 @@ def test_projects_reject_bad_settings_with_clear_messages(app_client, admin_head
     assert duplicate.status_code == 422 and "unique" in duplicate.json()["detail"]
     strategy = app_client.post("/api/projects", headers=admin_headers,
                                json={"name": "bad-strategy", "classes": [{"name": "a"}, {"name": "b"}], "strategy": "magic"})
-    assert strategy.status_code == 422 and "known strategies" in strategy.json()["detail"]
+    assert strategy.status_code == 422 and "unknown selection strategy 'magic'" in strategy.json()["detail"]
+    options = app_client.post("/api/projects", headers=admin_headers, json={
+        "name": "bad-options", "classes": [{"name": "a"}, {"name": "b"}],
+        "strategy": "xal-margin", "strategy_options": {"representation": "voxels"}})
+    assert options.status_code == 422 and "allowed: pixel, concept" in options.json()["detail"]
+    softmax_options = app_client.post("/api/projects", headers=admin_headers, json={
+        "name": "entropy-options", "classes": [{"name": "a"}, {"name": "b"}], "strategy_options": {"centres": "classes"}})
+    assert softmax_options.status_code == 422 and "takes no options" in softmax_options.json()["detail"]
     keys = app_client.post("/api/projects", headers=admin_headers,
                            json={"name": "bad-keys", "classes": [{"name": "a", "key": "x"}, {"name": "b", "key": "x"}]})
     assert keys.status_code == 422
@@ -59,4 +66,4 @@ def test_projects_reject_bad_settings_with_clear_messages(app_client, admin_head
     assert app_client.post(f"/api/projects/{empty.json()['id']}/start", headers=admin_headers).status_code == 409
     assert app_client.get("/api/projects", headers=admin_headers).status_code == 200
     names = {p["name"] for p in app_client.get("/api/projects", headers=admin_headers).json()}
-    assert not names & {"dup-classes", "bad-strategy", "bad-keys"}
+    assert not names & {"dup-classes", "bad-strategy", "bad-keys", "bad-options", "entropy-options"}

@@ -120,3 +120,53 @@ def test_budget_loop_runs_rounds_until_the_budget_is_spent(app_client, admin_hea
         client.get(f"/api/projects/{project_id}/labels/export", headers=admin_headers).text)))
     assert len(exported) == BUDGET
     assert all(row["class_name"] == truth[row["filename"]] for row in exported)
+
+
+def test_an_explainable_round_shows_why_each_cell_was_picked(app_client, admin_headers, worker, i3a_dir, i3a_rows):
+    client = app_client
+    pool_rows = balanced_sample(i3a_rows, per_class=10, offset=300)
+    test_rows = balanced_sample(i3a_rows, per_class=5, offset=320)
+    truth = {f"{row['pattern']}-{row['image_id']}.png": row["pattern"] for row in pool_rows}
+    response = client.post("/api/projects", headers=admin_headers, json={
+        "name": "xal-e2e", "classes": [{"name": c} for c in CLASSES], "budget": 21, "initial_size": 12, "step_size": 9,
+        "strategy": "xal-margin", "strategy_options": {"representation": "concept", "centres": "classes"},
+        "model_settings": {"max_epochs": 2, "patience": 2, "batch_size": 32},
+    })
+    assert response.status_code == 201, response.text
+    project_id = response.json()["id"]
+    _upload(client, admin_headers, project_id, pool_rows, i3a_dir, "pool")
+    _upload(client, admin_headers, project_id, test_rows, i3a_dir, "test")
+    assert client.post(f"/api/projects/{project_id}/start", headers=admin_headers).status_code == 202
+    _, annotator = make_user("annotator")
+    labeled_in_round_0 = set()
+    for number, size in ((0, 12), (1, 9)):
+        assert _wait_for_round(client, admin_headers, project_id, number)["n_selected"] == size
+        for _ in range(size):
+            cell = client.post(f"/api/projects/{project_id}/queue/next", headers=annotator).json()["cell"]
+            if number == 1:
+                why = cell["details"]
+                assert why["strategy"] == "xal-margin" and why["representation"] == "concept"
+                # one distance per class present among the 12 labeled cells
+                assert 2 <= len(why["distances"]) <= 6 and len(why["top_channels"]) > 0
+                for nearest in why["nearest"]:  # the medoid cells to compare with, under their own labels
+                    assert nearest["class_name"] in CLASSES and nearest["class_name"] == truth_of(client, admin_headers, project_id, nearest["image_id"])
+                    medoid_maps = client.get(f"/api/projects/{project_id}/images/{nearest['image_id']}/maps", headers=annotator)
+                    assert {m["method"] for m in medoid_maps.json()} == {"deeptaylor", "lrp-epsilon"}
+            assert client.post(f"/api/projects/{project_id}/labels", headers=annotator, json={
+                "image_id": cell["image_id"], "class_name": truth[cell["filename"]]}).status_code == 201
+            if number == 0:
+                labeled_in_round_0.add(cell["filename"])
+    final = _wait_for_round(client, admin_headers, project_id, 2)
+    assert final["n_selected"] == 0 and final["n_labels"] == 21
+    first = client.get(f"/api/projects/{project_id}/rounds/1", headers=admin_headers).json()
+    summary = first["selection_summary"]
+    labeled_classes = {truth[name] for name in truth if name in labeled_in_round_0}
+    assert summary["centres"] == "classes" and len(summary["centre_medoids"]) == len(labeled_classes)
+    assert {m["class_name"] for m in summary["centre_medoids"]} == labeled_classes
+    assert summary["degenerate"] in (True, False) and "pool_expected_error" in summary
+    assert first["diagnostics"]["n"] == 9
+
+
+def truth_of(client, headers, project_id, image_id):
+    """A medoid is a labeled cell: its label is what the annotator gave it."""
+    return client.get(f"/api/projects/{project_id}/images/{image_id}", headers=headers).json()["label"]

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from .training import predict_proba
-from .xal import xal_entropy, xal_least, xal_margin
+from .xal import parse_options as parse_xal_options, xal_entropy, xal_least, xal_margin
 
 
 @dataclass
@@ -132,6 +132,23 @@ STRATEGIES: dict[str, Strategy] = {
     "xal-margin": xal_margin,
     "xal-least": xal_least,
 }
+
+
+def _no_options(options: dict) -> None:
+    if options:
+        raise ValueError(f"this strategy takes no options; got {', '.join(map(repr, sorted(options)))}")
+
+
+# How each strategy checks a project's options (a ValueError says what is wrong).
+OPTION_PARSERS: dict[str, Callable[[dict], object]] = {
+    name: parse_xal_options if name.startswith("xal-") else _no_options for name in STRATEGIES
+}
+
+
+def check_options(name: str, options: dict) -> None:
+    if name not in STRATEGIES:
+        raise UnknownStrategy(f"unknown selection strategy {name!r}; known: {', '.join(sorted(STRATEGIES))}")
+    OPTION_PARSERS[name](options)
 
 
 def rank_pool(name: str, context: SelectionContext) -> Ranking:
