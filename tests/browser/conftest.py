@@ -1,0 +1,102 @@
+"""Browser tests: the real backend (`xal serve --no-worker`) on a free port, with the
+session's PostgreSQL database and a real Celery worker, driven through Debian's Chromium
+by Playwright. No browser is downloaded: Playwright launches /usr/bin/chromium.
+
+Where Playwright or Chromium is missing the tests skip; under CI=true they fail."""
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.service.conftest import ROOT, service_env, worker  # noqa: F401 - fixtures used here
+
+CHROMIUM = Path(os.environ.get("XAL_CHROMIUM", "/usr/bin/chromium"))
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--no-first-run",
+]
+SCREENSHOTS = ROOT / "test-output" / "screenshots"
+
+
+def _require_browser() -> None:
+    missing = []
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        missing.append("the Python package playwright (pip install 'playwright>=1.40')")
+    if not CHROMIUM.is_file():
+        missing.append(f"Chromium at {CHROMIUM} (apt-get install -y chromium, or set XAL_CHROMIUM)")
+    if missing:
+        message = "browser tests need " + " and ".join(missing)
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def live_server(service_env, tmp_path_factory):  # noqa: F811 - the imported fixture
+    """The API and UI as users get them: `python -m backend.cli serve --no-worker` on a free port."""
+    _require_browser()
+    port = _free_port()
+    log_path = tmp_path_factory.mktemp("server") / "server.log"
+    log = open(log_path, "w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "backend.cli", "serve", "--no-worker", "--port", str(port)],
+        cwd=ROOT, env={**os.environ, **service_env}, stdout=log, stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if httpx.get(f"{url}/api/health", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            log.close()
+            raise RuntimeError(f"the server did not start; its log:\n{log_path.read_text()[-4000:]}")
+        time.sleep(0.3)
+    yield url
+    process.terminate()
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+    log.close()
+    sys.stderr.write(f"\n[server log: {log_path}]\n")
+
+
+@pytest.fixture(scope="session")
+def browser():
+    _require_browser()
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def screenshot():
+    """screenshot(page, name): saves test-output/screenshots/<name>.png (the whole page)."""
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+
+    def take(page, name: str) -> Path:
+        path = SCREENSHOTS / f"{name}.png"
+        page.screenshot(path=str(path), full_page=True)
+        return path
+
+    return take
