@@ -67,7 +67,7 @@ def sign_in(page, url, username, password):
     page.get_by_label("User name").fill(username)
     page.get_by_label("Password").fill(password)
     page.get_by_role("button", name="Sign in").click()
-    page.wait_for_selector("#project-list .project")
+    page.wait_for_selector("#project-list li")
 
 
 def shown_cell(page) -> int:
@@ -220,9 +220,15 @@ def test_annotator_labels_a_step_by_keyboard_and_the_dashboard_follows(project, 
 
 
 def expect_text(page, selector: str, text: str, timeout: float = 15_000):
-    page.wait_for_function(
-        "([selector, text]) => (document.querySelector(selector)?.textContent || '').includes(text)",
-        arg=[selector, text], timeout=timeout)
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    try:
+        page.wait_for_function(
+            "([selector, text]) => (document.querySelector(selector)?.textContent || '').includes(text)",
+            arg=[selector, text], timeout=timeout)
+    except PlaywrightTimeout:
+        shown = page.evaluate("selector => document.querySelector(selector)?.textContent", selector)
+        raise AssertionError(f"{selector} does not say {text!r}; it says {shown!r}") from None
 
 
 def test_label_first_then_reveal_keeps_both_answers_and_survives_a_lost_connection(
@@ -288,3 +294,58 @@ def test_label_first_then_reveal_keeps_both_answers_and_survives_a_lost_connecti
     assert errors == []
     context.close()
 
+
+
+def test_admin_creates_a_project_and_imports_a_folder_of_classes_and_a_zip(live_server, browser, screenshot,
+                                                                          i3a_dir, i3a_rows, tmp_path):
+    _, admin_headers = make_user("admin")
+    username, password = f"ui-creator-{uuid.uuid4().hex[:6]}", f"pw-{uuid.uuid4().hex}"
+    api = httpx.Client(base_url=live_server, headers=admin_headers, timeout=60)
+    assert api.post("/api/users", json={"username": username, "role": "admin", "password": password}).status_code == 201
+    folder = tmp_path / "test-split"
+    for row in balanced_sample(i3a_rows, per_class=2, offset=60):
+        (folder / row["pattern"]).mkdir(parents=True, exist_ok=True)
+        (folder / row["pattern"] / f"{row['image_id']}.png").write_bytes((i3a_dir / row["image_path"]).read_bytes())
+    archive = tmp_path / "pool.zip"
+    with zipfile.ZipFile(archive, "w") as zipped:
+        for row in balanced_sample(i3a_rows, per_class=3, offset=70):
+            zipped.writestr(f"{row['image_id']}.png", (i3a_dir / row["image_path"]).read_bytes())
+
+    context = browser.new_context(viewport=DESKTOP)
+    page = context.new_page()
+    errors = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    sign_in(page, live_server, username, password)
+    page.get_by_role("link", name="New project").click()
+    form = page.locator("#create-form")
+    name = f"created-{uuid.uuid4().hex[:6]}"
+    form.get_by_label("Name", exact=True).fill(name)
+    form.get_by_label("Budget B").fill("12")
+    form.get_by_label("Strategy").select_option("xal-margin")
+    form.get_by_label("Representation").select_option("concept")
+    form.get_by_label("Label first, then reveal").check()
+    screenshot(page, "10-dashboard-new-project-1280x800")
+    form.get_by_role("button", name="Create project").click()
+    page.wait_for_url("**/admin.html?project=*")
+    project_id = int(page.url.split("project=")[1])
+    created = api.get(f"/api/projects/{project_id}").json()
+    assert created["name"] == name and created["budget"] == 12 and created["reveal_after_label"]
+    assert [(c["name"], c["key"]) for c in created["classes"]] == [(c, KEYS[c]) for c in CLASSES]
+    assert created["strategy"] == "xal-margin" and created["strategy_options"]["representation"] == "concept"
+
+    page.locator("#import-form select[name=split]").select_option("test")
+    page.locator("#import-form input[name=folder]").set_input_files(str(folder))
+    expect_text(page, "#import-status", "Imported 12 images into the test split")
+    page.locator("#import-form select[name=split]").select_option("pool")
+    page.locator("#import-form input[name=files]").set_input_files(str(archive))
+    expect_text(page, "#import-status", "Imported 18 images into the pool split")
+    expect_text(page, "#pool-count", "of 18")
+    page.locator("#pool-split").select_option("test")
+    expect_text(page, "#pool-count", "of 12")
+    page.wait_for_selector("#pool .thumb img[src^='blob:']")
+    tests = api.get(f"/api/projects/{project_id}/images", params={"split": "test", "limit": 100}).json()["items"]
+    assert {image["reference_class"] for image in tests} == set(CLASSES)  # the folders named the classes
+    expect_text(page, "#budget", "Pool 18 cells · test split 12 cells")
+    assert errors == []
+    context.close()
+    api.close()
