@@ -496,8 +496,11 @@ function applyOverlay() {
 
 function showViewerState(v) {
   $("#zoom-readout").textContent = v.zoom === 1 ? "fit" : `×${v.zoom}`;
-  const gainText = v.auto ? `auto ×${v.gain}` : `×${v.gain}`;
+  const gainText = v.auto ? `auto ${v.levels.low}–${v.levels.high}` : `×${v.gain}`;
   $("#gain-readout").textContent = gainText;
+  $("#gain-readout").title = v.auto
+    ? `Display range: intensities ${v.levels.low} to ${v.levels.high} (of 255) shown black to white`
+    : `Gain ×${v.gain}: intensities multiplied by ${v.gain} (×1 = as acquired)`;
   if (!v.auto) $("#gain").value = String(v.gainIndex);
   $("#gain").setAttribute("aria-valuetext", gainText);
   $("#gain-auto").setAttribute("aria-pressed", String(v.auto));
@@ -605,7 +608,7 @@ function buildHelp() {
     ["N", "write a note (Esc leaves the field)"],
     ["+ / −", "zoom in / out (0: fit); drag to pan"],
     ["[ / ]", "less / more contrast (gain)"],
-    ["A", "automatic contrast for this cell (the default)"],
+    ["A", "auto contrast: this cell's own range, black to white (the default)"],
     ["O", "overlay: off → DeepTaylor → LRP-ε"],
     ["Enter", "keep your answer after the reveal"],
     ["Tab", "move between controls; Enter or Space presses"],

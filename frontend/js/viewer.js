@@ -1,14 +1,16 @@
 // The cell viewer: a canvas at the image's own pixels, scaled up on screen (pixel-true by
 // default, smooth on request), with an adjustable contrast gain and an optional relevance
-// map laid over it. Gain multiplies the recorded intensities (×1 = as acquired). "Auto"
-// (the default) picks, per cell, the gain that brings its brightest 0.5% to white, so a dim
-// "intermediate intensity" cell is as readable as a bright one; the readout always says
-// which gain is applied, so the intensity as recorded is never hidden.
+// map laid over it. A fixed gain multiplies the recorded intensities (×1 = as acquired).
+// "Auto" (the default) stretches each cell's own display range, from its darkest 1% to
+// its brightest 0.5%, to black..white, so a dim "intermediate intensity" cell is as
+// readable as a bright one; the readout always shows the range shown, so the intensity
+// as recorded is never hidden.
 
 import { loadImage } from "./api.js";
 
 export const GAINS = [0.5, 0.75, 1, 1.5, 2, 3, 4, 6, 8, 12, 16];
-const AUTO_PERCENTILE = 0.995;
+const AUTO_LOW = 0.01;
+const AUTO_HIGH = 0.995;
 export const ZOOMS = [1, 1.5, 2, 3, 4, 6];
 
 /** The gain that brings an image's brightest 0.5% to white (1 to 16), for thumbnails:
@@ -19,20 +21,25 @@ export function autoGain(image) {
   canvas.height = image.naturalHeight;
   const context = canvas.getContext("2d", { willReadFrequently: true });
   context.drawImage(image, 0, 0);
-  return gainFor(context.getImageData(0, 0, canvas.width, canvas.height).data);
+  const { high } = levelsOf(context.getImageData(0, 0, canvas.width, canvas.height).data);
+  return Math.round(10 * Math.min(16, Math.max(1, 255 / Math.max(1, high)))) / 10;
 }
 
-function gainFor(data) {
+/** The intensities at the AUTO_LOW and AUTO_HIGH quantiles of an RGBA pixel array. */
+function levelsOf(data) {
   const histogram = new Uint32Array(256);
   for (let i = 0; i < data.length; i += 4) histogram[Math.max(data[i], data[i + 1], data[i + 2])] += 1;
-  const target = AUTO_PERCENTILE * (data.length / 4);
+  const n = data.length / 4;
   let seen = 0;
-  let level = 255;
+  let low = null;
+  let high = 255;
   for (let v = 0; v < 256; v += 1) {
     seen += histogram[v];
-    if (seen >= target) { level = v; break; }
+    if (low === null && seen >= AUTO_LOW * n) low = v;
+    if (seen >= AUTO_HIGH * n) { high = v; break; }
   }
-  return Math.round(10 * Math.min(16, Math.max(1, 255 / Math.max(1, level)))) / 10;
+  low = Math.min(low ?? 0, high - 1);
+  return { low: Math.max(0, low), high: Math.max(high, low + 1) };
 }
 
 /** Shows a cell in an <img> brightened by its automatic gain (dim cells stay readable). */
@@ -53,7 +60,7 @@ export class CellViewer {
     this.context = this.canvas.getContext("2d", { willReadFrequently: true });
     this.gainIndex = GAINS.indexOf(1);
     this.auto = true;
-    this.autoGain = 1;
+    this.levels = { low: 0, high: 255 };
     this.zoomIndex = 0;
     this.smooth = false;
     this.overlayOn = false;
@@ -67,7 +74,11 @@ export class CellViewer {
     }, { passive: false });
   }
 
-  get gain() { return this.auto ? this.autoGain : GAINS[this.gainIndex]; }
+  /** The slope applied now: ×1 = as acquired. */
+  get gain() {
+    if (!this.auto) return GAINS[this.gainIndex];
+    return Math.round(10 * 255 / (this.levels.high - this.levels.low)) / 10;
+  }
   get zoom() { return ZOOMS[this.zoomIndex]; }
 
   /** Shows the image at `path`; resolves when it is on screen. Keeps zoom and gain. */
@@ -85,7 +96,8 @@ export class CellViewer {
     this.canvas.width = image.naturalWidth;
     this.canvas.height = image.naturalHeight;
     this.canvas.hidden = false;
-    this.autoGain = this.measureAutoGain();
+    this.context.drawImage(image, 0, 0);
+    this.levels = levelsOf(this.context.getImageData(0, 0, this.canvas.width, this.canvas.height).data);
     this.draw();
     this.layout();
     this.stage.scrollTo(0, 0);
@@ -100,25 +112,20 @@ export class CellViewer {
     this.message.hidden = !text;
   }
 
-  /** The gain that maps the cell's 99.5th intensity percentile to white (1 to 16). */
-  measureAutoGain() {
-    this.context.drawImage(this.source, 0, 0);
-    return gainFor(this.context.getImageData(0, 0, this.canvas.width, this.canvas.height).data);
-  }
-
   /** Applies the gain to the pixels (cheap: cells are about 70 x 70 pixels). */
   draw() {
     if (!this.source) return;
     const { width, height } = this.canvas;
     this.context.drawImage(this.source, 0, 0);
-    if (this.gain === 1) return;
+    const offset = this.auto ? this.levels.low : 0;
+    const slope = this.auto ? 255 / (this.levels.high - this.levels.low) : this.gain;
+    if (offset === 0 && slope === 1) return;
     const pixels = this.context.getImageData(0, 0, width, height);
     const data = pixels.data;
-    const gain = this.gain;
     for (let i = 0; i < data.length; i += 4) {
-      data[i] = Math.min(255, data[i] * gain);
-      data[i + 1] = Math.min(255, data[i + 1] * gain);
-      data[i + 2] = Math.min(255, data[i + 2] * gain);
+      data[i] = (data[i] - offset) * slope; // the clamped array clips to 0..255
+      data[i + 1] = (data[i + 1] - offset) * slope;
+      data[i + 2] = (data[i + 2] - offset) * slope;
     }
     this.context.putImageData(pixels, 0, 0);
   }
@@ -164,9 +171,9 @@ export class CellViewer {
   /** One step up or down from the gain applied now (leaving auto). */
   gainBy(steps) {
     if (this.auto) {
-      const nearest = GAINS.reduce((best, g, i) => (Math.abs(g - this.autoGain) < Math.abs(GAINS[best] - this.autoGain) ? i : best), 0);
-      const direction = Math.sign(steps);
-      const from = direction > 0 ? (GAINS[nearest] > this.autoGain ? nearest - 1 : nearest) : (GAINS[nearest] < this.autoGain ? nearest + 1 : nearest);
+      const gain = this.gain;
+      const nearest = GAINS.reduce((best, g, i) => (Math.abs(g - gain) < Math.abs(GAINS[best] - gain) ? i : best), 0);
+      const from = steps > 0 ? (GAINS[nearest] > gain ? nearest - 1 : nearest) : (GAINS[nearest] < gain ? nearest + 1 : nearest);
       this.setGainIndex(from + steps);
     } else {
       this.setGainIndex(this.gainIndex + steps);
