@@ -6,7 +6,9 @@ COPY pyproject.toml alembic.ini README.md ./
 COPY backend backend
 COPY worker worker
 COPY migrations migrations
-RUN pip install --no-cache-dir . && pip install --no-cache-dir --no-deps zennit==0.5.1
+COPY frontend frontend
+# editable: alembic.ini, migrations/ and frontend/ are found beside the code
+RUN pip install --no-cache-dir -e . && pip install --no-cache-dir --no-deps zennit==0.5.1
 ENV XAL_DATA_DIR=/data
 EXPOSE 8000
 CMD ["xal", "serve", "--no-worker", "--host", "0.0.0.0"]

@@ -1,9 +1,14 @@
 #!/usr/bin/env bash
-# Installs what the tests need and runs them (arguments go to pytest).
+# Installs what the tests need (the project, its test extras, Chromium) and runs them
+# (arguments go to pytest).
 # The service tests need PostgreSQL (127.0.0.1:5432, trust auth) and Redis (127.0.0.1:6379):
 # they are started here when installed but not running.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/start-services.sh
+# browser tests drive Debian's Chromium (Playwright's own browser download does not work here)
+if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null; then
+  apt-get update -q && apt-get install -y -q chromium
+fi
 scripts/install.sh test
 exec .venv/bin/python -m pytest "$@"

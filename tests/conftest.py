@@ -1,13 +1,25 @@
-"""Shared fixtures. The real I3A cells live in ../shared/data/i3a and are read in place.
+"""Shared fixtures.
 
-Where they are missing (a user's fresh machine) data-dependent tests skip; in CI
-(CI=true) a missing data set is a failure, not a skip.
+The real I3A cells live in ../shared/data/i3a and are read in place. Where they are
+missing (a user's fresh machine) data-dependent tests skip; in CI (CI=true) a missing
+data set is a failure, not a skip.
+
+Service tests run against the real PostgreSQL and Redis of the machine and a real Celery
+worker process; each test session gets its own database and Celery queue, shared by the
+service and browser tests.
 """
 import csv
 import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
+from fastapi.testclient import TestClient
 
 I3A_DIR = Path(os.environ.get("XAL_I3A_DIR", Path(__file__).resolve().parents[2] / "shared" / "data" / "i3a"))
 
@@ -39,3 +51,121 @@ def balanced_sample(rows: list[dict], per_class: int, offset: int = 0) -> list[d
     for row in rows:
         by_class.setdefault(row["pattern"], []).append(row)
     return [row for cls in sorted(by_class) for row in by_class[cls][offset : offset + per_class]]
+
+
+POSTGRES_ADMIN_URL = os.environ.get("XAL_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_URL = os.environ.get("XAL_TEST_REDIS", "redis://127.0.0.1:6379/0")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _sqlalchemy_url(database: str) -> str:
+    base = POSTGRES_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://", 1)
+    return f"{base}/{database}"
+
+
+@pytest.fixture(scope="session")
+def service_env(tmp_path_factory) -> Iterator[dict[str, str]]:
+    """A fresh migrated PostgreSQL database, a private Celery queue and data dir; set in os.environ."""
+    database = f"xal_test_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{database}"')
+    env = {
+        "XAL_DATABASE_URL": _sqlalchemy_url(database),
+        "XAL_BROKER_URL": REDIS_URL,
+        "XAL_QUEUE": f"xal-test-{database}",
+        "XAL_DATA_DIR": str(tmp_path_factory.mktemp("xal-data")),
+        "XAL_DEVICE": "cpu",
+    }
+    saved = {key: os.environ.get(key) for key in env}
+    os.environ.update(env)
+    _clear_cached_settings()
+    from backend.db.migrate import upgrade_database
+
+    upgrade_database()
+    yield env
+    from backend.db.session import get_engine
+
+    get_engine().dispose()
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    _clear_cached_settings()
+    with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+    import redis
+
+    # rounds no worker took, and kombu's bookkeeping of the queue
+    redis.Redis.from_url(REDIS_URL).delete(env["XAL_QUEUE"], f"_kombu.binding.{env['XAL_QUEUE']}")
+
+
+def _clear_cached_settings() -> None:
+    from backend.settings import get_settings
+
+    get_settings.cache_clear()
+
+
+@pytest.fixture(scope="session")
+def app_client(service_env) -> TestClient:
+    from backend.api.app import create_app
+
+    return TestClient(create_app())
+
+
+@pytest.fixture
+def db(service_env):
+    from backend.db.session import new_session
+
+    with new_session() as session:
+        yield session
+
+
+def make_user(role: str, username: str | None = None) -> tuple[str, dict[str, str]]:
+    """Creates a user and returns (username, Authorization headers)."""
+    from backend.db.session import new_session
+    from backend.services.users import create_user, issue_token
+
+    username = username or f"{role}-{uuid.uuid4().hex[:6]}"
+    with new_session() as session:
+        user = create_user(session, username, role)
+        _, secret = issue_token(session, user)
+        session.commit()
+    return username, {"Authorization": f"Bearer {secret}"}
+
+
+@pytest.fixture(scope="session")
+def admin_headers(service_env) -> dict[str, str]:
+    return make_user("admin")[1]
+
+
+@pytest.fixture(scope="session")
+def worker(service_env, tmp_path_factory) -> Iterator[subprocess.Popen]:
+    """A real Celery worker process on the session's queue."""
+    log_path = tmp_path_factory.mktemp("worker") / "worker.log"
+    log = open(log_path, "w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "backend.cli", "worker", "--concurrency", "1"],
+        cwd=ROOT,
+        env={**os.environ, **service_env},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    yield process
+    process.terminate()
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+    log.close()
+    sys.stderr.write(f"\n[worker log: {log_path}]\n")
+
+
+def wait_for(predicate, timeout: float, interval: float = 0.5, message: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {message}")

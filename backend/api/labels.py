@@ -18,13 +18,15 @@ router = APIRouter(tags=["labeling"])
 
 
 @router.get("/projects/{project_id}/queue", response_model=list[SelectionOut])
-def get_queue(project: ProjectDep, session: SessionDep, _user: AnyUser):
-    """The cells of the current step, in rank order, with their state."""
+def get_queue(project: ProjectDep, session: SessionDep, user: AnyUser):
+    """The cells of the current step, in rank order, with their state. In a "label first, then
+    reveal" project annotators get no hints here either."""
     now = utcnow()
+    hidden = project.reveal_after_label and user.role == "annotator"
     return [
         SelectionOut(
             image_id=e.selection.image_id, filename=e.selection.image.filename, round=latest_round(session, project).number,
-            rank=e.selection.rank, score=e.selection.score, details=e.selection.details,
+            rank=e.selection.rank, score=e.selection.score, details={} if hidden else e.selection.details,
             status="labeled" if e.label else ("leased" if is_leased(e.selection, now) else "queued"),
             lease_expires_at=e.selection.lease_expires_at if is_leased(e.selection, now) else None,
         )

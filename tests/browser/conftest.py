@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.service.conftest import ROOT, service_env, worker  # noqa: F401 - fixtures used here
+from tests.conftest import ROOT
 
 CHROMIUM = Path(os.environ.get("XAL_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = [
@@ -45,7 +45,7 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def live_server(service_env, tmp_path_factory):  # noqa: F811 - the imported fixture
+def live_server(service_env, tmp_path_factory):
     """The API and UI as users get them: `python -m backend.cli serve --no-worker` on a free port."""
     _require_browser()
     port = _free_port()

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from tests.conftest import balanced_sample
-from tests.service.conftest import make_user
+from tests.conftest import make_user
 
 pytestmark = pytest.mark.slow
 

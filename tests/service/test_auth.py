@@ -1,5 +1,5 @@
 """Bearer tokens on every route, and roles."""
-from tests.service.conftest import make_user
+from tests.conftest import make_user
 
 
 def test_every_api_route_but_login_and_health_requires_a_token(app_client):

@@ -16,7 +16,7 @@ from PIL import Image as PILImage
 from sqlalchemy import func, select
 
 from tests.conftest import balanced_sample
-from tests.service.conftest import make_user
+from tests.conftest import make_user
 
 CLASSES = ["Homogeneous", "Speckled", "Nucleolar", "Centromere", "NuMem", "Golgi"]
 

@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import func, select
 
 from tests.conftest import balanced_sample
-from tests.service.conftest import make_user
+from tests.conftest import make_user
 
 CLASSES = ["Homogeneous", "Speckled", "Nucleolar", "Centromere", "NuMem", "Golgi"]
 
@@ -168,6 +168,8 @@ def test_label_first_then_reveal_keeps_both_answers(app_client, open_project, ad
     _, annotator = make_user("annotator")
     cell = app_client.post(f"/api/projects/{open_project}/queue/next", headers=annotator).json()["cell"]
     assert cell["hints_hidden"] and cell["details"] == {}
+    queue = app_client.get(f"/api/projects/{open_project}/queue", headers=annotator).json()
+    assert all(entry["details"] == {} for entry in queue)
     blind = _label(app_client, open_project, annotator, cell["image_id"], "Speckled").json()
     assert blind["hints_seen"] is False and blind["hints"]["strategy"] == "random"
     revised = app_client.post(f"/api/projects/{open_project}/labels", headers=annotator,

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import balanced_sample
-from tests.service.conftest import make_user, wait_for
+from tests.conftest import make_user, wait_for
 
 pytestmark = pytest.mark.slow
 
