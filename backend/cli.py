@@ -87,6 +87,21 @@ def _token(args) -> None:
     print(token)
 
 
+def _roar(args) -> None:
+    from backend.settings import get_settings
+    from worker.ml.training import resolve_device
+    from worker.roar import RoarSettings, run_roar
+
+    settings = RoarSettings(
+        data=str(Path(args.data).resolve()), labels=str(Path(args.labels).resolve()) if args.labels else None,
+        train_size=args.train_size, test_size=args.test_size, max_epochs=args.max_epochs, seed=args.seed,
+    )
+    methods = [m for m in args.methods.split(",") if m]
+    fractions = [int(x) for x in args.fractions.split(",") if x]
+    recommendation = run_roar(settings, Path(args.out), methods, fractions, resolve_device(get_settings().device))
+    print(f"recommended relevance method: {recommendation['method']}; roar.csv, roar_kar.png in {args.out}")
+
+
 def _import(args) -> None:
     from backend.cli_import import run_import
 
@@ -127,6 +142,19 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("username")
     token.add_argument("--name", default="cli")
     token.set_defaults(run=_token)
+
+    roar = sub.add_parser("roar", help="rank the relevance methods by remove-and-retrain / keep-and-retrain "
+                                       "on a labeled folder (resumable)")
+    roar.add_argument("--data", required=True, help="labeled folder (a labels.csv, or one folder per class)")
+    roar.add_argument("--labels", help="CSV with an image-path column and a class column")
+    roar.add_argument("--out", required=True, help="results folder; a rerun into it skips finished rows")
+    roar.add_argument("--methods", default="random,gradient,lrp-epsilon,deeptaylor", help="comma-separated")
+    roar.add_argument("--fractions", default="0,10,20,30,40,50,60,70,80", help="%% of pixels replaced, comma-separated")
+    roar.add_argument("--train-size", type=int, default=1000, help="cells, a stratified sample")
+    roar.add_argument("--test-size", type=int, default=500, help="cells, a stratified sample")
+    roar.add_argument("--max-epochs", type=int, default=10, help="of every (re)training")
+    roar.add_argument("--seed", type=int, default=0)
+    roar.set_defaults(run=_roar)
 
     imp = sub.add_parser("import", help="import a folder of cell images into a project")
     imp.add_argument("project", help="project id or name")
