@@ -115,6 +115,56 @@ def _import(args) -> None:
         print(f"  invalid: {item['filename']}: {item['error']}")
 
 
+def _simulate(args) -> None:
+    from worker.simulate import CASES, SimulationSettings, simulate
+
+    def listed(values: list[str], convert=str) -> list:  # `--x a b`, `--x a,b` or a mix, as one list
+        return [convert(item) for value in values for item in value.split(",") if item]
+
+    settings = SimulationSettings(
+        data=str(Path(args.data).resolve()), labels=str(Path(args.labels).resolve()) if args.labels else None,
+        test_fraction=args.test_fraction, pool_size=args.pool_size, test_size=args.test_size,
+        pretrain_size=args.pretrain_size, pretrain_exclude=args.pretrain_exclude,
+        max_epochs=args.max_epochs, single_training_epochs=args.single_training_epochs, patience=args.patience,
+        batch_size=args.batch_size,
+    )
+    cases = listed(args.cases)
+    computed = simulate(settings, Path(args.out), list(CASES) if cases == ["all"] else cases,
+                        listed(args.budgets, float), listed(args.seeds, int), Path(args.cache) if args.cache else None)
+    print(f"{len(computed)} runs computed, the others were done already; tables and plots in {args.out}")
+
+
+def _pretrain(args) -> None:
+    import numpy as np
+
+    from backend.blobs import get_blob_store
+    from backend.db.migrate import upgrade_database
+    from backend.db.models import ModelVersion
+    from backend.db.session import new_session
+    from backend.settings import get_settings
+    from worker.ml.training import TrainingConfig, resolve_device
+    from worker.pretrain import CHANNEL, pretrain, read_labeled_folder, stratified_sample
+    from worker.rounds import load_cells
+
+    upgrade_database()
+    store = get_blob_store()
+    cells = read_labeled_folder(Path(args.data), Path(args.labels) if args.labels else None, store)
+    cells = cells.excluding(args.exclude_class)
+    if args.limit:
+        cells = cells.subset(np.sort(stratified_sample(cells.labels, args.limit, np.random.default_rng(args.seed))))
+    config = TrainingConfig(max_epochs=args.max_epochs, seed=args.seed)
+    trained = pretrain(load_cells(cells.hashes, CHANNEL), cells.labels, cells.class_names, config,
+                       resolve_device(get_settings().device))
+    with new_session() as session:
+        model = ModelVersion(project_id=None, name=args.name, checkpoint_key=store.put(trained.checkpoint),
+                             class_names=trained.class_names, metrics=trained.metrics, training=trained.training)
+        session.add(model)
+        session.commit()
+    print(f"model version {model.id} ({args.name!r}): {len(cells.hashes)} cells of {', '.join(trained.class_names)}; "
+          f"held-out accuracy {trained.metrics.get('aca', float('nan')):.3f}", file=sys.stderr)
+    print(model.id)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="xal", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -164,6 +214,38 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--skip-duplicates", action="store_true")
     imp.add_argument("--skip-invalid", action="store_true")
     imp.set_defaults(run=_import)
+
+    simulate = sub.add_parser("simulate", help="replay the active-learning experiment on a labeled folder, "
+                                               "the ground truth as the oracle (resumable)")
+    simulate.add_argument("--data", required=True, help="labeled folder (a labels.csv, or one folder per class)")
+    simulate.add_argument("--labels", help="CSV with an image-path column and a class column")
+    simulate.add_argument("--out", required=True, help="results folder; a rerun into it skips finished runs")
+    simulate.add_argument("--cache", help="copies of the cells, checkpoints, pretrained models (default OUT/cache)")
+    simulate.add_argument("--cases", nargs="+", default=["all"], help="names, space- or comma-separated; default all")
+    simulate.add_argument("--budgets", nargs="+", default=["2,5,10,20,100"], help="%% of the pool")
+    simulate.add_argument("--seeds", nargs="+", default=["0,1,2"])
+    simulate.add_argument("--test-fraction", type=float, default=0.2)
+    simulate.add_argument("--pool-size", type=int, help="stratified subsample of the pool (default: all of it)")
+    simulate.add_argument("--test-size", type=int, help="stratified subsample of the test split (default: all of it)")
+    simulate.add_argument("--max-epochs", type=int, default=30)
+    simulate.add_argument("--single-training-epochs", type=int, help="max epochs of the pretraining and of the 100%% "
+                          "ceiling, trained once rather than round after round (default: --max-epochs)")
+    simulate.add_argument("--patience", type=int, default=5)
+    simulate.add_argument("--batch-size", type=int, default=128)
+    simulate.add_argument("--pretrain-size", type=int, default=1000, help="cells of the in-* cases' pretraining part")
+    simulate.add_argument("--pretrain-exclude", nargs="*", default=["Golgi"], metavar="CLASS",
+                          help="classes the pretraining part leaves out (default Golgi)")
+    simulate.set_defaults(run=_simulate)
+
+    pretrain = sub.add_parser("pretrain", help="train a start model on a labeled folder and store it as a model version")
+    pretrain.add_argument("--data", required=True, help="labeled folder (a labels.csv, or one folder per class)")
+    pretrain.add_argument("--labels", help="CSV with an image-path column and a class column")
+    pretrain.add_argument("--name", required=True)
+    pretrain.add_argument("--exclude-class", nargs="+", action="extend", default=[], metavar="CLASS")
+    pretrain.add_argument("--limit", type=int, help="at most this many cells, each class in proportion")
+    pretrain.add_argument("--max-epochs", type=int, default=30)
+    pretrain.add_argument("--seed", type=int, default=0)
+    pretrain.set_defaults(run=_pretrain)
     return parser
 
 

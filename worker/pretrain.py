@@ -6,16 +6,21 @@ Also the one reader of a labeled folder outside a project, shared by `xal pretra
 so both understand exactly the layouts an import does. No database here."""
 import sys
 from collections.abc import Callable, Collection
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
 from backend.blobs import BlobStore
 from backend.errors import Invalid
 from backend.services.imports import files_from_folder
-from worker.ml.training import TrainingConfig, TrainingResult, stratified_holdout
+from worker.ml.metrics import classification_metrics
+from worker.ml.network import ParallelResidualNet
+from worker.ml.training import TrainingConfig, predict_proba, save_checkpoint, stratified_holdout, train_classifier
+
+CHANNEL = "luminance"  # of cells read from a folder outside any project (a project's default too)
 
 
 @dataclass
@@ -28,17 +33,21 @@ class LabeledCells:
         indices = np.asarray(indices, dtype=np.int64)
         return LabeledCells([self.hashes[i] for i in indices], self.labels[indices], self.class_names)
 
-    def excluding(self, classes: Collection[str]) -> "LabeledCells":
-        """Without the cells of `classes` (names, any case), the remaining classes renumbered."""
-        wanted = {name.casefold() for name in classes}
-        unknown = wanted - {name.casefold() for name in self.class_names}
+    def positions(self, names: Collection[str]) -> list[int]:
+        """The positions of the classes `names` (any case); Invalid for a name that is not a class."""
+        lookup = {name.casefold(): i for i, name in enumerate(self.class_names)}
+        unknown = sorted(name for name in names if name.casefold() not in lookup)
         if unknown:
-            raise Invalid(f"no class {', '.join(sorted(unknown))} to leave out; the classes are {', '.join(self.class_names)}")
-        kept = [name for name in self.class_names if name.casefold() not in wanted]
-        position = {self.class_names.index(name): new for new, name in enumerate(kept)}
-        indices = [i for i, label in enumerate(self.labels) if int(label) in position]
-        subset = self.subset(indices)
-        return LabeledCells(subset.hashes, np.array([position[int(c)] for c in subset.labels], dtype=np.int64), kept)
+            raise Invalid(f"no class {', '.join(unknown)} here; the classes are {', '.join(self.class_names)}")
+        return [lookup[name.casefold()] for name in names]
+
+    def excluding(self, names: Collection[str]) -> "LabeledCells":
+        """Without the cells of the classes `names`, the remaining classes renumbered in order."""
+        dropped = self.positions(names)
+        kept = [i for i in range(len(self.class_names)) if i not in dropped]
+        subset = self.subset(np.flatnonzero(np.isin(self.labels, kept)))
+        renumbered = np.searchsorted(kept, subset.labels)
+        return LabeledCells(subset.hashes, renumbered.astype(np.int64), [self.class_names[i] for i in kept])
 
 
 def read_labeled_folder(folder: Path, labels_csv: Path | None, store: BlobStore) -> LabeledCells:
@@ -92,16 +101,10 @@ def pretrain(
 ) -> Pretrained:
     """Train a fresh network on a stratified (1 - test_fraction) of the cells (itself holding out
     config.val_fraction to choose the checkpoint) and measure it on the rest."""
-    import torch
-
-    from worker.ml.metrics import classification_metrics
-    from worker.ml.network import ParallelResidualNet
-    from worker.ml.training import predict_proba, save_checkpoint, train_classifier
-
     labels = np.asarray(labels, dtype=np.int64)
     train, test = stratified_holdout(labels, test_fraction, np.random.default_rng(config.seed))
     torch.manual_seed(config.seed)
-    trained: TrainingResult = train_classifier(
+    trained = train_classifier(
         ParallelResidualNet(len(class_names)), images[train], labels[train], config, device, progress)
     metrics = {}
     if len(test):
@@ -110,6 +113,6 @@ def pretrain(
     training = {
         "epochs_run": trained.epochs_run, "best_epoch": trained.best_epoch, "best_val_loss": trained.best_val_loss,
         "history": trained.history, "n_labels": int(len(train)), "n_held_out": int(len(test)),
-        "seconds": trained.seconds, "config": vars(config),
+        "seconds": trained.seconds, "config": asdict(config),
     }
     return Pretrained(save_checkpoint(trained.model), class_names, metrics, training)
