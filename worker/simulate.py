@@ -174,6 +174,9 @@ def run_case(cells: LabeledCells, split: Split, case_name: str, seed: int, budge
     parent, transfer = (start_checkpoint, True) if case.pretrained else (None, False)
     steps, diagnostics, final_metrics = [], [], {}
     model_settings = asdict(settings.training_config(seed, single=budget_pct >= CEILING))
+    # compute_round draws a transferred model's new head from torch's global generator: seed it
+    # here, or an in-* run would depend on what ran before it in this process.
+    torch.manual_seed(seed)
     started = time.perf_counter()
     for number, size in enumerate(plan):
         round_started = time.perf_counter()
