@@ -30,6 +30,10 @@ class BlobStore:
     def get(self, key: str) -> bytes:
         return self._path(key).read_bytes()
 
+    def delete(self, key: str) -> None:
+        """Only for blobs nothing refers to any more (e.g. the simulator's spent checkpoints)."""
+        self._path(key).unlink(missing_ok=True)
+
     def exists(self, key: str) -> bool:
         return self._path(key).exists()
 

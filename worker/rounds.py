@@ -167,8 +167,8 @@ def _model_for(inputs: RoundInputs, device):
     from worker.ml.training import load_checkpoint
 
     n_classes = len(inputs.class_names)
+    torch.manual_seed(inputs.model_settings.get("seed", 0))  # a fresh network or head is drawn the same each time
     if inputs.parent_checkpoint is None:
-        torch.manual_seed(inputs.model_settings.get("seed", 0))
         return ParallelResidualNet(n_classes).to(device)
     model = load_checkpoint(get_blob_store().get(inputs.parent_checkpoint), map_location=device)
     if inputs.transfer:

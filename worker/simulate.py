@@ -148,11 +148,6 @@ def _blob_store_under(data_dir: Path):
         get_settings.cache_clear()
 
 
-def _forget(store: BlobStore, key: str) -> None:
-    # A round's checkpoint is needed only by the next round; ~1.6 MB each adds up over hundreds.
-    store._path(key).unlink(missing_ok=True)
-
-
 def _write_json(path: Path, payload: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
@@ -190,7 +185,7 @@ def run_case(cells: LabeledCells, split: Split, case_name: str, seed: int, budge
         ))
         if result["checkpoint"] is not None:
             if parent is not None and not transfer:
-                _forget(store, parent)
+                store.delete(parent)  # needed by this round only; ~1.6 MB each adds up over hundreds
             parent, transfer = store.put(result["checkpoint"]), False
             metrics = result["metrics"]
             final_metrics = metrics
@@ -214,7 +209,7 @@ def run_case(cells: LabeledCells, split: Split, case_name: str, seed: int, budge
         unlabeled = [i for i in unlabeled if i not in chosen]
         advance()
     if parent is not None and parent != start_checkpoint:
-        _forget(store, parent)
+        store.delete(parent)
     return {
         "case": case_name, "seed": seed, "budget_pct": budget_pct, "budget": sum(plan), "plan": plan,
         "strategy": case.strategy, "strategy_options": case.options, "pretrained": case.pretrained,

@@ -94,12 +94,13 @@ def count_pool(session: Session, project: Project, labeled: bool | None = None) 
 
 def resolve_budget(project: Project, pool_size: int) -> None:
     """Fills B, k and m where the project left them to the defaults: B = 20% of the pool,
-    k = 15% of B, m = 10% of B (at least one cell each)."""
+    k = 15% of B, m = 10% of B (at least one cell each). A default k is at least one cell per
+    class: the explainable strategies need that many labeled cells to form their centres."""
     if project.budget is None:
         project.budget = max(1, round(0.2 * pool_size))
     project.budget = min(project.budget, pool_size)
     if project.initial_size is None:
-        project.initial_size = max(1, round(0.15 * project.budget))
+        project.initial_size = max(len(project.classes), round(0.15 * project.budget))
     if project.step_size is None:
         project.step_size = max(1, round(0.1 * project.budget))
     project.initial_size = min(project.initial_size, project.budget)

@@ -1,0 +1,25 @@
+from backend.db.models import Project, ProjectClass
+from backend.services.projects import resolve_budget
+
+
+def _project(n_classes: int, **settings) -> Project:
+    return Project(name="p", classes=[ProjectClass(name=f"c{i}", key=str(i), position=i) for i in range(n_classes)],
+                   budget=settings.get("budget"), initial_size=settings.get("initial_size"), step_size=settings.get("step_size"))
+
+
+def test_defaults_follow_the_thesis_budget_loop():
+    project = _project(6)
+    resolve_budget(project, pool_size=10_000)
+    assert (project.budget, project.initial_size, project.step_size) == (2000, 300, 200)
+
+
+def test_a_default_first_batch_has_at_least_one_cell_per_class():
+    project = _project(6)
+    resolve_budget(project, pool_size=100)  # B = 20, 15% of B = 3 < 6 classes
+    assert (project.budget, project.initial_size, project.step_size) == (20, 6, 2)
+
+
+def test_explicit_settings_are_kept_but_never_exceed_the_pool():
+    project = _project(6, budget=500, initial_size=2, step_size=7)
+    resolve_budget(project, pool_size=300)
+    assert (project.budget, project.initial_size, project.step_size) == (300, 2, 7)
