@@ -1,4 +1,4 @@
-"""`xal`: the one command. xal serve | worker | migrate | create-user | token | import."""
+"""`xal`: the one command. xal serve | worker | migrate | create-user | token | import | pretrain | simulate | roar."""
 import argparse
 import logging
 import os
