@@ -1,0 +1,72 @@
+"""`xal serve` with no XAL_* settings: SQLite, Celery's filesystem broker and a worker
+process under ./xal-data — nothing but Python — running the same code as production:
+Alembic migrations, the Celery round task, real training."""
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+
+from tests.conftest import ROOT, balanced_sample, wait_for
+
+pytestmark = pytest.mark.slow
+
+
+def test_the_service_runs_the_loop_on_the_embedded_default(tmp_path, i3a_dir, i3a_rows):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {key: value for key, value in os.environ.items() if not key.startswith("XAL_")}
+    log_path = tmp_path / "serve.log"
+    with open(log_path, "w") as log:
+        server = subprocess.Popen([sys.executable, "-m", "backend.cli", "serve", "--port", str(port)],
+                                  cwd=tmp_path, env={**env, "PYTHONPATH": str(ROOT)}, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        token = wait_for(lambda: re.search(r"API token: (\S+)", log_path.read_text()), timeout=120,
+                         message="the first-start token").group(1)
+        client = httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {token}"}, timeout=30)
+        wait_for(lambda: _healthy(client), timeout=60, message="the API")
+        assert "sqlite" in log_path.read_text() and "filesystem://" in log_path.read_text()
+
+        classes = sorted({row["pattern"] for row in i3a_rows})
+        project = client.post("/api/projects", json={
+            "name": "embedded", "classes": [{"name": c} for c in classes], "budget": 12, "initial_size": 6,
+            "step_size": 6, "model_settings": {"max_epochs": 1, "batch_size": 16}}).json()
+        rows = balanced_sample(i3a_rows, per_class=4, offset=400)
+        files = [("files", (f"{row['image_id']}.png", (i3a_dir / row["image_path"]).read_bytes(), "image/png"))
+                 for row in rows]
+        assert client.post(f"/api/projects/{project['id']}/images", files=files).status_code == 201
+        assert client.post(f"/api/projects/{project['id']}/start").status_code == 202
+        truth = {f"{row['image_id']}.png": row["pattern"] for row in rows}
+        for number in (0, 1):
+            round_ = wait_for(lambda: _done(client, project["id"], number), timeout=180, message=f"round {number}")
+            assert round_["state"] == "done" and round_["n_selected"] == 6
+            for _ in range(6):
+                cell = client.post(f"/api/projects/{project['id']}/queue/next").json()["cell"]
+                assert client.post(f"/api/projects/{project['id']}/labels", json={
+                    "image_id": cell["image_id"], "class_name": truth[cell["filename"]]}).status_code == 201
+        final = wait_for(lambda: _done(client, project["id"], 2), timeout=180, message="round 2")
+        assert final["state"] == "done" and final["n_labels"] == 12 and final["model_version_id"]
+        assert (tmp_path / "xal-data" / "xal.db").is_file()
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+
+
+def _healthy(client) -> bool:
+    try:
+        return client.get("/api/health").status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _done(client, project_id: int, number: int):
+    response = client.get(f"/api/projects/{project_id}/rounds/{number}")
+    return response.json() if response.status_code == 200 and response.json()["state"] in ("done", "failed") else None
