@@ -30,7 +30,8 @@ def _serve(args) -> None:
             print(f"First start: created user 'admin' with password {password}\nAPI token: {token}", flush=True)
     worker = None
     if not args.no_worker:
-        worker = subprocess.Popen([sys.executable, "-m", "backend.cli", "worker"], env=os.environ.copy())
+        worker = subprocess.Popen([sys.executable, "-m", "backend.cli", "worker"], env=os.environ.copy(),
+                                  preexec_fn=_die_with_parent if sys.platform == "linux" else None)
     print(f"XAL on http://{args.host}:{args.port}/  (API docs: /api/docs; database: "
           f"{settings.resolved_database_url.split('@')[-1]}; broker: {settings.resolved_broker_url.split('@')[-1]})", flush=True)
     try:
@@ -39,6 +40,16 @@ def _serve(args) -> None:
         if worker is not None:
             worker.terminate()
             worker.wait(timeout=30)
+
+
+def _die_with_parent() -> None:
+    """In the worker child: the kernel sends it SIGTERM when `xal serve` ends, however it ends
+    (uvicorn re-raises the signal it stopped on, so a `finally` in the parent may never run)."""
+    import ctypes
+    import signal
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _worker(args) -> None:

@@ -58,6 +58,19 @@ def test_the_service_runs_the_loop_on_the_embedded_default(tmp_path, i3a_dir, i3
             server.wait(timeout=30)
         except subprocess.TimeoutExpired:
             server.kill()
+    wait_for(lambda: not _workers_in(tmp_path), timeout=30, message="the worker to stop with the server")
+
+
+def _workers_in(folder) -> list[int]:
+    """Worker processes still running in the server's folder."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if os.readlink(f"/proc/{pid}/cwd") == str(folder) and b"worker" in open(f"/proc/{pid}/cmdline", "rb").read():
+                found.append(int(pid))
+        except OSError:
+            continue
+    return found
 
 
 def _healthy(client) -> bool:
