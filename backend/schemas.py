@@ -6,6 +6,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 Channel = Literal["luminance", "red", "green", "blue"]
 Split = Literal["pool", "test"]
+ColdStart = Literal["random", "clusters"]
 
 
 class ORM(BaseModel):
@@ -47,6 +48,7 @@ class ProjectCreate(BaseModel):
     strategy: str = "entropy"
     strategy_options: dict[str, Any] = Field(default_factory=dict, description="settings of the strategy, e.g. representation")
     reveal_after_label: bool = False
+    cold_start: ColdStart = Field(default="random", description="round 0: random cells, or spread evenly over the pool's clusters")
     model_settings: ModelSettings = ModelSettings()
     start_model_id: int | None = None
 
@@ -59,6 +61,7 @@ class ProjectUpdate(BaseModel):
     strategy: str | None = None
     strategy_options: dict[str, Any] | None = None
     reveal_after_label: bool | None = None
+    cold_start: ColdStart | None = None
     model_settings: ModelSettings | None = None
 
 
@@ -81,6 +84,7 @@ class ProjectOut(ORM):
     strategy: str
     strategy_options: dict[str, Any]
     reveal_after_label: bool
+    cold_start: str
     model_settings: dict[str, Any]
     start_model_id: int | None
     state: str
@@ -243,3 +247,46 @@ class RelevanceMapOut(BaseModel):
     model_version_id: int
     png_url: str
     npy_url: str
+
+
+class ClusteringConfig(BaseModel):
+    """Deep clustering of the pool (worker.ml.deep_clustering); n_clusters defaults to the number of classes."""
+
+    model_config = ConfigDict(extra="forbid")
+    case: Literal[1, 2, 3] = Field(default=1, description="decoder: 1 plain, 2 unpooling + skips, 3 case 2 + extra streams")
+    pretrain_epochs: int = Field(default=3, ge=0, le=200)
+    cluster_epochs: int = Field(default=2, ge=0, le=200)
+    n_clusters: int | None = Field(default=None, ge=2, le=100)
+    max_cells: int = Field(default=2000, ge=2, le=100_000, description="cells trained on; every pool cell is assigned")
+
+
+class ClusteringOut(ORM):
+    id: int
+    state: str
+    config: dict[str, Any]
+    metrics: dict[str, Any]
+    progress: dict[str, Any]
+    error: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class ClusterOut(BaseModel):
+    cluster: int
+    size: int
+    example_image_ids: list[int]
+
+
+class ClusterPoint(BaseModel):
+    image_id: int
+    x: float
+    y: float
+    cluster: int
+    label: str | None = None  # the current label, or for admins the reference class, where known
+
+
+class ClusteringOverview(BaseModel):
+    clustering: ClusteringOut | None
+    clusters: list[ClusterOut] = []
+    points: list[ClusterPoint] = []

@@ -14,7 +14,9 @@ import numpy as np
 from sqlalchemy import select
 
 from backend.blobs import get_blob_store
-from backend.db.models import Image, Label, ModelVersion, Project, RelevanceMap, Round, Selection, utcnow
+from backend.db.models import (
+    Image, ImageCluster, Label, ModelVersion, PoolClustering, Project, RelevanceMap, Round, Selection, utcnow,
+)
 from backend.db.session import new_session
 from backend.services.labeling import current_label_exists, is_current
 from backend.settings import get_settings
@@ -63,6 +65,10 @@ class RoundInputs:
     test_hashes: list[str]
     test_classes: np.ndarray
     render_maps: bool = True  # the simulator has no one to show them to
+    # round 0 of a `cold_start = clusters` project: each pool cell's cluster (aligned with
+    # pool_ids), so that the first k cells are spread evenly over the clusters
+    pool_clusters: list[int] | None = None
+    cold_start_note: str | None = None  # why a requested cold start fell back to random
 
 
 def _claim(session, round_id: int) -> Round | None:
@@ -107,6 +113,11 @@ def _gather(session, round_: Round) -> RoundInputs:
         parent = session.get(ModelVersion, project.start_model_id)
     budget_left = project.budget - len(labeled)
     size = project.initial_size if round_.number == 0 else project.step_size
+    pool_clusters, cold_start_note = None, None
+    if round_.number == 0 and project.cold_start == "clusters":
+        pool_clusters = _pool_clusters(session, project, [i for i, _ in pool])
+        if pool_clusters is None:
+            cold_start_note = "random (no finished clustering)"
     return RoundInputs(
         project_id=project.id,
         number=round_.number,
@@ -126,7 +137,22 @@ def _gather(session, round_: Round) -> RoundInputs:
         pool_hashes=[h for _, h in pool],
         test_hashes=[h for h, _ in test],
         test_classes=np.array([positions[c] for _, c in test], dtype=np.int64),
+        pool_clusters=pool_clusters,
+        cold_start_note=cold_start_note,
     )
+
+
+def _pool_clusters(session, project: Project, pool_ids: list[int]) -> list[int] | None:
+    """Each pool cell's cluster under the project's latest finished clustering; None when
+    there is none. A cell imported after that clustering gets a cluster of its own (-1)."""
+    clustering_id = session.scalar(
+        select(PoolClustering.id).where(PoolClustering.project_id == project.id, PoolClustering.state == "done")
+        .order_by(PoolClustering.id.desc()).limit(1))
+    if clustering_id is None:
+        return None
+    clusters = dict(session.execute(
+        select(ImageCluster.image_id, ImageCluster.cluster).where(ImageCluster.clustering_id == clustering_id)).all())
+    return [clusters.get(image_id, -1) for image_id in pool_ids]
 
 
 def _diagnose_previous_batch(session, round_: Round) -> None:
@@ -180,7 +206,7 @@ def _model_for(inputs: RoundInputs, device):
 def compute_round(inputs: RoundInputs, report: Callable[..., None] = lambda **progress: None) -> dict:
     """The heavy part: train, evaluate, rank. No database; `report(**progress)` is told the phase."""
     from worker.ml.metrics import classification_metrics
-    from worker.ml.strategies import SelectionContext, rank_pool
+    from worker.ml.strategies import SelectionContext, cluster_spread_ranking, rank_pool
     from worker.ml.training import TrainingConfig, predict_proba, resolve_device, save_checkpoint, train_classifier
 
     timings: dict[str, float] = {}
@@ -230,8 +256,15 @@ def compute_round(inputs: RoundInputs, report: Callable[..., None] = lambda **pr
             pool_size=len(inputs.pool_ids), load_pool_images=lambda: load_cells(inputs.pool_hashes, inputs.channel),
             rng=rng, batch_size=settings.get("batch_size", 128), options=inputs.strategy_options,
         )
-        ranking = rank_pool(strategy, context)
+        if model is None and inputs.pool_clusters is not None:
+            strategy = "cluster-spread"
+            ranking = cluster_spread_ranking(np.asarray(inputs.pool_clusters), rng)
+            ranking.summary = {"cold_start": "clusters"}
+        else:
+            ranking = rank_pool(strategy, context)
         result["summary"] = ranking.summary
+        if inputs.cold_start_note is not None:
+            result["summary"]["cold_start"] = inputs.cold_start_note
         probabilities = context.pool_probabilities() if model is not None else None
         for medoid in result["summary"].get("centre_medoids", []):
             _name_labeled_cell(medoid, inputs)

@@ -1,4 +1,4 @@
-"""Celery tasks: thin wrappers that hand over to worker.rounds."""
+"""Celery tasks: thin wrappers that hand over to worker.rounds and worker.clustering."""
 import logging
 
 from celery.signals import worker_ready
@@ -15,12 +15,23 @@ def run_round(round_id: int) -> str:
     return compute_round(round_id)
 
 
+@celery_app.task(name="xal.cluster_pool")
+def cluster_pool(clustering_id: int) -> str:
+    from worker.clustering import run_clustering
+
+    return run_clustering(clustering_id)
+
+
 @worker_ready.connect
 def resume_unfinished_rounds(**_kwargs) -> None:
-    """Rounds left queued (broker was down) or running (a worker died) are sent again;
-    a round that is already done ignores the message."""
+    """Rounds and pool clusterings left queued (broker was down) or running (a worker died)
+    are sent again; one that is already done ignores the message."""
+    from worker.clustering import unfinished_clustering_ids
     from worker.rounds import unfinished_round_ids
 
     for round_id in unfinished_round_ids():
         log.info("resuming round %s", round_id)
         run_round.apply_async(args=[round_id])
+    for clustering_id in unfinished_clustering_ids():
+        log.info("resuming pool clustering %s", clustering_id)
+        cluster_pool.apply_async(args=[clustering_id])

@@ -5,7 +5,7 @@ from fastapi import FastAPI, Request
 from fastapi.staticfiles import StaticFiles
 from fastapi.responses import JSONResponse
 
-from backend.api import auth, images, labels, projects, rounds
+from backend.api import auth, clustering, images, labels, projects, rounds
 from backend.errors import DomainError
 
 FRONTEND = Path(__file__).resolve().parents[2] / "frontend"
@@ -24,7 +24,7 @@ def create_app() -> FastAPI:
     async def domain_error(_request: Request, error: DomainError) -> JSONResponse:
         return JSONResponse({"detail": error.message, **error.details}, status_code=error.status_code)
 
-    for module in (auth, projects, images, labels, rounds):
+    for module in (auth, projects, images, labels, rounds, clustering):
         app.include_router(module.router, prefix="/api")
 
     @app.get("/api/health", tags=["meta"])

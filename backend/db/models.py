@@ -65,6 +65,8 @@ class Project(Base):
     start_model_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id", use_alter=True))
     # "label first, then reveal": hints stay hidden until the annotator's blind label is in
     reveal_after_label: Mapped[bool] = mapped_column(default=False)
+    # how round 0 picks its k cells: "random", or "clusters" (evenly over the latest pool clustering)
+    cold_start: Mapped[str] = mapped_column(String(20), default="random")
     state: Mapped[str] = mapped_column(String(20), default="draft")  # draft | active | finished
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     classes: Mapped[list["ProjectClass"]] = relationship(
@@ -202,3 +204,32 @@ class RelevanceMap(Base):
     png_key: Mapped[str] = mapped_column(String(64))
     npy_key: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class PoolClustering(Base):
+    """A deep clustering of a project's pool (worker.clustering): its config, progress and
+    scores; each pool cell's cluster and 2-D PCA coordinates are its ImageCluster rows."""
+
+    __tablename__ = "pool_clusterings"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
+    state: Mapped[str] = mapped_column(String(20), default="queued")  # queued | running | done | failed
+    config: Mapped[dict[str, Any]] = mapped_column(default=dict)  # case, epochs, n_clusters, max_cells
+    # sizes, recon_mse, and acc/nmi/ari against the reference classes where the pool has them
+    metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    progress: Mapped[dict[str, Any]] = mapped_column(default=dict)  # phase, epoch, epochs
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+
+
+class ImageCluster(Base):
+    """A pool cell's cluster under one clustering, and its latent's 2-D PCA coordinates."""
+
+    __tablename__ = "image_clusters"
+    clustering_id: Mapped[int] = mapped_column(ForeignKey("pool_clusterings.id", ondelete="CASCADE"), primary_key=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), primary_key=True)
+    cluster: Mapped[int]
+    x: Mapped[float]
+    y: Mapped[float]

@@ -41,6 +41,7 @@ def create_project(session: Session, spec: ProjectCreate) -> Project:
         strategy=spec.strategy,
         strategy_options=spec.strategy_options,
         reveal_after_label=spec.reveal_after_label,
+        cold_start=spec.cold_start,
         model_settings=spec.model_settings.model_dump(),
         start_model_id=spec.start_model_id,
         classes=[

@@ -3,7 +3,7 @@
 // annotators. It polls the API every few seconds; parts are redrawn only when they change.
 
 import { ApiError, api, blobUrl, download, requireSession, signOut } from "./api.js";
-import { barChart, confusionTable, lineChart, progressBar } from "./charts.js";
+import { barChart, categoryColour, confusionTable, lineChart, progressBar, scatterChart } from "./charts.js";
 import { $, h, percent, replace, seconds } from "./dom.js";
 import { brighten } from "./viewer.js";
 import { zipFiles } from "./zip.js";
@@ -22,6 +22,7 @@ const state = {
   selectedRound: null, // number of the round whose confusion matrix is shown
   drawn: new Map(), // part -> JSON of what it was drawn from
   poolOffset: 0,
+  clustering: null, // the pool clustering overview
 };
 
 init().catch(showActionError);
@@ -76,6 +77,7 @@ async function setUpCreateForm() {
       strategy_options: strategy.startsWith("xal-") ? { relevance_method: f.relevance_method.value, representation: f.representation.value, centres: f.centres.value } : {},
       model_settings: { max_epochs: number(f.max_epochs) ?? 30 },
       start_model_id: number(f.start_model_id) ?? null,
+      cold_start: f.cold_start.value,
       ...(f.reveal_after_label.checked ? { reveal_after_label: true } : {}),
     };
     const error = $("#create-error");
@@ -99,6 +101,7 @@ async function openProject() {
   setUpActions();
   setUpImport();
   setUpPool();
+  setUpClustering();
   await refresh();
   setInterval(() => refresh().catch(() => {}), POLL_MS);
 }
@@ -120,6 +123,12 @@ async function refresh() {
   draw("confusion", [rounds.map((r) => r.metrics), state.selectedRound], drawConfusion);
   draw("diagnostics", rounds.map((r) => [r.diagnostics, r.selection_summary?.pool_expected_error]), drawDiagnostics);
   draw("annotators", state.stats, drawAnnotators);
+  const clustering = state.clustering?.clustering;
+  if (!state.clustering || ["queued", "running"].includes(clustering?.state) || Date.now() - (state.clusteringAt || 0) > 30000) {
+    state.clusteringAt = Date.now();
+    state.clustering = await api(`${base}/clustering`).catch(() => state.clustering);
+  }
+  draw("clustering", state.clustering, drawClustering);
 }
 
 /** Redraws a part only when its data changed, so focus and scroll stay put while polling. */
@@ -143,7 +152,8 @@ function drawSummary() {
     h("dt", {}, "Strategy"), h("dd", {}, options ? `${p.strategy} — ${options}` : p.strategy),
     h("dt", {}, "Budget B / k / m"), h("dd", {}, `${p.budget ?? "auto"} / ${p.initial_size ?? "auto"} / ${p.step_size ?? "auto"}`),
     h("dt", {}, "Model"), h("dd", {}, `${p.start_model_id ? `from model ${p.start_model_id}` : "from scratch"}, up to ${p.model_settings.max_epochs} epochs a round`),
-    h("dt", {}, "Reveal"), h("dd", {}, p.reveal_after_label ? "label first, then reveal" : "hints shown with the cell"));
+    h("dt", {}, "Reveal"), h("dd", {}, p.reveal_after_label ? "label first, then reveal" : "hints shown with the cell"),
+    h("dt", {}, "First batch"), h("dd", {}, p.cold_start === "clusters" ? "spread over the pool's clusters" : "random cells"));
   $("#start").hidden = p.state !== "draft";
   const latest = state.rounds.at(-1);
   $("#cancel").disabled = !latest || !["queued", "running"].includes(latest.state);
@@ -154,6 +164,7 @@ function drawSummary() {
     form.step_size.value = p.step_size ?? "";
     form.strategy.value = p.strategy;
     form.reveal_after_label.checked = Boolean(p.reveal_after_label);
+    form.cold_start.value = p.cold_start || "random";
   }
 }
 
@@ -318,6 +329,7 @@ function setUpActions() {
     const f = event.target.elements;
     const changes = { strategy: f.strategy.value.trim() };
     if ("reveal_after_label" in state.project) changes.reveal_after_label = f.reveal_after_label.checked;
+    if ("cold_start" in state.project) changes.cold_start = f.cold_start.value;
     if (f.budget.value) changes.budget = Number(f.budget.value);
     if (f.step_size.value) changes.step_size = Number(f.step_size.value);
     try {
@@ -426,4 +438,66 @@ async function loadPool() {
       img,
       h("span", { class: "thumb-label" }, image.label ? `✓ ${image.label}` : (image.reference_class ? `(${image.reference_class})` : "unlabeled")));
   }));
+}
+
+// ---------------------------------------------------------------- pool clusters
+
+function setUpClustering() {
+  const form = $("#cluster-form");
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const f = form.elements;
+    const body = { case: Number(f.case.value), pretrain_epochs: Number(f.pretrain_epochs.value), cluster_epochs: Number(f.cluster_epochs.value) };
+    if (f.n_clusters.value) body.n_clusters = Number(f.n_clusters.value);
+    const error = $("#cluster-error");
+    error.hidden = true;
+    try {
+      await api(`/api/projects/${state.projectId}/clustering`, { method: "POST", json: body });
+      state.clustering = null; // fetched again on the next refresh
+      await refresh();
+    } catch (failure) {
+      error.textContent = failure.detail || failure.message;
+      error.hidden = false;
+    }
+  });
+}
+
+function drawClustering() {
+  const overview = state.clustering;
+  const clustering = overview?.clustering;
+  const status = $("#cluster-status");
+  $("#cluster-pool").disabled = ["queued", "running"].includes(clustering?.state);
+  if (!clustering) {
+    replace(status, h("p", { class: "muted" }, "The pool has not been clustered yet. Clustering groups similar cells without labels; " +
+      "a project whose first batch is “spread over the pool's clusters” then draws its first k cells evenly from them."));
+    replace($("#cluster-scatter"));
+    replace($("#cluster-examples"));
+    return;
+  }
+  const progress = clustering.progress || {};
+  if (clustering.state === "running" && progress.epochs) {
+    replace(status, progressBar(`Clustering: ${progress.phase}`, progress.epoch || 0, progress.epochs, { text: `epoch ${progress.epoch || 0} of ${progress.epochs}` }));
+  } else if (clustering.state === "failed") {
+    replace(status, h("p", { class: "error" }, `The clustering failed: ${clustering.error}`));
+  } else if (clustering.state !== "done") {
+    replace(status, h("p", {}, `Clustering ${clustering.state}${progress.phase ? ` (${progress.phase})` : ""}…`));
+  } else {
+    const m = clustering.metrics || {};
+    const scores = m.acc !== undefined ? ` Against the reference classes of ${m.n_reference} cells: ACC ${percent(m.acc)}, NMI ${m.nmi.toFixed(2)}, ARI ${m.ari.toFixed(2)}.` : "";
+    replace(status, h("p", {}, `${m.n_cells} cells in ${clustering.config.n_clusters} clusters (decoder case ${clustering.config.case}, ` +
+      `${clustering.config.pretrain_epochs} + ${clustering.config.cluster_epochs} epochs, reconstruction MSE ${Number(m.recon_mse).toPrecision(3)}).${scores}`));
+  }
+  if (clustering.state !== "done") return;
+  const names = (c) => `cluster ${c + 1}`;
+  replace($("#cluster-scatter"), scatterChart(
+    overview.points.map((p) => ({ x: p.x, y: p.y, category: p.cluster, title: `${names(p.cluster)}${p.label ? ` · ${p.label}` : ""} · image ${p.image_id}` })),
+    { names, title: "" }));
+  replace($("#cluster-examples"), overview.clusters.map((cluster) => h("div", { class: "cluster-examples" },
+    h("h3", { style: `border-left: 0.6rem solid ${categoryColour(cluster.cluster)}; padding-left: 0.4rem` }, `${names(cluster.cluster)} · ${cluster.size} cells`),
+    h("ul", { class: "pool-grid" }, cluster.example_image_ids.map((imageId) => {
+      const img = h("img", { alt: `image ${imageId}`, loading: "lazy" });
+      blobUrl(`/api/projects/${state.projectId}/images/${imageId}/file`).then((url) => { img.src = url; brighten(img); }, () => {});
+      const point = overview.points.find((p) => p.image_id === imageId);
+      return h("li", { class: "thumb", title: `image ${imageId}` }, img, h("span", { class: "thumb-label" }, point?.label ?? `image ${imageId}`));
+    })))));
 }

@@ -145,3 +145,48 @@ export function progressBar(label, value, max, { text } = {}) {
   wrap.append(caption, bar);
   return wrap;
 }
+
+/** Okabe–Ito colours and marker shapes for categories (e.g. clusters), cycled; colour and shape differ together. */
+const CATEGORY_COLOURS = [OKABE_ITO.blue, OKABE_ITO.orange, OKABE_ITO.green, OKABE_ITO.purple,
+  OKABE_ITO.vermillion, OKABE_ITO.skyBlue, OKABE_ITO.yellow, OKABE_ITO.black];
+const CATEGORY_MARKERS = ["circle", "square", "triangle", "diamond"];
+
+export function categoryColour(index) {
+  return CATEGORY_COLOURS[((index % CATEGORY_COLOURS.length) + CATEGORY_COLOURS.length) % CATEGORY_COLOURS.length];
+}
+
+/**
+ * A scatter plot of points [{x, y, category, title?}], one colour and marker per category,
+ * with a legend; names(category) gives the legend text.
+ */
+export function scatterChart(points, { width = 420, height = 320, names = (c) => `cluster ${c}`, xLabel = "PC1", yLabel = "PC2", title = "" } = {}) {
+  const pad = { left: 30, right: 12, top: 30, bottom: 30 };
+  const xs = points.map((p) => p.x);
+  const ys = points.map((p) => p.y);
+  const [xMin, xMax, yMin, yMax] = [Math.min(...xs), Math.max(...xs), Math.min(...ys), Math.max(...ys)];
+  const sx = (x) => pad.left + ((x - xMin) / (xMax - xMin || 1)) * (width - pad.left - pad.right);
+  const sy = (y) => height - pad.bottom - ((y - yMin) / (yMax - yMin || 1)) * (height - pad.top - pad.bottom);
+  const categories = [...new Set(points.map((p) => p.category))].sort((a, b) => a - b);
+  const chart = svg("svg", { class: "chart scatter-chart", viewBox: `0 0 ${width} ${height}`, width, height, role: "img",
+    "aria-label": title || `${points.length} cells in ${categories.length} groups: ` +
+      categories.map((c) => `${names(c)} ${points.filter((p) => p.category === c).length}`).join(", ") });
+  chart.append(
+    svg("rect", { x: pad.left, y: pad.top, width: width - pad.left - pad.right, height: height - pad.top - pad.bottom, class: "track", fill: "none" }),
+    svg("text", { x: (pad.left + width - pad.right) / 2, y: height - 8, "text-anchor": "middle", class: "axis-label" }, xLabel),
+    svg("text", { x: 14, y: (pad.top + height - pad.bottom) / 2, "text-anchor": "middle", class: "axis-label",
+      transform: `rotate(-90 14 ${(pad.top + height - pad.bottom) / 2})` }, yLabel),
+  );
+  for (const p of points) {
+    const dot = marker(CATEGORY_MARKERS[p.category % CATEGORY_MARKERS.length] || "circle", sx(p.x), sy(p.y), categoryColour(p.category));
+    dot.setAttribute("fill-opacity", "0.8");
+    dot.append(svg("title", {}, p.title ?? names(p.category)));
+    chart.append(dot);
+  }
+  categories.forEach((c, i) => {
+    const lx = pad.left + 4 + (i % 4) * ((width - pad.left) / 4);
+    const ly = 10 + Math.floor(i / 4) * 12;
+    chart.append(marker(CATEGORY_MARKERS[c % CATEGORY_MARKERS.length] || "circle", lx + 4, ly, categoryColour(c)),
+      svg("text", { x: lx + 12, y: ly + 4, class: "legend" }, names(c)));
+  });
+  return chart;
+}

@@ -6,6 +6,7 @@ import torch
 
 from worker.ml.network import ParallelResidualNet
 from worker.ml.strategies import (
+    cluster_spread_ranking,
     STRATEGIES,
     Ranking,
     SelectionContext,
@@ -127,3 +128,22 @@ def test_pool_probabilities_come_from_the_model_once():
     assert context.pool_probabilities() is probabilities
     ranking = rank_pool("margin", context)
     assert [d["predicted"] for d in ranking.details] == probabilities[ranking.order].argmax(axis=1).tolist()
+
+
+def test_cluster_spread_visits_every_cluster_before_repeating_one():
+    clusters = np.array([0] * 10 + [1] * 3 + [2] * 1 + [5] * 6)
+    ranking = cluster_spread_ranking(clusters, np.random.default_rng(0))
+    assert sorted(ranking.order.tolist()) == list(range(len(clusters)))  # a permutation of the pool
+    picked = clusters[ranking.order]
+    assert set(picked[:4].tolist()) == {0, 1, 2, 5}  # the first k = number of clusters cover them all
+    assert set(picked[4:7].tolist()) == {0, 1, 5}  # then round-robin over the clusters left
+    assert np.all(np.diff(ranking.scores) < 0)
+    assert ranking.details[0] == {"strategy": "cluster-spread", "cluster": int(picked[0])}
+    json.dumps(ranking.details)
+
+
+def test_cluster_spread_is_fixed_by_the_seed():
+    clusters = np.arange(30) % 4
+    first = cluster_spread_ranking(clusters, np.random.default_rng(7)).order
+    assert np.array_equal(first, cluster_spread_ranking(clusters, np.random.default_rng(7)).order)
+    assert not np.array_equal(first, cluster_spread_ranking(clusters, np.random.default_rng(8)).order)

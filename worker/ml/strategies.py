@@ -123,6 +123,26 @@ def random_ranking(context: SelectionContext) -> Ranking:
     return rank_by_scores(context.rng.random(context.pool_size))
 
 
+def cluster_spread_ranking(clusters: np.ndarray, rng: np.random.Generator) -> Ranking:
+    """A cold start spread evenly over a clustering of the pool: round-robin over the
+    clusters in a random order, a random not-yet-picked cell from each, until the pool is
+    exhausted. `clusters` is each pool cell's cluster; the scores fall with the pick order."""
+    clusters = np.asarray(clusters, dtype=np.int64)
+    members = {int(c): list(rng.permutation(np.flatnonzero(clusters == c))) for c in rng.permutation(np.unique(clusters))}
+    order: list[int] = []
+    while members:
+        for cluster in list(members):
+            order.append(int(members[cluster].pop()))
+            if not members[cluster]:
+                del members[cluster]
+    order_array = np.array(order, dtype=np.int64)
+    return Ranking(
+        order=order_array,
+        scores=np.linspace(1.0, 0.0, len(order)) if order else np.zeros(0),
+        details=[{"strategy": "cluster-spread", "cluster": int(clusters[i])} for i in order_array],
+    )
+
+
 STRATEGIES: dict[str, Strategy] = {
     "random": random_ranking,
     "entropy": _softmax_strategy(entropy_scores),

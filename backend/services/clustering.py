@@ -1,0 +1,82 @@
+"""Deep clustering of a project's pool: requested here, computed by a Celery worker
+(worker.clustering), shown on the admin dashboard, and used by a `cold_start = clusters`
+project to spread its first k cells over the clusters."""
+import logging
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from backend.db.models import Image, ImageCluster, Label, PoolClustering, Project, ProjectClass
+from backend.errors import Conflict, Invalid
+from backend.schemas import ClusteringConfig
+from backend.services.labeling import is_current
+from backend.services.projects import count_pool
+
+log = logging.getLogger(__name__)
+
+EXAMPLES_PER_CLUSTER = 8
+
+
+def latest_clustering(session: Session, project: Project, state: str | None = None) -> PoolClustering | None:
+    query = select(PoolClustering).where(PoolClustering.project_id == project.id)
+    if state is not None:
+        query = query.where(PoolClustering.state == state)
+    return session.scalar(query.order_by(PoolClustering.id.desc()).limit(1))
+
+
+def request_clustering(session: Session, project: Project, config: ClusteringConfig) -> PoolClustering:
+    """Queues a clustering of the pool; one at a time per project."""
+    busy = session.scalar(select(PoolClustering.id).where(
+        PoolClustering.project_id == project.id, PoolClustering.state.in_(("queued", "running"))).limit(1))
+    if busy is not None:
+        raise Conflict("a clustering of this pool is already queued or running")
+    settings = config.model_dump()
+    if settings["n_clusters"] is None:
+        settings["n_clusters"] = len(project.classes)
+    pool_size = count_pool(session, project)
+    if min(pool_size, settings["max_cells"]) < settings["n_clusters"]:
+        raise Invalid(f"clustering into {settings['n_clusters']} clusters needs at least as many pool cells "
+                      f"(the pool has {pool_size}, max_cells is {settings['max_cells']})")
+    clustering = PoolClustering(project_id=project.id, config=settings, progress={"phase": "queued"})
+    session.add(clustering)
+    session.commit()
+    dispatch_clustering(clustering)
+    return clustering
+
+
+def dispatch_clustering(clustering: PoolClustering) -> None:
+    """Sends the clustering to the workers; if the broker is unreachable it stays queued and
+    a worker picks it up when it starts (worker.tasks.resume_unfinished_rounds)."""
+    from worker.celery_app import celery_app
+    from backend.settings import get_settings
+
+    try:
+        celery_app.send_task("xal.cluster_pool", args=[clustering.id], queue=get_settings().queue)
+    except Exception:  # noqa: BLE001 - any broker failure: keep the request, run it later
+        log.exception("could not send clustering %s to the broker; it stays queued", clustering.id)
+
+
+def clustering_overview(session: Session, project: Project, show_reference: bool = False) -> dict:
+    """The latest clustering: its state, progress and metrics; once done, each cluster's size
+    and example cells, and every pool cell's point on the PCA plane with its label (or, for
+    admins, its reference class) where known."""
+    clustering = latest_clustering(session, project)
+    if clustering is None or clustering.state != "done":
+        return {"clustering": clustering, "clusters": [], "points": []}
+    label = select(ProjectClass.name).join(Label, Label.class_id == ProjectClass.id).where(
+        Label.image_id == ImageCluster.image_id, is_current()).limit(1).scalar_subquery()
+    reference = select(ProjectClass.name).where(ProjectClass.id == Image.reference_class_id).scalar_subquery()
+    rows = session.execute(
+        select(ImageCluster.image_id, ImageCluster.x, ImageCluster.y, ImageCluster.cluster, label, reference)
+        .join(Image, Image.id == ImageCluster.image_id)
+        .where(ImageCluster.clustering_id == clustering.id)
+        .order_by(ImageCluster.image_id)
+    ).all()
+    points, members = [], {}
+    for image_id, x, y, cluster, labeled_as, reference_class in rows:
+        points.append({"image_id": image_id, "x": x, "y": y, "cluster": cluster,
+                       "label": labeled_as or (reference_class if show_reference else None)})
+        members.setdefault(cluster, []).append(image_id)
+    clusters = [{"cluster": c, "size": len(ids), "example_image_ids": ids[:EXAMPLES_PER_CLUSTER]}
+                for c, ids in sorted(members.items())]
+    return {"clustering": clustering, "clusters": clusters, "points": points}
