@@ -54,7 +54,7 @@ def create_project(session: Session, spec: ProjectCreate) -> Project:
 
 
 def update_project(session: Session, project: Project, changes: ProjectUpdate) -> Project:
-    fields = changes.model_dump(exclude_unset=True)
+    fields = changes.model_dump(exclude_unset=True, exclude_none=True)  # null = leave as is
     if "strategy" in fields or "strategy_options" in fields:
         _check_strategy(fields.get("strategy", project.strategy), fields.get("strategy_options", project.strategy_options))
     if "budget" in fields and project.state != "draft":

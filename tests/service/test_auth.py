@@ -67,3 +67,13 @@ def test_projects_reject_bad_settings_with_clear_messages(app_client, admin_head
     assert app_client.get("/api/projects", headers=admin_headers).status_code == 200
     names = {p["name"] for p in app_client.get("/api/projects", headers=admin_headers).json()}
     assert not names & {"dup-classes", "bad-strategy", "bad-keys", "bad-options", "entropy-options"}
+
+
+def test_a_null_in_a_project_update_changes_nothing(app_client, admin_headers):
+    created = app_client.post("/api/projects", headers=admin_headers,
+                              json={"name": "nulls", "classes": [{"name": "a"}, {"name": "b"}], "reveal_after_label": True})
+    project_id = created.json()["id"]
+    response = app_client.patch(f"/api/projects/{project_id}", headers=admin_headers,
+                                json={"reveal_after_label": None, "description": None, "cold_start": None, "strategy": None})
+    assert response.status_code == 200
+    assert response.json()["reveal_after_label"] is True and response.json()["strategy"] == "entropy"
