@@ -152,13 +152,18 @@ def worker(service_env, tmp_path_factory) -> Iterator[subprocess.Popen]:
         stderr=subprocess.STDOUT,
     )
     yield process
-    process.terminate()
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
+    stop(process)
     log.close()
     sys.stderr.write(f"\n[worker log: {log_path}]\n")
+
+
+def stop(process: subprocess.Popen, timeout: float = 30) -> None:
+    """SIGTERM, then SIGKILL if it does not end in time."""
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
 
 
 def wait_for(predicate, timeout: float, interval: float = 0.5, message: str = "condition"):

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, stop
 
 CHROMIUM = Path(os.environ.get("XAL_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = [
@@ -69,11 +69,7 @@ def live_server(service_env, tmp_path_factory):
             raise RuntimeError(f"the server did not start; its log:\n{log_path.read_text()[-4000:]}")
         time.sleep(0.3)
     yield url
-    process.terminate()
-    try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        process.kill()
+    stop(process)
     log.close()
     sys.stderr.write(f"\n[server log: {log_path}]\n")
 

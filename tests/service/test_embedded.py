@@ -6,12 +6,11 @@ import re
 import socket
 import subprocess
 import sys
-import time
 
 import httpx
 import pytest
 
-from tests.conftest import ROOT, balanced_sample, wait_for
+from tests.conftest import ROOT, balanced_sample, stop, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -53,11 +52,7 @@ def test_the_service_runs_the_loop_on_the_embedded_default(tmp_path, i3a_dir, i3
         assert final["state"] == "done" and final["n_labels"] == 12 and final["model_version_id"]
         assert (tmp_path / "xal-data" / "xal.db").is_file()
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        stop(server)
     wait_for(lambda: not _workers_in(tmp_path), timeout=30, message="the worker to stop with the server")
 
 

@@ -4,7 +4,6 @@ Real I3A cells are read in place (tests/conftest.py); zips are built in memory. 
 rejected import must leave the project's image count exactly as it was."""
 import csv
 import io
-import os
 import struct
 import uuid
 import zipfile
