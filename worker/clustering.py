@@ -10,6 +10,7 @@ from sqlalchemy import delete, select
 from backend.db.models import Image, ImageCluster, PoolClustering, Project, utcnow
 from backend.db.session import new_session
 from backend.settings import get_settings
+from worker.jobs import mark_failed, set_progress
 from worker.rounds import load_cells
 
 log = logging.getLogger(__name__)
@@ -29,12 +30,6 @@ def _claim(session, clustering_id: int) -> PoolClustering | None:
     clustering.progress = {"phase": "loading"}
     session.commit()
     return clustering
-
-
-def _set_progress(clustering_id: int, **progress) -> None:
-    with new_session() as session:
-        session.get(PoolClustering, clustering_id).progress = progress
-        session.commit()
 
 
 def compute_clustering(config: dict, cells: np.ndarray, reference: np.ndarray, report=lambda **progress: None) -> dict:
@@ -95,14 +90,10 @@ def run_clustering(clustering_id: int) -> str:
     try:
         cells = load_cells([h for _, h, _ in pool], channel)
         reference = np.array([positions.get(c, -1) if c is not None else -1 for _, _, c in pool], dtype=np.int64)
-        result = compute_clustering(config, cells, reference, lambda **progress: _set_progress(clustering_id, **progress))
+        result = compute_clustering(config, cells, reference, lambda **progress: set_progress(PoolClustering, clustering_id, **progress))
     except Exception as error:
         log.exception("clustering %s failed", clustering_id)
-        with new_session() as session:
-            clustering = session.get(PoolClustering, clustering_id)
-            clustering.state, clustering.error, clustering.finished_at = "failed", f"{type(error).__name__}: {error}", utcnow()
-            clustering.progress = {"phase": "failed"}
-            session.commit()
+        mark_failed(PoolClustering, clustering_id, error)
         return "failed"
     with new_session() as session:
         clustering = session.scalar(select(PoolClustering).where(PoolClustering.id == clustering_id).with_for_update())

@@ -20,6 +20,7 @@ from backend.db.models import (
 from backend.db.session import new_session
 from backend.services.labeling import current_label_exists, is_current
 from backend.settings import get_settings
+from worker.jobs import mark_failed, set_progress
 
 log = logging.getLogger(__name__)
 
@@ -174,13 +175,6 @@ def _diagnose_previous_batch(session, round_: Round) -> None:
         scores, predicted, labels = zip(*batch)
         previous.diagnostics = selection_diagnostics(
             scores, predicted, labels, previous.selection_summary.get("pool_expected_error"))
-        session.commit()
-
-
-def _set_progress(round_id: int, **progress) -> None:
-    with new_session() as session:
-        round_ = session.get(Round, round_id)
-        round_.progress = progress
         session.commit()
 
 
@@ -356,14 +350,10 @@ def run_round(round_id: int) -> str:
         _diagnose_previous_batch(session, round_)
         inputs = _gather(session, round_)
     try:
-        result = compute_round(inputs, lambda **progress: _set_progress(round_id, **progress))
+        result = compute_round(inputs, lambda **progress: set_progress(Round, round_id, **progress))
     except Exception as error:
         log.exception("round %s failed", round_id)
-        with new_session() as session:
-            round_ = session.get(Round, round_id)
-            round_.state, round_.error, round_.finished_at = "failed", f"{type(error).__name__}: {error}", utcnow()
-            round_.progress = {"phase": "failed"}
-            session.commit()
+        mark_failed(Round, round_id, error)
         return "failed"
     _store(round_id, inputs, result)
     return "done"
