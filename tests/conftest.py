@@ -174,3 +174,16 @@ def wait_for(predicate, timeout: float, interval: float = 0.5, message: str = "c
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+
+
+def wait_for_round(client, headers: dict, project_id: int, number: int, timeout: float = 300) -> dict:
+    """Polls the API until the round is done (or failed: then the test fails with its error)."""
+    def finished():
+        response = client.get(f"/api/projects/{project_id}/rounds/{number}", headers=headers)
+        if response.status_code == 200 and response.json()["state"] in ("done", "failed"):
+            return response.json()
+        return None
+
+    round_ = wait_for(finished, timeout=timeout, interval=1, message=f"round {number}")
+    assert round_["state"] == "done", round_["error"]
+    return round_

@@ -5,7 +5,7 @@ import zipfile
 
 import pytest
 
-from tests.conftest import balanced_sample, wait_for
+from tests.conftest import balanced_sample, wait_for, wait_for_round
 
 pytestmark = pytest.mark.slow
 
@@ -65,12 +65,7 @@ def test_a_clustered_pool_gives_a_cold_start_spread_over_its_clusters(app_client
 
     assert client.post(f"/api/projects/{project_id}/start", headers=admin_headers).status_code == 202
 
-    def round_done():
-        round_ = client.get(f"/api/projects/{project_id}/rounds/0", headers=admin_headers).json()
-        return round_ if round_["state"] in ("done", "failed") else None
-
-    round_ = wait_for(round_done, timeout=120, interval=1, message="round 0")
-    assert round_["state"] == "done", round_["error"]
+    round_ = wait_for_round(client, admin_headers, project_id, 0, timeout=120)
     assert round_["selection_summary"]["cold_start"] == "clusters"
     selections = client.get(f"/api/projects/{project_id}/rounds/0/selections", headers=admin_headers).json()
     assert len(selections) == 6
@@ -91,12 +86,7 @@ def test_a_cluster_cold_start_without_a_clustering_falls_back_to_random(app_clie
     _upload_pool_with_classes(client, admin_headers, project_id, balanced_sample(i3a_rows, per_class=2, offset=6), i3a_dir)
     assert client.post(f"/api/projects/{project_id}/start", headers=admin_headers).status_code == 202
 
-    def round_done():
-        round_ = client.get(f"/api/projects/{project_id}/rounds/0", headers=admin_headers).json()
-        return round_ if round_["state"] in ("done", "failed") else None
-
-    round_ = wait_for(round_done, timeout=120, interval=1, message="round 0")
-    assert round_["state"] == "done", round_["error"]
+    round_ = wait_for_round(client, admin_headers, project_id, 0, timeout=120)
     assert round_["selection_summary"]["cold_start"] == "random (no finished clustering)"
     selections = client.get(f"/api/projects/{project_id}/rounds/0/selections", headers=admin_headers).json()
     assert len(selections) == 6 and all(s["details"]["strategy"] == "random" for s in selections)

@@ -10,7 +10,7 @@ import sys
 import httpx
 import pytest
 
-from tests.conftest import ROOT, balanced_sample, stop, wait_for
+from tests.conftest import ROOT, balanced_sample, stop, wait_for, wait_for_round
 
 pytestmark = pytest.mark.slow
 
@@ -42,14 +42,13 @@ def test_the_service_runs_the_loop_on_the_embedded_default(tmp_path, i3a_dir, i3
         assert client.post(f"/api/projects/{project['id']}/start").status_code == 202
         truth = {f"{row['image_id']}.png": row["pattern"] for row in rows}
         for number in (0, 1):
-            round_ = wait_for(lambda: _done(client, project["id"], number), timeout=180, message=f"round {number}")
-            assert round_["state"] == "done" and round_["n_selected"] == 6
+            assert wait_for_round(client, {}, project["id"], number, timeout=180)["n_selected"] == 6
             for _ in range(6):
                 cell = client.post(f"/api/projects/{project['id']}/queue/next").json()["cell"]
                 assert client.post(f"/api/projects/{project['id']}/labels", json={
                     "image_id": cell["image_id"], "class_name": truth[cell["filename"]]}).status_code == 201
-        final = wait_for(lambda: _done(client, project["id"], 2), timeout=180, message="round 2")
-        assert final["state"] == "done" and final["n_labels"] == 12 and final["model_version_id"]
+        final = wait_for_round(client, {}, project["id"], 2, timeout=180)
+        assert final["n_labels"] == 12 and final["model_version_id"]
         assert (tmp_path / "xal-data" / "xal.db").is_file()
     finally:
         stop(server)
@@ -74,7 +73,3 @@ def _healthy(client) -> bool:
     except httpx.HTTPError:
         return False
 
-
-def _done(client, project_id: int, number: int):
-    response = client.get(f"/api/projects/{project_id}/rounds/{number}")
-    return response.json() if response.status_code == 200 and response.json()["state"] in ("done", "failed") else None

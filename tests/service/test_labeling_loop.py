@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import balanced_sample
-from tests.conftest import make_user, wait_for
+from tests.conftest import make_user, wait_for_round
 
 pytestmark = pytest.mark.slow
 
@@ -31,18 +31,6 @@ def _upload(client, headers, project_id, rows, i3a_dir, split):
     return response.json()
 
 
-def _wait_for_round(client, headers, project_id, number):
-    def finished():
-        response = client.get(f"/api/projects/{project_id}/rounds/{number}", headers=headers)
-        if response.status_code == 200 and response.json()["state"] in ("done", "failed"):
-            return response.json()
-        return None
-
-    round_ = wait_for(finished, timeout=300, interval=1, message=f"round {number}")
-    assert round_["state"] == "done", round_["error"]
-    return round_
-
-
 def test_budget_loop_runs_rounds_until_the_budget_is_spent(app_client, admin_headers, worker, i3a_dir, i3a_rows):
     client = app_client
     pool_rows = balanced_sample(i3a_rows, per_class=50)
@@ -64,7 +52,7 @@ def test_budget_loop_runs_rounds_until_the_budget_is_spent(app_client, admin_hea
     _, annotator = make_user("annotator")
 
     for number in range(BUDGET // STEP + 1):
-        round_ = _wait_for_round(client, admin_headers, project_id, number)
+        round_ = wait_for_round(client, admin_headers, project_id, number)
         expected = INITIAL if number == 0 else (STEP if number < BUDGET // STEP else 0)
         assert round_["n_selected"] == expected
         for _ in range(expected):
@@ -140,7 +128,7 @@ def test_an_explainable_round_shows_why_each_cell_was_picked(app_client, admin_h
     _, annotator = make_user("annotator")
     labeled_in_round_0 = set()
     for number, size in ((0, 12), (1, 9)):
-        assert _wait_for_round(client, admin_headers, project_id, number)["n_selected"] == size
+        assert wait_for_round(client, admin_headers, project_id, number)["n_selected"] == size
         for _ in range(size):
             cell = client.post(f"/api/projects/{project_id}/queue/next", headers=annotator).json()["cell"]
             if number == 1:
@@ -156,7 +144,7 @@ def test_an_explainable_round_shows_why_each_cell_was_picked(app_client, admin_h
                 "image_id": cell["image_id"], "class_name": truth[cell["filename"]]}).status_code == 201
             if number == 0:
                 labeled_in_round_0.add(cell["filename"])
-    final = _wait_for_round(client, admin_headers, project_id, 2)
+    final = wait_for_round(client, admin_headers, project_id, 2)
     assert final["n_selected"] == 0 and final["n_labels"] == 21
     first = client.get(f"/api/projects/{project_id}/rounds/1", headers=admin_headers).json()
     summary = first["selection_summary"]
