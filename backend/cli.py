@@ -72,11 +72,16 @@ def _migrate(_args) -> None:
 def _create_user(args) -> None:
     from backend.db.migrate import upgrade_database
     from backend.db.session import new_session
+    from backend.services.members import add_member
+    from backend.services.projects import find_project
     from backend.services.users import create_user, issue_token
 
     upgrade_database()
     with new_session() as session:
+        projects = [find_project(session, ref) for ref in args.project]  # all found, or no user is made
         user = create_user(session, args.username, args.role, args.password)
+        for project in projects:
+            add_member(session, project, user.id)
         _, token = issue_token(session, user, "cli")
         session.commit()
     print(token)
@@ -197,6 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
     user.add_argument("username")
     user.add_argument("--role", choices=["admin", "annotator", "client"], required=True)
     user.add_argument("--password")
+    user.add_argument("--project", action="append", default=[], metavar="NAME_OR_ID",
+                      help="make the user a member of this project (repeatable); admins see every project")
     user.set_defaults(run=_create_user)
 
     token = sub.add_parser("token", help="print a new API token for a user")

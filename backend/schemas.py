@@ -238,8 +238,15 @@ class TokenOut(BaseModel):
 
 
 class LoginIn(BaseModel):
+    username: str = Field(min_length=1, max_length=100)
+    password: str = Field(min_length=1, max_length=200)
+
+
+class MemberOut(ORM):
+    id: int
     username: str
-    password: str
+    role: str
+    added_at: datetime
 
 
 class RelevanceMapOut(BaseModel):

@@ -26,6 +26,12 @@ class Settings(BaseSettings):
     max_image_pixels: int = 4096 * 4096
     max_zip_members: int = 100_000
 
+    # sign-in rate limit: after this many failed password sign-ins within the window, a user
+    # name (or, with the larger limit, one client address) gets 429 until the window passes
+    login_max_failures: int = 5
+    login_max_failures_per_ip: int = 50
+    login_window_seconds: int = 900
+
     @property
     def blob_dir(self) -> Path:
         return self.data_dir / "blobs"

@@ -121,14 +121,18 @@ def db(service_env):
         yield session
 
 
-def make_user(role: str, username: str | None = None) -> tuple[str, dict[str, str]]:
-    """Creates a user and returns (username, Authorization headers)."""
+def make_user(role: str, username: str | None = None, project_ids=()) -> tuple[str, dict[str, str]]:
+    """Creates a user, a member of the projects `project_ids`, and returns (username, Authorization headers)."""
+    from backend.db.models import Project
     from backend.db.session import new_session
+    from backend.services.members import add_member
     from backend.services.users import create_user, issue_token
 
     username = username or f"{role}-{uuid.uuid4().hex[:6]}"
     with new_session() as session:
         user = create_user(session, username, role)
+        for project_id in project_ids:
+            add_member(session, session.get(Project, project_id), user.id)
         _, secret = issue_token(session, user)
         session.commit()
     return username, {"Authorization": f"Bearer {secret}"}

@@ -1,5 +1,5 @@
 """Users and API tokens."""
-from fastapi import APIRouter, HTTPException, status
+from fastapi import APIRouter, HTTPException, Request, status
 from sqlalchemy import select
 
 from backend.api.deps import Admin, AnyUser, SessionDep
@@ -10,10 +10,22 @@ from backend.services import users
 router = APIRouter(tags=["auth"])
 
 
-@router.post("/auth/token", response_model=TokenOut, status_code=201)
-def login(body: LoginIn, session: SessionDep):
-    """Exchanges a username and password for a new bearer token."""
-    user = users.login(session, body.username, body.password)
+@router.post("/auth/token", response_model=TokenOut, status_code=201,
+             responses={429: {"description": "too many failed sign-ins; see the Retry-After header"}})
+def login(body: LoginIn, request: Request, session: SessionDep):
+    """Exchanges a username and password for a new bearer token. Failed sign-ins are rate
+    limited per user name and per client address (XAL_LOGIN_*)."""
+    client_ip = request.client.host if request.client else "unknown"
+    block = users.login_blocked_for(session, body.username, client_ip)
+    if block is not None:
+        raise HTTPException(
+            status.HTTP_429_TOO_MANY_REQUESTS,
+            f"{block.reason}; sign-in is refused, even with the right password, "
+            f"for {block.retry_after_seconds} more seconds",
+            headers={"Retry-After": str(block.retry_after_seconds)},
+        )
+    user = users.login(session, body.username, body.password, client_ip)
+    session.commit()
     if user is None:
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "wrong username or password")
     token, secret = users.issue_token(session, user, name="login")

@@ -7,6 +7,7 @@ from sqlalchemy.orm import Session
 
 from backend.db.models import Project, User
 from backend.db.session import get_session
+from backend.services.members import visible_project
 from backend.services.users import user_for_token
 
 SessionDep = Annotated[Session, Depends(get_session)]
@@ -41,11 +42,11 @@ Admin = Annotated[User, Depends(require_role("admin"))]
 Annotator = Annotated[User, Depends(require_role("admin", "annotator"))]
 
 
-def get_project(project_id: int, session: SessionDep, _user: AnyUser) -> Project:
-    project = session.get(Project, project_id)
-    if project is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no project {project_id}")
-    return project
+def get_project(project_id: int, session: SessionDep, user: AnyUser) -> Project:
+    """Every /api/projects/{project_id}/... route goes through here: a project the caller may
+    not see answers 404, as if it did not exist. Routes declare it before their role check, so
+    a non-member learns nothing about the project from a 403 either."""
+    return visible_project(session, user, project_id)
 
 
 ProjectDep = Annotated[Project, Depends(get_project)]

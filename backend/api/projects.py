@@ -1,11 +1,11 @@
-"""Projects: create, read, change settings, start the budget loop, progress."""
+"""Projects: create, read, change settings, start the budget loop, progress, members."""
 from fastapi import APIRouter
-from sqlalchemy import select
 
 from backend.api.deps import Admin, AnyUser, ProjectDep, SessionDep
-from backend.db.models import ModelVersion, Project
-from backend.schemas import ModelVersionOut, Progress, ProjectCreate, ProjectOut, ProjectUpdate, RoundOut
-from backend.services import projects, rounds
+from backend.schemas import (
+    MemberOut, ModelVersionOut, Progress, ProjectCreate, ProjectOut, ProjectUpdate, RoundOut,
+)
+from backend.services import members, projects, rounds
 
 router = APIRouter(tags=["projects"])
 
@@ -18,8 +18,9 @@ def create_project(body: ProjectCreate, session: SessionDep, _admin: Admin):
 
 
 @router.get("/projects", response_model=list[ProjectOut])
-def list_projects(session: SessionDep, _user: AnyUser):
-    return session.scalars(select(Project).order_by(Project.id)).all()
+def list_projects(session: SessionDep, user: AnyUser):
+    """Every project for admins; for annotators and clients the projects they are members of."""
+    return session.scalars(members.visible_projects(user)).all()
 
 
 @router.get("/projects/{project_id}", response_model=ProjectOut)
@@ -45,9 +46,30 @@ def get_progress(project: ProjectDep, session: SessionDep):
     return rounds.progress(session, project)
 
 
+@router.get("/projects/{project_id}/members", response_model=list[MemberOut])
+def list_members(project: ProjectDep, session: SessionDep, _admin: Admin):
+    """The annotators and clients who see this project (admins see every project)."""
+    return [
+        MemberOut(id=user.id, username=user.username, role=user.role, added_at=member.added_at)
+        for user, member in members.list_members(session, project)
+    ]
+
+
+@router.put("/projects/{project_id}/members/{user_id}", status_code=204)
+def add_member(user_id: int, project: ProjectDep, session: SessionDep, _admin: Admin):
+    """Makes the user a member of the project; adding a member again changes nothing."""
+    members.add_member(session, project, user_id)
+    session.commit()
+
+
+@router.delete("/projects/{project_id}/members/{user_id}", status_code=204)
+def remove_member(user_id: int, project: ProjectDep, session: SessionDep, _admin: Admin):
+    """The user no longer sees the project; their labels stay. Removing a non-member changes nothing."""
+    members.remove_member(session, project, user_id)
+    session.commit()
+
+
 @router.get("/models", response_model=list[ModelVersionOut])
-def list_models(session: SessionDep, _user: AnyUser, project_id: int | None = None):
-    query = select(ModelVersion).order_by(ModelVersion.id)
-    if project_id is not None:
-        query = query.where(ModelVersion.project_id == project_id)
-    return session.scalars(query).all()
+def list_models(session: SessionDep, user: AnyUser, project_id: int | None = None):
+    """Model versions of the projects the caller sees (or of one); start models for admins."""
+    return members.visible_model_versions(session, user, project_id)

@@ -36,6 +36,22 @@ class ApiToken(Base):
     user: Mapped[User] = relationship()
 
 
+class LoginAttempt(Base):
+    """Every password sign-in, kept for the rate limit's window; in the database so that
+    every API process counts the same attempts."""
+
+    __tablename__ = "login_attempts"
+    __table_args__ = (
+        Index("ix_login_attempts_username_created_at", "username", "created_at"),
+        Index("ix_login_attempts_client_ip_created_at", "client_ip", "created_at"),
+    )
+    id: Mapped[int] = mapped_column(primary_key=True)
+    username: Mapped[str] = mapped_column(String(100))  # as typed; unknown names are counted too
+    client_ip: Mapped[str] = mapped_column(String(64))
+    succeeded: Mapped[bool]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+
 class ModelVersion(Base):
     __tablename__ = "model_versions"
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -72,6 +88,15 @@ class Project(Base):
     classes: Mapped[list["ProjectClass"]] = relationship(
         order_by="ProjectClass.position", cascade="all, delete-orphan", lazy="selectin"
     )
+
+
+class ProjectMember(Base):
+    """An annotator or client who may see and work on a project (admins see every project)."""
+
+    __tablename__ = "project_members"
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), primary_key=True, index=True)
+    added_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class ProjectClass(Base):

@@ -18,14 +18,14 @@ def test_every_api_route_but_login_and_health_requires_a_token(app_client):
 
 
 def test_annotators_cannot_change_projects_and_clients_only_read(app_client, admin_headers):
-    _, annotator = make_user("annotator")
-    _, client = make_user("client")
     spec = {"name": "roles", "classes": [{"name": "a"}, {"name": "b"}]}
-    assert app_client.post("/api/projects", headers=annotator, json=spec).status_code == 403
-    assert app_client.post("/api/projects", headers=client, json=spec).status_code == 403
     created = app_client.post("/api/projects", headers=admin_headers, json=spec)
     assert created.status_code == 201
     project_id = created.json()["id"]
+    _, annotator = make_user("annotator", project_ids=[project_id])
+    _, client = make_user("client", project_ids=[project_id])
+    assert app_client.post("/api/projects", headers=annotator, json={**spec, "name": "roles-2"}).status_code == 403
+    assert app_client.post("/api/projects", headers=client, json={**spec, "name": "roles-2"}).status_code == 403
     assert app_client.get(f"/api/projects/{project_id}", headers=client).status_code == 200
     assert app_client.patch(f"/api/projects/{project_id}", headers=annotator, json={"budget": 5}).status_code == 403
     assert app_client.post(f"/api/projects/{project_id}/queue/next", headers=client).status_code == 403
