@@ -134,3 +134,17 @@ def test_an_in_run_does_not_depend_on_what_ran_before_it(simulated):
             torch.rand(noise)
             runs.append(run_case(cells, split, "in-rs", 0, 100, settings, store, pretrained)["steps"][0]["aca"])
     assert runs[0] == runs[1]
+
+
+def test_a_clusters_start_spreads_round_0_over_a_deep_clustering_of_the_pool(simulated, tmp_path):
+    settings, out, _ = simulated
+    assert simulate(settings, tmp_path, ["rs-clusters-start"], [20], [0], cache=out / "cache") == [
+        "rs-clusters-start_seed0_budget20.json"]
+    record = json.loads((tmp_path / "runs" / "rs-clusters-start_seed0_budget20.json").read_text())
+    clustering = json.loads((out / "cache" / "pool-clusters-seed0.json").read_text())
+    cluster_of = dict(zip(clustering["pool"], clustering["clusters"]))
+    first_batch = record["labeled"][: record["plan"][0]]
+    assert record["first_batch_summary"]["cold_start"] == "clusters"
+    # k = 6 cells over 6 clusters: one from each cluster the pool has
+    assert len({cluster_of[cell] for cell in first_batch}) == min(len(first_batch), len(set(clustering["clusters"])))
+    assert record["pool_clustering"]["metrics"]["n_cells"] == 50 and "acc" in record["pool_clustering"]["metrics"]

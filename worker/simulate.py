@@ -46,6 +46,7 @@ class Case:
     strategy: str
     options: dict = field(default_factory=dict)
     pretrained: bool = False  # starts from the seed's pretrained model (new head, early layers frozen)
+    cold_start: str = "random"  # round 0: random, or `clusters` (spread over a deep clustering of the pool)
 
 
 _DEEP_TAYLOR = {"relevance_method": "deeptaylor"}  # the thesis's maps
@@ -59,6 +60,10 @@ CASES = {
     "xal-concept-classes": Case("xal-entropy", {**_DEEP_TAYLOR, "representation": "concept", "centres": "classes"}),
     "in-rs": Case("random", pretrained=True),
     "in-al": Case("entropy", pretrained=True),
+    # the product's `cold_start = clusters` (issue #5): as rs and cal, but round 0 spreads its k
+    # cells over a deep clustering of the pool (the product's default clustering settings)
+    "rs-clusters-start": Case("random", cold_start="clusters"),
+    "cal-clusters-start": Case("entropy", cold_start="clusters"),
 }
 CEILING = 100.0
 
@@ -160,8 +165,10 @@ def _run_path(out: Path, case: str, seed: int, budget_pct: float) -> Path:
 
 
 def run_case(cells: LabeledCells, split: Split, case_name: str, seed: int, budget_pct: float,
-             settings: SimulationSettings, store: BlobStore, start_checkpoint: str | None, advance=lambda: None) -> dict:
-    """One case x seed x budget, round by round; returns its record."""
+             settings: SimulationSettings, store: BlobStore, start_checkpoint: str | None, advance=lambda: None,
+             pool_clusters: list[int] | None = None) -> dict:
+    """One case x seed x budget, round by round; returns its record. `pool_clusters` (each
+    split.pool cell's cluster) seeds round 0 of a `cold_start = clusters` case."""
     case = CASES[case_name]
     plan = budget_plan(len(split.pool), budget_pct, len(cells.class_names))
     labeled: list[int] = []
@@ -182,6 +189,7 @@ def run_case(cells: LabeledCells, split: Split, case_name: str, seed: int, budge
             labeled_ids=list(labeled), labeled_hashes=[cells.hashes[i] for i in labeled], labeled_classes=cells.labels[labeled],
             pool_ids=unlabeled, pool_hashes=[cells.hashes[i] for i in unlabeled],
             test_hashes=[cells.hashes[i] for i in split.test], test_classes=cells.labels[split.test], render_maps=False,
+            pool_clusters=pool_clusters if number == 0 else None,
         ))
         if result["checkpoint"] is not None:
             if parent is not None and not transfer:
@@ -196,6 +204,8 @@ def run_case(cells: LabeledCells, split: Split, case_name: str, seed: int, budge
                 "timings": {**result["timings"], "round_s": time.perf_counter() - round_started},
             })
         picked = [pool_id for pool_id, _, _ in result["selected"]]
+        if number == 0:
+            first_batch_summary = result["summary"]  # round 0 trains nothing, so no step holds it
         if result["pool_predicted"] is not None:
             truth = cells.labels[unlabeled]
             batch = selection_diagnostics(
@@ -213,8 +223,11 @@ def run_case(cells: LabeledCells, split: Split, case_name: str, seed: int, budge
     return {
         "case": case_name, "seed": seed, "budget_pct": budget_pct, "budget": sum(plan), "plan": plan,
         "strategy": case.strategy, "strategy_options": case.options, "pretrained": case.pretrained,
+        "cold_start": case.cold_start,
         "class_names": cells.class_names, "sizes": split.sizes, "settings": asdict(settings),
         "steps": steps, "diagnostics": diagnostics, "final_metrics": final_metrics,
+        "labeled": labeled,  # cell indices in the order they were queued
+        "first_batch_summary": first_batch_summary,
         "seconds": time.perf_counter() - started, "finished_at": datetime.now(timezone.utc).isoformat(),
     }
 
@@ -234,6 +247,30 @@ def _pretrained_checkpoint(cells: LabeledCells, split: Split, seed: int, setting
                            resolve_device(get_settings().device), progress=lambda epoch, _: bar.update(1))
     record = {"checkpoint": store.put(trained.checkpoint), "n_cells": len(part.hashes), **trained.record,
               "settings": asdict(settings)}
+    _write_json(path, record)
+    return record
+
+
+def _pool_clusters(cells: LabeledCells, split: Split, seed: int, store: BlobStore, cache: Path) -> dict:
+    """The seed's deep clustering of its pool, as a project's worker computes it with the default
+    settings (kept in the cache): each pool cell's cluster and the clustering's metrics (the
+    labels only score it)."""
+    from backend.schemas import ClusteringConfig
+    from worker.clustering import compute_clustering
+
+    config = {**ClusteringConfig().model_dump(), "n_clusters": len(cells.class_names), "seed": seed}
+    path = cache / f"pool-clusters-seed{seed}.json"
+    if path.exists():
+        record = json.loads(path.read_text())
+        if record["config"] == config and record["pool"] == split.pool.tolist():
+            return record
+    bar = tqdm(total=config["pretrain_epochs"] + config["cluster_epochs"], unit="epoch", file=sys.stderr,
+               desc=f"clustering the pool of seed {seed}", leave=False)
+    with bar:
+        result = compute_clustering(config, load_cells([cells.hashes[i] for i in split.pool], CHANNEL),
+                                    cells.labels[split.pool], lambda **progress: bar.update(progress.get("epoch", 0) - bar.n))
+    record = {"config": config, "pool": split.pool.tolist(), "clusters": result["clusters"].tolist(),
+              "metrics": result["metrics"]}
     _write_json(path, record)
     return record
 
@@ -291,7 +328,12 @@ def simulate(settings: SimulationSettings, out: Path, cases: list[str], budgets:
                     if CASES[case].pretrained:
                         pretrained = _pretrained_checkpoint(cells, splits[seed], seed, settings, store, cache)
                         start = pretrained["checkpoint"]
-                    record = run_case(cells, splits[seed], case, seed, budget, settings, store, start, lambda: bar.update(1))
+                    clustering = (_pool_clusters(cells, splits[seed], seed, store, cache)
+                                  if CASES[case].cold_start == "clusters" else None)
+                    record = run_case(cells, splits[seed], case, seed, budget, settings, store, start, lambda: bar.update(1),
+                                      clustering["clusters"] if clustering else None)
+                    if clustering:
+                        record["pool_clustering"] = {"config": clustering["config"], "metrics": clustering["metrics"]}
                     if CASES[case].pretrained:
                         record["pretraining"] = {k: v for k, v in pretrained.items() if k not in ("checkpoint", "settings")}
                 else:
@@ -363,7 +405,8 @@ def write_outputs(out: Path) -> None:
         aca, aca_std = _mean_std([r["steps"][-1]["aca"] for r in group])
         mca, mca_std = _mean_std([r["steps"][-1]["mca"] for r in group])
         summary.append({"case": case, "budget_pct": budget, "n_seeds": len(group), "aca_mean": aca, "aca_std": aca_std,
-                        "mca_mean": mca, "mca_std": mca_std, "pretrained": group[0]["pretrained"]})
+                        "mca_mean": mca, "mca_std": mca_std, "pretrained": group[0]["pretrained"],
+                        "cold_start": group[0].get("cold_start", "random")})
     header = ["case", "budget_pct", "n_seeds", "aca_mean", "aca_std", "mca_mean", "mca_std"]
     _write_csv(out / "summary.csv", header, [{**{k: row[k] for k in header}, "budget_pct": f"{row['budget_pct']:g}"} for row in summary])
     _write_reach(out / "reach.csv", summary)
@@ -444,7 +487,7 @@ def _plot_label_efficiency(path: Path, summary: list[dict], subtitle: str) -> No
             if rows:
                 ax.errorbar([r["budget_pct"] for r in rows], [100 * r[f"{metric}_mean"] for r in rows],
                             yerr=[100 * (r[f"{metric}_std"] or 0) for r in rows], marker="o", capsize=3, label=case,
-                            linestyle="--" if rows[0]["pretrained"] else "-")
+                            linestyle="--" if rows[0]["pretrained"] else "-." if rows[0]["cold_start"] != "random" else "-")
         for pretrained, color in ((False, "black"), (True, "grey")):
             ceiling = next((r for r in summary if r["budget_pct"] >= CEILING and r["pretrained"] == pretrained), None)
             if ceiling is not None:
