@@ -2,21 +2,6 @@
 from tests.conftest import make_user
 
 
-def test_every_api_route_but_login_and_health_requires_a_token(app_client):
-    public = {"/api/auth/token", "/api/health", "/api/openapi.json", "/api/docs", "/api/docs/oauth2-redirect", "/api/redoc"}
-    for route in app_client.app.routes:
-        path = getattr(route, "path", "")
-        if not path.startswith("/api") or path in public:
-            continue
-        concrete = path.replace("{project_id}", "1").replace("{image_id}", "1").replace("{number}", "0") \
-                       .replace("{user_id}", "1").replace("{token_id}", "1").replace("{map_id}", "1") \
-                       .replace("{kind}", "png")
-        assert "{" not in concrete, f"give the test a value for the parameters of {path}"
-        for method in route.methods - {"HEAD", "OPTIONS"}:
-            response = app_client.request(method, concrete)
-            assert response.status_code == 401, f"{method} {path} gave {response.status_code}"
-
-
 def test_annotators_cannot_change_projects_and_clients_only_read(app_client, admin_headers):
     spec = {"name": "roles", "classes": [{"name": "a"}, {"name": "b"}]}
     created = app_client.post("/api/projects", headers=admin_headers, json=spec)

@@ -516,8 +516,8 @@ def test_limits_from_settings_are_enforced(app_client, admin_headers, project_id
 
 
 def test_only_admins_upload(app_client, project_id, cells):
-    _, annotator = make_user("annotator")
-    _, client = make_user("client")
+    _, annotator = make_user("annotator", project_ids=[project_id])
+    _, client = make_user("client", project_ids=[project_id])
     for headers in (annotator, client):
         assert upload(app_client, headers, project_id, [("a.png", cells[0]["data"])]).status_code == 403
     assert image_count(project_id) == 0
@@ -536,8 +536,8 @@ def test_image_list_filters_and_hides_the_reference_class_from_annotators(
     image_ids = upload(app_client, admin_headers, project_id, [("p.zip", archive)]).json()["image_ids"]
     extra = upload(app_client, admin_headers, project_id, [("t.png", encoded(np.zeros((8, 8), np.uint8), "PNG"))])
     assert extra.status_code == 201
-    annotator_name, annotator = make_user("annotator")
-    _, client = make_user("client")
+    annotator_name, annotator = make_user("annotator", project_ids=[project_id])
+    _, client = make_user("client", project_ids=[project_id])
     with new_session() as session:
         user_id = session.scalar(select(User.id).where(User.username == annotator_name))
         class_id = {c.name: c.id for c in session.scalars(select(ProjectClass).where(ProjectClass.project_id == project_id))}

@@ -61,7 +61,7 @@ def _label_rows(project_id):
 
 
 def test_an_annotator_gets_the_same_leased_cell_until_they_label_it(app_client, open_project):
-    _, annotator = make_user("annotator")
+    _, annotator = make_user("annotator", project_ids=[open_project])
     first = _next(app_client, open_project, annotator)
     assert first["rank"] == 0 and first["image_url"].endswith(f"/images/{first['image_id']}/file")
     assert _next(app_client, open_project, annotator)["image_id"] == first["image_id"]
@@ -70,7 +70,7 @@ def test_an_annotator_gets_the_same_leased_cell_until_they_label_it(app_client, 
 
 
 def test_second_annotator_never_gets_a_leased_cell(app_client, open_project):
-    annotators = [make_user("annotator")[1] for _ in range(8)]
+    annotators = [make_user("annotator", project_ids=[open_project])[1] for _ in range(8)]
     with ThreadPoolExecutor(8) as pool:
         cells = list(pool.map(lambda headers: _next(app_client, open_project, headers), annotators))
     leased = [c["image_id"] for c in cells if c is not None]
@@ -79,8 +79,8 @@ def test_second_annotator_never_gets_a_leased_cell(app_client, open_project):
 
 
 def test_a_cell_leased_to_someone_else_cannot_be_labeled_and_nothing_changes(app_client, open_project):
-    _, alice = make_user("annotator")
-    _, bob = make_user("annotator")
+    _, alice = make_user("annotator", project_ids=[open_project])
+    _, bob = make_user("annotator", project_ids=[open_project])
     cell = _next(app_client, open_project, alice)
     before = _label_rows(open_project)
     response = _label(app_client, open_project, bob, cell["image_id"])
@@ -89,7 +89,7 @@ def test_a_cell_leased_to_someone_else_cannot_be_labeled_and_nothing_changes(app
 
 
 def test_bad_labels_get_clear_errors_and_store_nothing(app_client, open_project, admin_headers):
-    _, annotator = make_user("annotator")
+    _, annotator = make_user("annotator", project_ids=[open_project])
     cell = _next(app_client, open_project, annotator)
     before = _label_rows(open_project)
     unknown_class = _label(app_client, open_project, annotator, cell["image_id"], "Mitotic")
@@ -106,7 +106,7 @@ def test_bad_labels_get_clear_errors_and_store_nothing(app_client, open_project,
 
 
 def test_undo_returns_the_cell_to_its_annotator_and_keeps_the_history(app_client, open_project, admin_headers):
-    _, annotator = make_user("annotator")
+    _, annotator = make_user("annotator", project_ids=[open_project])
     cell = _next(app_client, open_project, annotator)
     assert _label(app_client, open_project, annotator, cell["image_id"], "Speckled").status_code == 201
     undone = app_client.post(f"/api/projects/{open_project}/labels/undo", headers=annotator)
@@ -124,13 +124,13 @@ def test_undo_returns_the_cell_to_its_annotator_and_keeps_the_history(app_client
         app_client.get(f"/api/projects/{open_project}/labels/export", headers=admin_headers).text)))
     assert [row["class_name"] for row in current if row["image_id"] == str(cell["image_id"])] == ["Nucleolar"]
 
-    _, other = make_user("annotator")
+    _, other = make_user("annotator", project_ids=[open_project])
     response = _label(app_client, open_project, other, cell["image_id"], "Golgi")
     assert response.status_code == 409 and "another annotator" in response.json()["detail"]
 
 
 def test_the_last_label_of_a_step_opens_the_next_round_once(app_client, open_project, admin_headers):
-    annotators = [make_user("annotator")[1] for _ in range(6)]
+    annotators = [make_user("annotator", project_ids=[open_project])[1] for _ in range(6)]
     cells = [_next(app_client, open_project, headers) for headers in annotators]
     with ThreadPoolExecutor(6) as pool:
         statuses = list(pool.map(lambda pair: _label(app_client, open_project, pair[0], pair[1]["image_id"]).status_code,
@@ -147,13 +147,13 @@ def test_the_last_label_of_a_step_opens_the_next_round_once(app_client, open_pro
 def test_a_skipped_cell_goes_back_to_the_queue_and_its_annotator_gets_others_first(app_client, open_project, db):
     from backend.db.models import CellNote
 
-    _, annotator = make_user("annotator")
+    _, annotator = make_user("annotator", project_ids=[open_project])
     first = _next(app_client, open_project, annotator)
     response = app_client.post(f"/api/projects/{open_project}/queue/skip", headers=annotator,
                                json={"image_id": first["image_id"], "reason": "unsure", "note": "between speckled and homogeneous"})
     assert response.status_code == 200
     assert _next(app_client, open_project, annotator)["image_id"] != first["image_id"]
-    _, colleague = make_user("annotator")
+    _, colleague = make_user("annotator", project_ids=[open_project])
     assert _next(app_client, open_project, colleague)["image_id"] == first["image_id"]  # back in the queue
     note = db.scalar(select(CellNote).where(CellNote.image_id == first["image_id"]))
     assert note.kind == "unsure" and note.note == "between speckled and homogeneous"
@@ -165,7 +165,7 @@ def test_a_skipped_cell_goes_back_to_the_queue_and_its_annotator_gets_others_fir
 def test_label_first_then_reveal_keeps_both_answers(app_client, open_project, admin_headers):
     assert app_client.patch(f"/api/projects/{open_project}", headers=admin_headers,
                             json={"reveal_after_label": True}).status_code == 200
-    _, annotator = make_user("annotator")
+    _, annotator = make_user("annotator", project_ids=[open_project])
     cell = app_client.post(f"/api/projects/{open_project}/queue/next", headers=annotator).json()["cell"]
     assert cell["hints_hidden"] and cell["details"] == {}
     queue = app_client.get(f"/api/projects/{open_project}/queue", headers=annotator).json()
@@ -183,7 +183,7 @@ def test_label_first_then_reveal_keeps_both_answers(app_client, open_project, ad
 
 
 def test_stats_show_throughput_and_agreement(app_client, open_project, admin_headers):
-    _, alice = make_user("annotator", "alice-" + uuid.uuid4().hex[:4])
+    _, alice = make_user("annotator", "alice-" + uuid.uuid4().hex[:4], project_ids=[open_project])
     cell = _next(app_client, open_project, alice)
     assert _label(app_client, open_project, alice, cell["image_id"], "Speckled").status_code == 201
     admin_relabel = _label(app_client, open_project, admin_headers, cell["image_id"], "Speckled")
@@ -192,12 +192,12 @@ def test_stats_show_throughput_and_agreement(app_client, open_project, admin_hea
     mine = next(a for a in stats["annotators"] if a["username"].startswith("alice-"))
     assert mine["labels"] == 1 and mine["median_seconds"] is not None and mine["labels_per_hour"] > 0
     assert stats["agreement"]["cells_labeled_twice"] == 1 and stats["agreement"]["percent_agreement"] == 100.0
-    _, annotator = make_user("annotator")
+    _, annotator = make_user("annotator", project_ids=[open_project])
     assert app_client.get(f"/api/projects/{open_project}/stats", headers=annotator).status_code == 403
 
 
 def test_an_admin_can_cancel_and_retry_a_round(app_client, open_project, admin_headers):
-    annotators = [make_user("annotator")[1] for _ in range(6)]
+    annotators = [make_user("annotator", project_ids=[open_project])[1] for _ in range(6)]
     for headers in annotators:
         cell = _next(app_client, open_project, headers)
         assert _label(app_client, open_project, headers, cell["image_id"]).status_code == 201
@@ -213,7 +213,7 @@ def test_an_admin_can_cancel_and_retry_a_round(app_client, open_project, admin_h
 
 
 def test_relevance_maps_list_is_empty_before_a_model_exists(app_client, open_project, admin_headers):
-    _, annotator = make_user("annotator")
+    _, annotator = make_user("annotator", project_ids=[open_project])
     cell = _next(app_client, open_project, annotator)
     maps = app_client.get(f"/api/projects/{open_project}/images/{cell['image_id']}/maps", headers=annotator)
     assert maps.status_code == 200 and maps.json() == []

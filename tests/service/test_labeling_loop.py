@@ -49,7 +49,7 @@ def test_budget_loop_runs_rounds_until_the_budget_is_spent(app_client, admin_hea
     assert len(_upload(client, admin_headers, project_id, test_rows, i3a_dir, "test")["image_ids"]) == 60
 
     assert client.post(f"/api/projects/{project_id}/start", headers=admin_headers).status_code == 202
-    _, annotator = make_user("annotator")
+    _, annotator = make_user("annotator", project_ids=[project_id])
 
     for number in range(BUDGET // STEP + 1):
         round_ = wait_for_round(client, admin_headers, project_id, number)
@@ -125,7 +125,7 @@ def test_an_explainable_round_shows_why_each_cell_was_picked(app_client, admin_h
     _upload(client, admin_headers, project_id, pool_rows, i3a_dir, "pool")
     _upload(client, admin_headers, project_id, test_rows, i3a_dir, "test")
     assert client.post(f"/api/projects/{project_id}/start", headers=admin_headers).status_code == 202
-    _, annotator = make_user("annotator")
+    _, annotator = make_user("annotator", project_ids=[project_id])
     labeled_in_round_0 = set()
     for number, size in ((0, 12), (1, 9)):
         assert wait_for_round(client, admin_headers, project_id, number)["n_selected"] == size
