@@ -102,6 +102,7 @@ async function openProject() {
   setUpImport();
   setUpPool();
   setUpClustering();
+  setUpMembers();
   await refresh();
   setInterval(() => refresh().catch(() => {}), POLL_MS);
 }
@@ -347,6 +348,51 @@ function showActionError(error) {
   const box = $("#action-error");
   box.textContent = error instanceof ApiError ? error.detail : error.message;
   box.hidden = false;
+}
+
+// ---------------------------------------------------------------- members
+
+function setUpMembers() {
+  $("#member-form").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    await changeMembers(() => api(`/api/projects/${state.projectId}/members/${$("#member-user").value}`, { method: "PUT" }));
+  });
+  loadMembers().catch(showMemberError);
+}
+
+async function changeMembers(change) {
+  $("#member-error").hidden = true;
+  try {
+    await change();
+    await loadMembers();
+  } catch (error) {
+    showMemberError(error);
+  }
+}
+
+function showMemberError(error) {
+  $("#member-error").textContent = error instanceof ApiError ? error.detail : error.message;
+  $("#member-error").hidden = false;
+}
+
+/** The members, each with a Remove button; the annotators and clients who are not members to add. */
+async function loadMembers() {
+  const base = `/api/projects/${state.projectId}/members`;
+  const [members, users] = await Promise.all([api(base), api("/api/users")]);
+  const memberIds = new Set(members.map((m) => m.id));
+  const candidates = users.filter((u) => u.role !== "admin" && !memberIds.has(u.id));
+  replace($("#member-user"), candidates.length
+    ? candidates.map((u) => h("option", { value: u.id }, `${u.username} (${u.role})`))
+    : h("option", { value: "" }, "every annotator and client is a member"));
+  $("#add-member").disabled = !candidates.length;
+  replace($("#members"), members.length ? h("table", { class: "annotators members" },
+    h("thead", {}, h("tr", {}, ["User", "Role", "Added", ""].map((t) => h("th", { scope: "col" }, t)))),
+    h("tbody", {}, members.map((m) => h("tr", { dataset: { userId: m.id } },
+      h("th", { scope: "row" }, m.username), h("td", {}, m.role),
+      h("td", {}, m.added_at.slice(0, 10)),
+      h("td", {}, h("button", { type: "button", class: "small", "aria-label": `Remove ${m.username} from the project`,
+        onclick: () => changeMembers(() => api(`${base}/${m.id}`, { method: "DELETE" })) }, "Remove"))))))
+    : h("p", { class: "muted" }, "No members yet: only admins see this project."));
 }
 
 // ---------------------------------------------------------------- import

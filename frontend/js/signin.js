@@ -44,7 +44,7 @@ async function showProjects() {
   const projects = await api("/api/projects");
   const list = $("#project-list");
   if (!projects.length) {
-    replace(list, h("li", { class: "muted" }, admin ? "No project yet: create one." : "No project yet: ask an admin to create one."));
+    replace(list, h("li", { class: "muted" }, admin ? "No project yet: create one." : "No project for you yet: ask an admin to make you a member of one."));
     return;
   }
   replace(list, projects.map((project) => {

@@ -29,11 +29,12 @@ def project(live_server, worker, i3a_dir, i3a_rows):
     _, admin_headers = make_user("admin")
     api = httpx.Client(base_url=live_server, headers=admin_headers, timeout=60)
     suffix = uuid.uuid4().hex[:6]
-    users = {}
+    users, user_ids = {}, {}
     for role in ("annotator", "admin"):
         username, password = f"ui-{role}-{suffix}", f"pw-{uuid.uuid4().hex}"
-        assert api.post("/api/users", json={"username": username, "role": role, "password": password}).status_code == 201
-        users[role] = (username, password)
+        created_user = api.post("/api/users", json={"username": username, "role": role, "password": password})
+        assert created_user.status_code == 201
+        users[role], user_ids[role] = (username, password), created_user.json()["id"]
 
     created = api.post("/api/projects", json={
         "name": f"browser-{suffix}", "classes": [{"name": c, "key": KEYS[c]} for c in CLASSES],
@@ -42,6 +43,7 @@ def project(live_server, worker, i3a_dir, i3a_rows):
     })
     assert created.status_code == 201, created.text
     project_id = created.json()["id"]
+    assert api.put(f"/api/projects/{project_id}/members/{user_ids['annotator']}").status_code == 204
 
     pool_rows = balanced_sample(i3a_rows, per_class=10)
     files = [("files", (f"{row['pattern']}-{row['image_id']}.png", (i3a_dir / row["image_path"]).read_bytes(), "image/png"))
@@ -237,7 +239,8 @@ def test_label_first_then_reveal_keeps_both_answers_and_survives_a_lost_connecti
     network is down is sent when it is back."""
     url, api = project["url"], project["api"]
     username, password = f"ui-blind-{uuid.uuid4().hex[:6]}", f"pw-{uuid.uuid4().hex}"
-    assert api.post("/api/users", json={"username": username, "role": "annotator", "password": password}).status_code == 201
+    blind_user = api.post("/api/users", json={"username": username, "role": "annotator", "password": password})
+    assert blind_user.status_code == 201
     created = api.post("/api/projects", json={
         "name": f"blind-{uuid.uuid4().hex[:6]}", "classes": [{"name": c, "key": KEYS[c]} for c in CLASSES],
         "strategy": "entropy", "budget": 8, "initial_size": 4, "step_size": 4, "reveal_after_label": True,
@@ -245,6 +248,7 @@ def test_label_first_then_reveal_keeps_both_answers_and_survives_a_lost_connecti
     })
     assert created.status_code == 201, created.text
     blind_id = created.json()["id"]
+    assert api.put(f"/api/projects/{blind_id}/members/{blind_user.json()['id']}").status_code == 204
     files = [("files", (f"cell-{row['image_id']}.png", (i3a_dir / row["image_path"]).read_bytes(), "image/png"))
              for row in balanced_sample(i3a_rows, per_class=1, offset=40)]
     assert api.post(f"/api/projects/{blind_id}/images", files=files, data={"split": "pool"}).status_code == 201
@@ -302,6 +306,7 @@ def test_admin_creates_a_project_and_imports_a_folder_of_classes_and_a_zip(live_
     username, password = f"ui-creator-{uuid.uuid4().hex[:6]}", f"pw-{uuid.uuid4().hex}"
     api = httpx.Client(base_url=live_server, headers=admin_headers, timeout=60)
     assert api.post("/api/users", json={"username": username, "role": "admin", "password": password}).status_code == 201
+    annotator = api.post("/api/users", json={"username": f"ui-member-{uuid.uuid4().hex[:6]}", "role": "annotator"}).json()
     folder = tmp_path / "test-split"
     for row in balanced_sample(i3a_rows, per_class=2, offset=60):
         (folder / row["pattern"]).mkdir(parents=True, exist_ok=True)
@@ -332,6 +337,18 @@ def test_admin_creates_a_project_and_imports_a_folder_of_classes_and_a_zip(live_
     assert created["name"] == name and created["budget"] == 12 and created["reveal_after_label"]
     assert [(c["name"], c["key"]) for c in created["classes"]] == [(c, KEYS[c]) for c in CLASSES]
     assert created["strategy"] == "xal-margin" and created["strategy_options"]["representation"] == "concept"
+
+    expect_text(page, "#members", "No members yet")
+    page.locator("#member-user").select_option(str(annotator["id"]))
+    page.get_by_role("button", name="Add member").click()
+    page.wait_for_selector(f"#members tr[data-user-id='{annotator['id']}']")
+    page.locator("#members").scroll_into_view_if_needed()
+    screenshot(page, "11-dashboard-members-1280x800")
+    members = api.get(f"/api/projects/{project_id}/members").json()
+    assert [(m["username"], m["role"]) for m in members] == [(annotator["username"], "annotator")]
+    page.get_by_role("button", name=f"Remove {annotator['username']} from the project").click()
+    expect_text(page, "#members", "No members yet")
+    assert api.get(f"/api/projects/{project_id}/members").json() == []
 
     page.locator("#import-form select[name=split]").select_option("test")
     page.locator("#import-form input[name=folder]").set_input_files(str(folder))
