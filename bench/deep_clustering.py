@@ -109,6 +109,8 @@ def main() -> None:
     parser.add_argument("--cases", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--standardise", action="store_true",
+                        help="each cell to zero mean, unit variance first (worker.ml.deep_clustering.standardise_cells)")
     parser.add_argument("--out-dir", default=str(ROOT / "bench" / "results"))
     args = parser.parse_args()
 
@@ -116,7 +118,8 @@ def main() -> None:
     from sklearn.cluster import KMeans
 
     from worker.ml.cluster_metrics import clustering_scores
-    from worker.ml.deep_clustering import DeepClusteringAutoencoder, DeepClusteringConfig, train_deep_clustering
+    from worker.ml.deep_clustering import (DeepClusteringAutoencoder, DeepClusteringConfig, standardise_cells,
+                                           train_deep_clustering)
     from worker.ml.training import resolve_device
 
     device = resolve_device(args.device)
@@ -124,6 +127,8 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     images, labels, classes = load_sample(args.cells, args.seed)
+    if args.standardise:
+        images = standardise_cells(images)
     n_clusters = len(classes)
     print(f"{len(images)} cells loaded in {time.perf_counter() - started:.1f} s; "
           f"classes {dict(zip(classes, np.bincount(labels, minlength=n_clusters).tolist()))}", flush=True)

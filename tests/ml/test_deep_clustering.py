@@ -176,3 +176,15 @@ def test_training_is_deterministic_for_a_fixed_seed(real_cells):
     assert first.assignments.tolist() == second.assignments.tolist()
     other_seed = train(seed=4, global_noise=1, cluster_epochs=0)
     assert other_seed.history[0]["loss"] != first.history[0]["loss"]
+
+
+def test_standardised_cells_have_zero_mean_and_unit_variance_whatever_their_brightness(real_cells):
+    from worker.ml.deep_clustering import standardise_cells
+
+    images = real_cells[0][:8]
+    brighter = np.clip(images * 3, 0, None)  # the same cells under a longer exposure
+    standardised = standardise_cells(brighter)
+    assert np.allclose(standardised.mean(axis=(1, 2)), 0, atol=1e-4)
+    assert np.allclose(standardised.std(axis=(1, 2)), 1, atol=1e-3)
+    assert np.allclose(standardise_cells(images), standardised, atol=1e-4)
+    assert np.isfinite(standardise_cells(np.zeros((1, 112, 112)))).all()  # an empty crop does not divide by zero

@@ -167,6 +167,15 @@ class DeepClusteringResult:
     seconds: float = 0.0
 
 
+def standardise_cells(images: np.ndarray) -> np.ndarray:
+    """Each cell to zero mean and unit variance over its own pixels: without it a cell's
+    brightness (the slide's exposure, not its pattern) dominates the latent."""
+    images = np.asarray(images, dtype=np.float32)
+    mean = images.mean(axis=(1, 2), keepdims=True)
+    std = images.std(axis=(1, 2), keepdims=True)
+    return (images - mean) / np.maximum(std, 1e-6)
+
+
 def reconstruction_loss(images: torch.Tensor, reconstruction: torch.Tensor) -> torch.Tensor:
     """Eq. 7 per cell, averaged over the batch."""
     return (images - reconstruction).pow(2).flatten(1).sum(1).mean()
