@@ -25,6 +25,9 @@ class Settings(BaseSettings):
     max_image_bytes: int = 20 * 1024 * 1024
     max_image_pixels: int = 4096 * 4096
     max_zip_members: int = 100_000
+    # a round whose unlabeled pool holds more cells than this is scored in chunks of about
+    # this size, one Celery task each, by every worker on the queue (worker.chunks)
+    scoring_chunk_size: int = 4000
 
     # sign-in rate limit: after this many failed password sign-ins within the window, a user
     # name (or, with the larger limit, one client address) gets 429 until the window passes

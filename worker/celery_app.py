@@ -8,7 +8,7 @@ from backend.settings import get_settings
 
 def make_celery() -> Celery:
     settings = get_settings()
-    app = Celery("xal", broker=settings.resolved_broker_url, include=["worker.tasks"])
+    app = Celery("xal", broker=settings.resolved_broker_url, include=["worker.tasks", "worker.chunks"])
     app.conf.update(
         task_default_queue=settings.queue,
         task_ignore_result=True,

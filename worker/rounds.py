@@ -198,89 +198,117 @@ def _model_for(inputs: RoundInputs, device):
 
 
 def compute_round(inputs: RoundInputs, report: Callable[..., None] = lambda **progress: None) -> dict:
-    """The heavy part: train, evaluate, rank. No database; `report(**progress)` is told the phase."""
-    from worker.ml.metrics import classification_metrics
-    from worker.ml.strategies import SelectionContext, cluster_spread_ranking, rank_pool
-    from worker.ml.training import TrainingConfig, predict_proba, resolve_device, save_checkpoint, train_classifier
+    """The heavy part: train, evaluate, rank. No database; `report(**progress)` is told the phase.
+    (worker.chunks runs the same phases with the pool's outputs computed by many workers.)"""
+    from worker.ml.strategies import compute_pool_outputs
+    from worker.ml.training import resolve_device
 
-    timings: dict[str, float] = {}
-    settings = dict(inputs.model_settings)
-    rng = np.random.default_rng([inputs.project_id, inputs.number, settings.get("seed", 0)])
     device = resolve_device(get_settings().device)
-    result = {"timings": timings, "metrics": {}, "checkpoint": None, "training": None, "selected": [],
-              "summary": {}, "pool_predicted": None, "maps": []}
-
-    started = time.perf_counter()
-    labeled = load_cells(inputs.labeled_hashes, inputs.channel)
-    timings["load_s"] = time.perf_counter() - started
-
-    model = None
-    if inputs.number > 0:
-        model = _model_for(inputs, device)
-        config = TrainingConfig(**{k: v for k, v in settings.items() if k in TrainingConfig.__dataclass_fields__})
-        config.freeze_early = getattr(model, "early_layers_frozen", False)
-        report(phase="training", epoch=0, max_epochs=config.max_epochs)
-        trained = train_classifier(
-            model, labeled, inputs.labeled_classes, config, device,
-            progress=lambda epoch, total: report(phase="training", epoch=epoch, max_epochs=total),
-        )
-        model = trained.model
-        timings["train_s"] = trained.seconds
-        result["training"] = {
-            "epochs_run": trained.epochs_run, "best_epoch": trained.best_epoch,
-            "best_val_loss": trained.best_val_loss, "history": trained.history, "n_labels": len(labeled),
-        }
-        result["checkpoint"] = save_checkpoint(model)
-        if inputs.test_hashes:
-            report(phase="evaluating")
-            started = time.perf_counter()
-            test = load_cells(inputs.test_hashes, inputs.channel)
-            predicted = predict_proba(model, test, device, config.batch_size).argmax(1)
-            result["metrics"] = classification_metrics(inputs.test_classes, predicted, len(inputs.class_names))
-            result["metrics"]["class_names"] = inputs.class_names
-            timings["evaluate_s"] = time.perf_counter() - started
-
+    model, labeled, result = train_and_evaluate(inputs, device, report)
     if inputs.batch_size > 0:
         report(phase="scoring", pool=len(inputs.pool_ids))
         started = time.perf_counter()
-        # Round 0 has no model yet: its k cells are random (thesis Table 2, step 2).
-        strategy = inputs.strategy if model is not None else "random"
-        context = SelectionContext(
-            model=model, device=device, labeled_images=labeled, labeled_labels=inputs.labeled_classes,
-            pool_size=len(inputs.pool_ids), load_pool_images=lambda: load_cells(inputs.pool_hashes, inputs.channel),
-            rng=rng, batch_size=settings.get("batch_size", 128), options=inputs.strategy_options,
-        )
-        if model is None and inputs.pool_clusters is not None:
-            strategy = "cluster-spread"
-            ranking = cluster_spread_ranking(np.asarray(inputs.pool_clusters), rng)
-            ranking.summary = {"cold_start": "clusters"}
-        else:
-            ranking = rank_pool(strategy, context)
-        result["summary"] = ranking.summary
-        if inputs.cold_start_note is not None:
-            result["summary"]["cold_start"] = inputs.cold_start_note
-        probabilities = context.pool_probabilities() if model is not None else None
-        for medoid in result["summary"].get("centre_medoids", []):
-            _name_labeled_cell(medoid, inputs)
-        picked = [int(index) for index in ranking.order[: inputs.batch_size]]
-        for rank, index in enumerate(picked):
-            details = {"strategy": strategy, **ranking.details[rank]}
-            if probabilities is not None:  # every strategy's pick shows what the model thought of it
-                details.setdefault("probabilities", [float(p) for p in probabilities[index]])
-                details.setdefault("predicted", int(probabilities[index].argmax()))
-            for nearest in details.get("nearest", []):
-                _name_labeled_cell(nearest, inputs)
-            result["selected"].append((inputs.pool_ids[index], float(ranking.scores[rank]), details))
-        if probabilities is not None:
-            result["pool_predicted"] = probabilities.argmax(1)
-            result["summary"]["pool_expected_error"] = float(np.mean(1 - probabilities.max(1)))
-        timings["score_s"] = time.perf_counter() - started
-        if model is not None and inputs.render_maps:
-            report(phase="maps")
-            started = time.perf_counter()
-            result["maps"] = _render_maps(model, device, inputs, context.pool_images, picked, labeled, result["selected"])
-            timings["maps_s"] = time.perf_counter() - started
+        outputs = None
+        if model is not None:
+            pool = load_cells(inputs.pool_hashes, inputs.channel)
+            outputs = compute_pool_outputs(model, pool, inputs.strategy, inputs.strategy_options, device, scoring_batch_size(inputs))
+        select_batch(inputs, model, device, labeled, outputs, result, report, started)
     return result
+
+
+def scoring_batch_size(inputs: RoundInputs) -> int:
+    return inputs.model_settings.get("batch_size", 128)
+
+
+def train_and_evaluate(inputs: RoundInputs, device, report: Callable[..., None]):
+    """(model or None for round 0, the labeled cells, the result so far): fine-tune on every
+    label from the parent checkpoint, then score the test split."""
+    from worker.ml.metrics import classification_metrics
+    from worker.ml.training import TrainingConfig, predict_proba, save_checkpoint, train_classifier
+
+    timings: dict[str, float] = {}
+    result = {"timings": timings, "metrics": {}, "checkpoint": None, "training": None, "selected": [],
+              "summary": {}, "pool_predicted": None, "maps": []}
+    started = time.perf_counter()
+    labeled = load_cells(inputs.labeled_hashes, inputs.channel)
+    timings["load_s"] = time.perf_counter() - started
+    if inputs.number == 0:
+        return None, labeled, result
+
+    model = _model_for(inputs, device)
+    settings = inputs.model_settings
+    config = TrainingConfig(**{k: v for k, v in settings.items() if k in TrainingConfig.__dataclass_fields__})
+    config.freeze_early = getattr(model, "early_layers_frozen", False)
+    report(phase="training", epoch=0, max_epochs=config.max_epochs)
+    trained = train_classifier(
+        model, labeled, inputs.labeled_classes, config, device,
+        progress=lambda epoch, total: report(phase="training", epoch=epoch, max_epochs=total),
+    )
+    model = trained.model
+    timings["train_s"] = trained.seconds
+    result["training"] = {
+        "epochs_run": trained.epochs_run, "best_epoch": trained.best_epoch,
+        "best_val_loss": trained.best_val_loss, "history": trained.history, "n_labels": len(labeled),
+    }
+    result["checkpoint"] = save_checkpoint(model)
+    if inputs.test_hashes:
+        report(phase="evaluating")
+        started = time.perf_counter()
+        test = load_cells(inputs.test_hashes, inputs.channel)
+        predicted = predict_proba(model, test, device, config.batch_size).argmax(1)
+        result["metrics"] = classification_metrics(inputs.test_classes, predicted, len(inputs.class_names))
+        result["metrics"]["class_names"] = inputs.class_names
+        timings["evaluate_s"] = time.perf_counter() - started
+    return model, labeled, result
+
+
+def select_batch(inputs: RoundInputs, model, device, labeled: np.ndarray, outputs, result: dict,
+                 report: Callable[..., None], started: float) -> None:
+    """Rank the pool once from its per-cell outputs (worker.ml.strategies.PoolOutputs; None for
+    round 0), queue the first batch_size cells with what explains each, render their maps.
+    `started` is when scoring began: score_s runs from there to the end of the ranking."""
+    from worker.ml.strategies import SelectionContext, cluster_spread_ranking, rank_pool
+
+    rng = np.random.default_rng([inputs.project_id, inputs.number, inputs.model_settings.get("seed", 0)])
+    # Round 0 has no model yet: its k cells are random (thesis Table 2, step 2).
+    strategy = inputs.strategy if model is not None else "random"
+    context = SelectionContext(
+        model=model, device=device, labeled_images=labeled, labeled_labels=inputs.labeled_classes,
+        pool_size=len(inputs.pool_ids), load_pool_images=lambda: load_cells(inputs.pool_hashes, inputs.channel),
+        rng=rng, batch_size=scoring_batch_size(inputs), options=inputs.strategy_options,
+        cached_pool_probabilities=outputs.probabilities if outputs is not None else None,
+        cached_pool_relevance=outputs.relevance if outputs is not None else None,
+    )
+    if model is None and inputs.pool_clusters is not None:
+        strategy = "cluster-spread"
+        ranking = cluster_spread_ranking(np.asarray(inputs.pool_clusters), rng)
+        ranking.summary = {"cold_start": "clusters"}
+    else:
+        ranking = rank_pool(strategy, context)
+    result["summary"] = ranking.summary
+    if inputs.cold_start_note is not None:
+        result["summary"]["cold_start"] = inputs.cold_start_note
+    probabilities = outputs.probabilities if outputs is not None else None
+    for medoid in result["summary"].get("centre_medoids", []):
+        _name_labeled_cell(medoid, inputs)
+    picked = [int(index) for index in ranking.order[: inputs.batch_size]]
+    for rank, index in enumerate(picked):
+        details = {"strategy": strategy, **ranking.details[rank]}
+        if probabilities is not None:  # every strategy's pick shows what the model thought of it
+            details.setdefault("probabilities", [float(p) for p in probabilities[index]])
+            details.setdefault("predicted", int(probabilities[index].argmax()))
+        for nearest in details.get("nearest", []):
+            _name_labeled_cell(nearest, inputs)
+        result["selected"].append((inputs.pool_ids[index], float(ranking.scores[rank]), details))
+    if probabilities is not None:
+        result["pool_predicted"] = probabilities.argmax(1)
+        result["summary"]["pool_expected_error"] = float(np.mean(1 - probabilities.max(1)))
+    result["timings"]["score_s"] = time.perf_counter() - started
+    if model is not None and inputs.render_maps:
+        report(phase="maps")
+        started = time.perf_counter()
+        result["maps"] = _render_maps(model, device, inputs, picked, labeled, result["selected"])
+        result["timings"]["maps_s"] = time.perf_counter() - started
 
 
 MAP_METHODS = ("deeptaylor", "lrp-epsilon")  # the two the pathologist sees beside each queued cell
@@ -292,14 +320,14 @@ def _name_labeled_cell(entry: dict, inputs: RoundInputs) -> None:
     entry["class_name"] = inputs.class_names[entry["class"]]
 
 
-def _render_maps(model, device, inputs: RoundInputs, pool_images, picked, labeled_images, selected) -> list[tuple]:
+def _render_maps(model, device, inputs: RoundInputs, picked, labeled_images, selected) -> list[tuple]:
     """(image_id, method, png, npy) for each queued cell and each medoid the queued cells
     are compared with. The npy holds the raw relevance w.r.t. the two wavelet inputs (2x56x56)."""
     from worker.ml.relevance import relevance_maps
     from worker.ml.render import array_npy, heatmap_png
 
     medoids = sorted({n["labeled_index"] for _, _, details in selected for n in details.get("nearest", [])})
-    cells = np.concatenate([pool_images[picked], labeled_images[medoids]])
+    cells = np.concatenate([load_cells([inputs.pool_hashes[i] for i in picked], inputs.channel), labeled_images[medoids]])
     image_ids = [inputs.pool_ids[i] for i in picked] + [inputs.labeled_ids[i] for i in medoids]
     rendered = []
     for method in MAP_METHODS:
@@ -350,6 +378,10 @@ def run_round(round_id: int) -> str:
         _diagnose_previous_batch(session, round_)
         inputs = _gather(session, round_)
     try:
+        from worker.chunks import needs_chunks, score_in_chunks
+
+        if needs_chunks(inputs):  # many workers score the pool; the last chunk's task stores the round
+            return score_in_chunks(round_id, round_.attempts, inputs)
         result = compute_round(inputs, lambda **progress: set_progress(Round, round_id, **progress))
     except Exception as error:
         log.exception("round %s failed", round_id)

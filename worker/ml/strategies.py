@@ -4,7 +4,13 @@ A strategy is a function `SelectionContext -> Ranking`, registered by name in
 STRATEGIES. Adding one is one function plus one registry line. The softmax
 strategies (thesis eq. 1-3) are built from plain score functions over a
 probability array, so they can be tested and reused on arrays alone.
+
+What a ranking needs to know of each pool cell (`PoolOutputs`: its softmax outputs and,
+for the xal-* strategies, its relevance) is independent per cell, so a large pool can be
+computed in chunks (`pool_chunks`) by separate workers and concatenated in pool order
+before the ranking, which runs once.
 """
+import math
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Callable, Optional
@@ -12,8 +18,9 @@ from typing import Any, Callable, Optional
 import numpy as np
 import torch
 
+from .relevance import RelevanceMaps
 from .training import predict_proba
-from .xal import parse_options as parse_xal_options, xal_entropy, xal_least, xal_margin
+from .xal import RELEVANCE_BATCH_SIZE, cell_relevance, parse_options as parse_xal_options, xal_entropy, xal_least, xal_margin
 
 
 @dataclass
@@ -32,9 +39,10 @@ class SelectionContext:
     rng: np.random.Generator
     batch_size: int = 128
     options: dict = field(default_factory=dict)  # the project's settings for its strategy
-    # Softmax outputs on the pool, if already computed elsewhere (e.g. merged
-    # from shards); otherwise filled on first use by pool_probabilities().
+    # Softmax outputs and relevance on the pool, if already computed elsewhere (e.g. merged
+    # from chunks); otherwise filled on first use by pool_probabilities() / pool_relevance().
     cached_pool_probabilities: Optional[np.ndarray] = field(default=None, repr=False)
+    cached_pool_relevance: Optional[RelevanceMaps] = field(default=None, repr=False)
 
     @cached_property
     def pool_images(self) -> np.ndarray:
@@ -48,6 +56,48 @@ class SelectionContext:
         if self.cached_pool_probabilities is None:
             self.cached_pool_probabilities = predict_proba(self.model, self.pool_images, self.device, self.batch_size)
         return self.cached_pool_probabilities
+
+    def pool_relevance(self) -> RelevanceMaps:
+        """The pool's relevance as the project's xal options ask for it, computed once."""
+        if self.cached_pool_relevance is None:
+            self.cached_pool_relevance = cell_relevance(self.model, self.pool_images, parse_xal_options(self.options), self.device)
+        return self.cached_pool_relevance
+
+
+@dataclass
+class PoolOutputs:
+    """What the model says about each pool cell, in pool order: the per-cell part of a ranking."""
+
+    probabilities: np.ndarray  # (N, C) softmax outputs
+    relevance: Optional[RelevanceMaps] = None  # the xal-* strategies' relevance of each cell
+
+
+def compute_pool_outputs(model, images: np.ndarray, strategy: str, options: dict, device: torch.device,
+                         batch_size: int = 128) -> PoolOutputs:
+    """The per-cell work of ranking `images` (the pool, or a chunk of it) with `strategy`."""
+    relevance = cell_relevance(model, images, parse_xal_options(options), device) if strategy.startswith("xal-") else None
+    return PoolOutputs(probabilities=predict_proba(model, images, device, batch_size), relevance=relevance)
+
+
+def concatenate_pool_outputs(chunks: list[PoolOutputs]) -> PoolOutputs:
+    """The outputs of consecutive chunks of the pool, in order, as one PoolOutputs."""
+    relevance = None
+    if chunks[0].relevance is not None:
+        maps = [chunk.relevance for chunk in chunks]
+        relevance = RelevanceMaps(
+            input_maps=None if maps[0].input_maps is None else np.concatenate([m.input_maps for m in maps]),
+            **{name: np.concatenate([getattr(m, name) for m in maps]) for name in ("concept", "logits", "predicted", "target")},
+        )
+    return PoolOutputs(probabilities=np.concatenate([chunk.probabilities for chunk in chunks]), relevance=relevance)
+
+
+def pool_chunks(pool_size: int, chunk_size: int, batch_size: int) -> list[tuple[int, int]]:
+    """[start, stop) of each chunk of the pool: about `chunk_size` cells, on multiples of every
+    batch size the per-cell work uses, so that each batch holds the same cells as in one pass
+    over the whole pool and the concatenated outputs equal an unchunked run's bit for bit."""
+    step = math.lcm(batch_size, RELEVANCE_BATCH_SIZE)
+    size = max(step, round(chunk_size / step) * step)
+    return [(start, min(start + size, pool_size)) for start in range(0, pool_size, size)]
 
 
 @dataclass

@@ -231,6 +231,12 @@ def find_centres(vectors: np.ndarray, labels: np.ndarray, kind: str, n_clusters:
 
 # --- the strategies ---
 
+def cell_relevance(model, images: np.ndarray, options: XalOptions, device) -> RelevanceMaps:
+    """Each cell's relevance as the strategies compare it: the input maps only for `pixel`."""
+    return relevance_maps(model, images, options.relevance_method, device, batch_size=RELEVANCE_BATCH_SIZE,
+                          want_input_maps=options.representation == "pixel")
+
+
 def _top_channels(concept: np.ndarray) -> list[dict]:
     """The channels carrying most positive relevance, with their share of the cell's total |relevance|."""
     total = np.abs(concept).sum()
@@ -253,14 +259,8 @@ def xal_ranking(context: SelectionContext, strategy: str, score: Callable[[np.nd
     reference = balanced_subset(labels, options.max_reference, context.rng)
 
     started = time.perf_counter()
-    explain = dict(
-        method=options.relevance_method,
-        device=context.device,
-        batch_size=RELEVANCE_BATCH_SIZE,
-        want_input_maps=options.representation == "pixel",
-    )
-    labeled_maps = relevance_maps(context.model, context.labeled_images[reference], **explain)
-    pool_maps = relevance_maps(context.model, context.pool_images, **explain)
+    labeled_maps = cell_relevance(context.model, context.labeled_images[reference], options, context.device)
+    pool_maps = context.pool_relevance()
     relevance_s = time.perf_counter() - started
 
     started = time.perf_counter()

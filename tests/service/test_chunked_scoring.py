@@ -1,0 +1,183 @@
+"""A pool scored in chunks by two real Celery worker processes picks the same cells with the
+same scores as one unchunked pass over the same round inputs and the same trained model."""
+import os
+import subprocess
+import sys
+import time
+import uuid
+
+import numpy as np
+import pytest
+from sqlalchemy import select
+
+from tests.conftest import ROOT, balanced_sample, stop, wait_for_round
+
+pytestmark = pytest.mark.slow
+
+CHUNK_SIZE = 32  # 90 unlabeled cells -> 3 chunks (boundaries on multiples of the relevance batch, 32)
+
+
+@pytest.fixture
+def private_queue(service_env):
+    """The API and the workers of this test use a queue of their own, so that no other worker
+    of the session (with the default chunk size) takes these rounds."""
+    from backend.settings import get_settings
+
+    queue = f"{service_env['XAL_QUEUE']}-chunks-{uuid.uuid4().hex[:6]}"
+    saved = os.environ["XAL_QUEUE"]
+    os.environ["XAL_QUEUE"] = queue
+    get_settings.cache_clear()
+    yield queue
+    os.environ["XAL_QUEUE"] = saved
+    get_settings.cache_clear()
+    import redis
+
+    redis.Redis.from_url(service_env["XAL_BROKER_URL"]).delete(queue, f"_kombu.binding.{queue}")
+
+
+@pytest.fixture
+def two_chunking_workers(private_queue, tmp_path):
+    env = {**os.environ, "XAL_QUEUE": private_queue, "XAL_SCORING_CHUNK_SIZE": str(CHUNK_SIZE)}
+    logs = [open(tmp_path / f"worker-{i}.log", "w") for i in range(2)]
+    workers = [subprocess.Popen([sys.executable, "-m", "backend.cli", "worker", "--concurrency", "1"], cwd=ROOT, env=env,
+                                stdout=log, stderr=subprocess.STDOUT) for log in logs]
+    yield workers
+    for worker, log in zip(workers, logs):
+        stop(worker)
+        log.close()
+    sys.stderr.write(f"\n[chunking worker logs: {tmp_path}]\n")
+
+
+def test_chunks_on_two_workers_pick_what_one_pass_picks(app_client, admin_headers, two_chunking_workers, i3a_dir, i3a_rows):
+    from backend.blobs import get_blob_store
+    from backend.db.models import ModelVersion, Project, Round, Selection
+    from backend.db.session import new_session
+    from worker.ml.strategies import compute_pool_outputs
+    from worker.ml.training import load_checkpoint
+    from worker.rounds import _gather, load_cells, scoring_batch_size, select_batch
+
+    client = app_client
+    project = _project_with_a_labeled_first_batch(client, admin_headers, i3a_dir, i3a_rows, offset=200)
+    chunked = wait_for_round(client, admin_headers, project["id"], 1, timeout=600)
+    assert chunked["selection_summary"]["chunks"]["n"] == 3 and chunked["n_selected"] == 10
+
+    # The reference: the same round inputs, the same trained model, the whole pool in one pass.
+    with new_session() as session:
+        round_ = session.scalar(select(Round).where(Round.project_id == project["id"], Round.number == 1))
+        inputs = _gather(session, round_)
+        checkpoint = session.get(ModelVersion, round_.model_version_id).checkpoint_key
+        stored = session.execute(select(Selection.image_id, Selection.score, Selection.details)
+                                 .where(Selection.round_id == round_.id).order_by(Selection.rank)).all()
+        round_id, attempt = round_.id, round_.attempts
+        assert session.get(Project, project["id"]).state == "active"
+    inputs.render_maps = False
+    assert len(inputs.pool_ids) == 90
+    model = load_checkpoint(get_blob_store().get(checkpoint))
+    device = next(model.parameters()).device
+    outputs = compute_pool_outputs(model, load_cells(inputs.pool_hashes, inputs.channel), inputs.strategy,
+                                   inputs.strategy_options, device, scoring_batch_size(inputs))
+    reference = {"timings": {}, "summary": {}, "selected": [], "maps": []}
+    select_batch(inputs, model, device, load_cells(inputs.labeled_hashes, inputs.channel), outputs, reference,
+                 lambda **progress: None, time.perf_counter())
+
+    assert [image_id for image_id, _, _ in stored] == [image_id for image_id, _, _ in reference["selected"]]
+    np.testing.assert_allclose([score for _, score, _ in stored], [score for _, score, _ in reference["selected"]],
+                               rtol=1e-6, atol=1e-9)
+    for (_, _, details), (_, _, expected) in zip(stored, reference["selected"]):
+        np.testing.assert_allclose(details["distances"], expected["distances"], rtol=1e-6, atol=1e-9)
+        np.testing.assert_allclose(details["probabilities"], expected["probabilities"], rtol=1e-6, atol=1e-9)
+        assert details["predicted"] == expected["predicted"]
+    assert chunked["selection_summary"]["pool_expected_error"] == pytest.approx(reference["summary"]["pool_expected_error"])
+
+    # A chunk delivered again after the merge changes nothing.
+    from worker.chunks import score_chunk
+
+    assert score_chunk(round_id, attempt, 0) == "dropped"
+    with new_session() as session:
+        assert session.scalar(select(Round.n_selected).where(Round.id == round_id)) == 10
+        assert session.scalars(select(Selection.image_id).where(Selection.round_id == round_id)
+                               .order_by(Selection.rank)).all() == [image_id for image_id, _, _ in stored]
+
+
+def _project_with_a_labeled_first_batch(client, headers, i3a_dir, i3a_rows, offset: int, run_round_0=None) -> dict:
+    """An xal-entropy project on 102 real cells whose round 0 (12 cells) is labeled, so that
+    round 1 is queued. `run_round_0` computes round 0 where no worker listens."""
+    rows = balanced_sample(i3a_rows, per_class=17, offset=offset)
+    classes = sorted({row["pattern"] for row in rows})
+    truth = {f"{row['image_id']}.png": row["pattern"] for row in rows}
+    project = client.post("/api/projects", headers=headers, json={
+        "name": f"chunked-{uuid.uuid4().hex[:6]}", "classes": [{"name": c} for c in classes],
+        "budget": 32, "initial_size": 12, "step_size": 10, "strategy": "xal-entropy",
+        "strategy_options": {"representation": "concept", "centres": "classes"},
+        "model_settings": {"max_epochs": 2, "patience": 2, "batch_size": 16},
+    }).json()
+    files = [("files", (name, (i3a_dir / row["image_path"]).read_bytes(), "image/png"))
+             for name, row in zip(truth, rows)]
+    assert client.post(f"/api/projects/{project['id']}/images", headers=headers, files=files).status_code == 201
+    assert client.post(f"/api/projects/{project['id']}/start", headers=headers).status_code == 202
+    if run_round_0 is not None:
+        run_round_0(_round_id(project["id"], 0))
+    assert wait_for_round(client, headers, project["id"], 0, timeout=300)["n_selected"] == 12
+    for _ in range(12):
+        cell = client.post(f"/api/projects/{project['id']}/queue/next", headers=headers).json()["cell"]
+        assert client.post(f"/api/projects/{project['id']}/labels", headers=headers, json={
+            "image_id": cell["image_id"], "class_name": truth[cell["filename"]]}).status_code == 201
+    return project
+
+
+def _round_id(project_id: int, number: int) -> int:
+    from backend.db.models import Round
+    from backend.db.session import new_session
+
+    with new_session() as session:
+        return session.scalar(select(Round.id).where(Round.project_id == project_id, Round.number == number))
+
+
+def _round_row(round_id: int):
+    from backend.db.models import Round
+    from backend.db.session import new_session
+
+    with new_session() as session:
+        return session.get(Round, round_id)
+
+
+def test_a_chunk_delivered_twice_is_counted_once_and_the_merge_is_sent_once(
+        app_client, admin_headers, private_queue, i3a_dir, i3a_rows):
+    """The tasks run here, in this process, in an order a broker may deliver them: chunk 0
+    twice before the others, the last chunk twice after the set is complete, the merge twice."""
+    from backend.settings import get_settings
+    from worker.chunks import merge_chunks, score_chunk
+    from worker.rounds import run_round
+
+    os.environ["XAL_SCORING_CHUNK_SIZE"] = str(CHUNK_SIZE)
+    get_settings.cache_clear()
+    try:
+        project = _project_with_a_labeled_first_batch(app_client, admin_headers, i3a_dir, i3a_rows, offset=230,
+                                                      run_round_0=run_round)
+        round_id = _round_id(project["id"], 1)
+        assert run_round(round_id) == "scoring in chunks"
+        round_ = _round_row(round_id)
+        attempt = round_.attempts
+        assert round_.state == "running" and round_.progress == {
+            "phase": "scoring", "pool": 90, "chunks_done": 0, "chunks": 3}
+
+        assert score_chunk(round_id, attempt, 0) == "done"
+        assert score_chunk(round_id, attempt, 0) == "done"
+        assert _round_row(round_id).progress["chunks_done"] == 1
+        assert score_chunk(round_id, attempt + 1, 1) == "dropped"  # a message of another attempt
+        assert score_chunk(round_id, attempt, 1) == "done"
+        assert score_chunk(round_id, attempt, 2) == "done"
+        assert _round_row(round_id).progress == {"phase": "merging", "pool": 90, "chunks_done": 3, "chunks": 3}
+        assert score_chunk(round_id, attempt, 2) == "done"  # counted again: no second merge
+        assert _round_row(round_id).progress["phase"] == "merging"
+
+        assert merge_chunks(round_id, attempt) == "done"
+        assert merge_chunks(round_id, attempt) == "dropped"
+        round_ = _round_row(round_id)
+        assert round_.state == "done" and round_.n_selected == 10 and round_.attempts == attempt
+        assert round_.selection_summary["chunks"]["n"] == 3
+        assert not (get_settings().data_dir / "scoring" / f"round-{round_id}").exists() or not any(
+            (get_settings().data_dir / "scoring" / f"round-{round_id}").iterdir())
+    finally:
+        del os.environ["XAL_SCORING_CHUNK_SIZE"]
+        get_settings.cache_clear()
