@@ -27,7 +27,7 @@ class Settings(BaseSettings):
     max_zip_members: int = 100_000
     # a round whose unlabeled pool holds more cells than this is scored in chunks of about
     # this size, one Celery task each, by every worker on the queue (worker.chunks)
-    scoring_chunk_size: int = 4000
+    scoring_chunk_size: int = 1000
 
     # sign-in rate limit: after this many failed password sign-ins within the window, a user
     # name (or, with the larger limit, one client address) gets 429 until the window passes

@@ -1,97 +1,277 @@
-"""Times one round of the budget loop (fine-tune + evaluate + score) on a pool of real
-I3A cells, through the same code the worker runs (worker.rounds.compute_round), on this
-machine's CPU unless XAL_DEVICE says otherwise.
+"""Round latency through the whole service: from a step's last label to the next batch being
+served, on pools of real I3A cells, with 1 or 2 worker processes, and each worker's peak memory.
 
-    .venv/bin/python bench/round_latency.py [--pool 2000] [--labeled 60 200] [--repeats 3]
+    .venv/bin/python bench/round_latency.py [--pools 2000 10000 60000] [--workers 1 2] [--steps 3]
 
-Prints one line per run and a summary (median, min-max) per labeled-set size, and
-writes them as JSON to bench/results/round-latency.json."""
+Needs the local PostgreSQL and Redis (as the tests do). For each pool size and worker count it
+makes a fresh database, imports the pool (I3A has 10,872 cells: a larger pool reuses them, each
+copy made distinct by a PNG text chunk naming the copy, so its pixels are the same) and a
+400-cell test split, starts the workers (`xal worker`, torch threads = 2 / workers), starts the
+project (round 0: `--initial` random cells) and then, `--steps` times, labels the open step
+through the API (`queue/next` + `labels`, the ground truth as the annotator) and times how long
+after the step's last label the next round's first cell is served. Pools above
+XAL_SCORING_CHUNK_SIZE are scored in chunks by all workers (worker/chunks.py).
+
+Prints one line per round and a table (median, min-max), and writes everything as JSON to
+bench/results/round-latency.json."""
 import argparse
 import csv
 import json
 import os
 import platform
 import statistics
+import struct
+import subprocess
 import sys
 import tempfile
 import time
+import uuid
+import zlib
 from pathlib import Path
-
-import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 I3A = Path(os.environ.get("XAL_I3A_DIR", ROOT.parent / "shared" / "data" / "i3a"))
+POSTGRES = os.environ.get("XAL_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS = os.environ.get("XAL_TEST_REDIS", "redis://127.0.0.1:6379/0")
+TEST_CELLS = 400
+CORES = 2
+
+
+def png_copy(data: bytes, copy: int) -> bytes:
+    """The same PNG with a tEXt chunk before IEND naming the copy: same pixels, other bytes."""
+    if copy == 0:
+        return data
+    body = b"tEXt" + b"xal-copy\x00" + str(copy).encode()
+    chunk = struct.pack(">I", len(body) - 4) + body + struct.pack(">I", zlib.crc32(body))
+    return data[:-12] + chunk + data[-12:]
+
+
+def vm_hwm_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmHWM for {pid}")
+
+
+def run_configuration(pool_size: int, n_workers: int, args, rows: list[dict], classes: list[str]) -> list[dict]:
+    import psycopg
+
+    database = f"xal_bench_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(POSTGRES, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{database}"')
+    data_dir = tempfile.mkdtemp(prefix="xal-bench-")
+    env = {
+        "XAL_DATABASE_URL": f"{POSTGRES.rsplit('/', 1)[0].replace('postgresql://', 'postgresql+psycopg://', 1)}/{database}",
+        "XAL_BROKER_URL": REDIS, "XAL_QUEUE": f"xal-bench-{database}", "XAL_DATA_DIR": data_dir, "XAL_DEVICE": args.device,
+    }
+    os.environ.update(env)
+    from backend.settings import get_settings
+
+    get_settings.cache_clear()
+    workers, logs = [], []
+    try:
+        return _measure(pool_size, n_workers, args, rows, classes, env, workers, logs)
+    finally:
+        for worker in workers:
+            worker.terminate()
+            try:
+                worker.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+        for log in logs:
+            log.close()
+        from backend.db.session import get_engine
+
+        get_engine().dispose()
+        with psycopg.connect(POSTGRES, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        import redis
+
+        redis.Redis.from_url(REDIS).delete(env["XAL_QUEUE"], f"_kombu.binding.{env['XAL_QUEUE']}")
+        subprocess.run(["rm", "-rf", data_dir], check=False)
+
+
+def _measure(pool_size, n_workers, args, rows, classes, env, workers, logs) -> list[dict]:
+    from fastapi.testclient import TestClient
+
+    from backend.api.app import create_app
+    from backend.db.migrate import upgrade_database
+    from backend.db.models import Project
+    from backend.db.session import new_session
+    from backend.services.imports import IncomingFile, import_images
+    from backend.services.users import create_user, issue_token
+
+    upgrade_database()
+    with new_session() as session:
+        _, secret = issue_token(session, create_user(session, "bench-admin", "admin"))
+        session.commit()
+    headers = {"Authorization": f"Bearer {secret}"}
+    budget = args.initial + args.step * (args.steps + 1)
+    with TestClient(create_app()) as client:
+        project_id = client.post("/api/projects", headers=headers, json={
+            "name": "latency", "classes": [{"name": c} for c in classes], "strategy": args.strategy,
+            "budget": budget, "initial_size": args.initial, "step_size": args.step,
+            "model_settings": {"max_epochs": args.max_epochs, "patience": args.patience},
+        }).json()["id"]
+
+        started = time.perf_counter()
+        test_rows, pool_rows = rows[:TEST_CELLS], rows[TEST_CELLS:]
+        truth = {}
+        plan = [("test", row, 0, f"test-{row['image_id']}.png") for row in test_rows]
+        for i in range(pool_size):
+            copy, row = divmod(i, len(pool_rows))
+            name = f"{copy}-{pool_rows[row]['image_id']}.png"
+            plan.append(("pool", pool_rows[row], copy, name))
+            truth[name] = pool_rows[row]["pattern"]
+        for start in range(0, len(plan), 2000):
+            part = plan[start : start + 2000]
+            with new_session() as session:
+                project = session.get(Project, project_id)
+                for split in ("test", "pool"):
+                    files = [IncomingFile(name, png_copy((I3A / row["image_path"]).read_bytes(), copy),
+                                          reference_class=row["pattern"] if split == "test" else None)
+                             for s, row, copy, name in part if s == split]
+                    if files:
+                        import_images(session, project, files, split)
+                session.commit()
+        import_s = time.perf_counter() - started
+        print(f"pool {pool_size}: imported {pool_size} + {TEST_CELLS} cells in {import_s:.0f} s", flush=True)
+
+        worker_env = {**os.environ, **env, "OMP_NUM_THREADS": str(max(1, CORES // n_workers))}
+        for i in range(n_workers):
+            log = open(Path(env["XAL_DATA_DIR"]) / f"worker-{i}.log", "w")
+            logs.append(log)
+            workers.append(subprocess.Popen([sys.executable, "-m", "backend.cli", "worker", "--concurrency", "1"],
+                                            cwd=ROOT, env=worker_env, stdout=log, stderr=subprocess.STDOUT))
+        _wait(lambda: all("ready." in (Path(env["XAL_DATA_DIR"]) / f"worker-{i}.log").read_text()
+                          for i in range(n_workers)), 180, "the workers")
+
+        assert client.post(f"/api/projects/{project_id}/start", headers=headers).status_code == 202
+        _wait_round(client, headers, project_id, 0)
+        runs = []
+        for number in range(1, args.steps + 1):
+            last_label_at = _label_open_step(client, headers, project_id, truth)
+            round_ = _wait_round(client, headers, project_id, number)
+            cell = client.post(f"/api/projects/{project_id}/queue/next", headers=headers).json()["cell"]
+            latency = time.perf_counter() - last_label_at
+            assert cell is not None
+            run = {"pool": pool_size, "workers": n_workers, "step": number, "labeled": round_["n_labels"],
+                   "latency_s": latency, "import_s": import_s if number == 1 else None,
+                   "worker_peak_rss_mib": [vm_hwm_mib(w.pid) for w in workers],
+                   "chunks": round_["selection_summary"].get("chunks"),
+                   **{k: v for k, v in round_["timings"].items()},
+                   "epochs": (round_.get("training") or {}).get("epochs_run")}
+            runs.append(run)
+            print(json.dumps({k: round(v, 2) if isinstance(v, float) else v for k, v in run.items()}), flush=True)
+        return runs
+
+
+def _label_open_step(client, headers, project_id: int, truth: dict) -> float:
+    """Labels the queue until the next round is created; returns when its last label was sent."""
+    while True:
+        cell = client.post(f"/api/projects/{project_id}/queue/next", headers=headers).json()["cell"]
+        if cell is None:
+            raise RuntimeError("the queue ran dry before the step was complete")
+        sent = time.perf_counter()
+        response = client.post(f"/api/projects/{project_id}/labels", headers=headers,
+                               json={"image_id": cell["image_id"], "class_name": truth[cell["filename"]]})
+        assert response.status_code == 201, response.text
+        progress = client.get(f"/api/projects/{project_id}/rounds", headers=headers).json()
+        if progress[-1]["state"] in ("queued", "running"):
+            return sent
+
+
+def _wait_round(client, headers, project_id: int, number: int) -> dict:
+    def done():
+        response = client.get(f"/api/projects/{project_id}/rounds/{number}", headers=headers)
+        if response.status_code == 200 and response.json()["state"] in ("done", "failed"):
+            return response.json()
+        return None
+
+    round_ = _wait(done, 3600, f"round {number}", interval=0.2)
+    if round_["state"] != "done":
+        raise RuntimeError(f"round {number} failed: {round_['error']}")
+    return round_
+
+
+def _wait(predicate, timeout: float, what: str, interval: float = 0.5):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise TimeoutError(f"timed out waiting for {what}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--pool", type=int, default=2000)
-    parser.add_argument("--labeled", type=int, nargs="+", default=[60, 200])
-    parser.add_argument("--test", type=int, default=400)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--pools", type=int, nargs="+", default=[2000, 10000])
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--steps", type=int, default=3, help="rounds timed per pool and worker count")
+    parser.add_argument("--initial", type=int, default=200, help="round 0's random cells: round 1 trains on these")
+    parser.add_argument("--step", type=int, default=100)
     parser.add_argument("--strategy", default="entropy")
+    parser.add_argument("--max-epochs", type=int, default=10)
+    parser.add_argument("--patience", type=int, default=3)
+    parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "round-latency.json"))
+    parser.add_argument("--append", action="store_true", help="add to the runs already in --out")
     args = parser.parse_args()
-    os.environ.setdefault("XAL_DATA_DIR", tempfile.mkdtemp(prefix="xal-bench-"))
-    os.environ.setdefault("XAL_DEVICE", "cpu")
-
-    import torch
-
-    from backend.blobs import get_blob_store
-    from worker.rounds import RoundInputs, compute_round
-    from worker.ml.training import TrainingConfig
 
     with open(I3A / "labels.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     classes = sorted({r["pattern"] for r in rows})
-    rng = np.random.default_rng(0)
-    order = rng.permutation(len(rows))
-    store = get_blob_store()
-    needed = max(args.labeled) + args.pool + args.test
-    hashes = [store.put((I3A / rows[i]["image_path"]).read_bytes()) for i in order[:needed]]
-    targets = np.array([classes.index(rows[i]["pattern"]) for i in order[:needed]])
+    import numpy as np
 
-    results = []
-    for n_labeled in args.labeled:
-        for repeat in range(args.repeats):
-            labeled = slice(0, n_labeled)
-            pool = slice(max(args.labeled), max(args.labeled) + args.pool)
-            test = slice(max(args.labeled) + args.pool, needed)
-            inputs = RoundInputs(
-                project_id=1, number=1 + repeat, channel="luminance", class_names=classes, strategy=args.strategy, strategy_options={},
-                model_settings={**TrainingConfig().__dict__, "seed": repeat}, batch_size=max(1, args.pool // 20),
-                parent_model_id=None, parent_checkpoint=None, transfer=False,
-                labeled_ids=list(range(n_labeled)), labeled_hashes=hashes[labeled], labeled_classes=targets[labeled],
-                pool_ids=list(range(args.pool)), pool_hashes=hashes[pool],
-                test_hashes=hashes[test], test_classes=targets[test],
-            )
-            started = time.perf_counter()
-            result = compute_round(inputs)
-            total = time.perf_counter() - started
-            run = {"labeled": n_labeled, "pool": args.pool, "repeat": repeat, "total_s": total,
-                   "epochs": result["training"]["epochs_run"], "test_aca": result["metrics"]["aca"], **result["timings"]}
-            results.append(run)
-            print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in run.items()}), flush=True)
+    rows = [rows[i] for i in np.random.default_rng(0).permutation(len(rows))]
+    out = Path(args.out)
+    results = json.loads(out.read_text())["runs"] if args.append else []
+    for pool_size in args.pools:
+        for n_workers in args.workers:
+            results += run_configuration(pool_size, n_workers, args, rows, classes)
+            _write(out, args, results)
+    _print_table(results)
 
-    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, " \
-              f"{torch.get_num_threads()} threads, device {os.environ['XAL_DEVICE']}"
-    print(f"\nmachine: {machine}")
+
+def _machine() -> str:
+    import torch
+
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"
+
+
+def _summary(results: list[dict]) -> list[dict]:
     summary = []
-    for n_labeled in args.labeled:
-        runs = [r for r in results if r["labeled"] == n_labeled]
-        line = {"labeled": n_labeled, "pool": args.pool, "runs": len(runs)}
-        for key in ("total_s", "train_s", "score_s", "load_s", "evaluate_s", "epochs"):
-            values = [r[key] for r in runs]
-            line[key] = {"median": statistics.median(values), "min": min(values), "max": max(values)}
+    for key in sorted({(r["pool"], r["workers"]) for r in results}):
+        runs = [r for r in results if (r["pool"], r["workers"]) == key]
+        line = {"pool": key[0], "workers": key[1], "runs": len(runs)}
+        for field in ("latency_s", "train_s", "score_s", "maps_s"):
+            values = [r[field] for r in runs if r.get(field) is not None]
+            if values:
+                line[field] = {"median": statistics.median(values), "min": min(values), "max": max(values)}
+        line["worker_peak_rss_mib"] = max(max(r["worker_peak_rss_mib"]) for r in runs)
         summary.append(line)
-        print(f"labeled {n_labeled:4d}, pool {args.pool}: round {line['total_s']['median']:.1f} s "
-              f"(min {line['total_s']['min']:.1f}, max {line['total_s']['max']:.1f}); "
-              f"train {line['train_s']['median']:.1f} s over {line['epochs']['median']:.0f} epochs; "
-              f"score {line['score_s']['median']:.1f} s; load {line['load_s']['median']:.1f} s")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"machine": machine, "command": " ".join(sys.argv), "summary": summary,
-                                          "runs": results}, indent=1))
+    return summary
+
+
+def _write(out: Path, args, results: list[dict]) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"machine": _machine(), "command": " ".join(sys.argv),
+                               "summary": _summary(results), "runs": results}, indent=1))
+
+
+def _print_table(results: list[dict]) -> None:
+    print(f"\nmachine: {_machine()}")
+    print("| pool | workers | rounds | latency s, median (min-max) | training s | scoring s | maps s | peak RSS per worker MiB |")
+    print("|---|---|---|---|---|---|---|---|")
+    for line in _summary(results):
+        cells = []
+        for field in ("latency_s", "train_s", "score_s", "maps_s"):
+            stats = line.get(field)
+            cells.append(f"{stats['median']:.1f} ({stats['min']:.1f}-{stats['max']:.1f})" if stats else "-")
+        print(f"| {line['pool']:,} | {line['workers']} | {line['runs']} | " + " | ".join(cells)
+              + f" | {line['worker_peak_rss_mib']:.0f} |")
 
 
 if __name__ == "__main__":
