@@ -1,7 +1,9 @@
 FROM python:3.11-slim
 WORKDIR /app
-# CPU torch; a GPU worker image swaps this line for a CUDA build of torch 2.13.0
-RUN pip install --no-cache-dir torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu
+# CPU torch by default; the GPU worker's image (docker-compose.yml, worker-gpu) is built with
+# TORCH_INDEX_URL pointing at a CUDA build of the same torch
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+RUN pip install --no-cache-dir torch==2.13.0 --index-url ${TORCH_INDEX_URL}
 COPY pyproject.toml alembic.ini README.md ./
 COPY backend backend
 COPY worker worker

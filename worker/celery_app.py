@@ -12,12 +12,16 @@ def make_celery() -> Celery:
     app.conf.update(
         task_default_queue=settings.queue,
         task_ignore_result=True,
-        # a round whose worker dies is redelivered, and rounds are idempotent
+        # a task whose worker dies is redelivered, and tasks are idempotent (a round's is also
+        # re-sent by the API's sweeper once its lease runs out: backend.services.rounds)
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
+        # Publishing gives up after two tries, so that a broker that is down answers a label
+        # submit in about a second; the round stays queued and the sweeper sends it later.
+        task_publish_retry_policy={"max_retries": 1, "interval_start": 0, "interval_step": 0.5, "interval_max": 0.5},
     )
     if settings.embedded_broker:
         folder = settings.broker_dir
@@ -29,6 +33,9 @@ def make_celery() -> Celery:
             "processed_folder": str(folder / "processed"),
             "store_processed": False,
         }
+    else:
+        # without timeouts a broker that hangs (no answer, TCP still open) blocks a publish forever
+        app.conf.broker_transport_options = {"socket_connect_timeout": 3, "socket_timeout": 3}
     return app
 
 

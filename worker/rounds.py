@@ -5,13 +5,16 @@ Idempotent: a round that is done or cancelled is left alone, and results are wri
 while the round row is locked and still running, so a duplicated or redelivered message
 never creates a second set of selections or a second model version."""
 import logging
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 from functools import lru_cache
 
 import numpy as np
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from backend.blobs import get_blob_store
 from backend.db.models import (
@@ -38,11 +41,6 @@ def load_cells(content_hashes: list[str], channel: str) -> np.ndarray:
     if not content_hashes:
         return np.zeros((0, INPUT_SIZE, INPUT_SIZE), np.float32)
     return np.stack([_cell(h, channel) for h in content_hashes])
-
-
-def unfinished_round_ids() -> list[int]:
-    with new_session() as session:
-        return list(session.scalars(select(Round.id).where(Round.state.in_(("queued", "running"))).order_by(Round.id)))
 
 
 @dataclass
@@ -73,14 +71,47 @@ class RoundInputs:
 
 
 def _claim(session, round_id: int) -> Round | None:
-    round_ = session.scalar(select(Round).where(Round.id == round_id).with_for_update(key_share=True))
-    if round_ is None or round_.state in ("done", "cancelled"):
-        return None
-    round_.state, round_.attempts, round_.error = "running", round_.attempts + 1, None
-    round_.started_at = utcnow()
-    round_.progress = {"phase": "loading"}
+    """Takes the round if it is queued, by compare-and-set: of two messages for one round (a
+    re-send, a redelivery) one worker wins. A running round belongs to the worker renewing its
+    lease (backend.services.rounds queues it again once that lease runs out)."""
+    now = utcnow()
+    claimed = session.execute(
+        update(Round).where(Round.id == round_id, Round.state == "queued")
+        .values(state="running", attempts=Round.attempts + 1, error=None, started_at=now, progress={"phase": "loading"},
+                lease_expires_at=now + timedelta(seconds=get_settings().round_lease_seconds))
+        .execution_options(synchronize_session=False)).rowcount
     session.commit()
-    return round_
+    return session.get(Round, round_id) if claimed else None
+
+
+@contextmanager
+def holding_lease(round_id: int, attempt: int) -> Iterator[None]:
+    """Renews the lease of this attempt of the round every quarter of `round_lease_seconds`
+    while the block runs, from a thread of its own: a phase (ranking a large pool) can run far
+    longer than a lease without reporting progress. A round cancelled or queued again meanwhile
+    is not renewed, and its result is dropped when stored."""
+    seconds = get_settings().round_lease_seconds
+    stop = threading.Event()
+
+    def renew() -> None:
+        while not stop.wait(seconds / 4):
+            try:
+                with new_session() as session:
+                    session.execute(
+                        update(Round).where(Round.id == round_id, Round.state == "running", Round.attempts == attempt)
+                        .values(lease_expires_at=utcnow() + timedelta(seconds=seconds))
+                        .execution_options(synchronize_session=False))
+                    session.commit()
+            except Exception as error:  # noqa: BLE001 - the database restarting: the next beat tries again
+                log.warning("could not renew the lease of round %s (%s)", round_id, error)
+
+    renewer = threading.Thread(target=renew, name=f"round-{round_id}-lease", daemon=True)
+    renewer.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        renewer.join()
 
 
 def _gather(session, round_: Round) -> RoundInputs:
@@ -377,15 +408,16 @@ def run_round(round_id: int) -> str:
             return "skipped"
         _diagnose_previous_batch(session, round_)
         inputs = _gather(session, round_)
-    try:
-        from worker.chunks import needs_chunks, score_in_chunks
+    with holding_lease(round_id, round_.attempts):
+        try:
+            from worker.chunks import needs_chunks, score_in_chunks
 
-        if needs_chunks(inputs):  # many workers score the pool; the last chunk's task stores the round
-            return score_in_chunks(round_id, round_.attempts, inputs)
-        result = compute_round(inputs, lambda **progress: set_progress(Round, round_id, **progress))
-    except Exception as error:
-        log.exception("round %s failed", round_id)
-        mark_failed(Round, round_id, error)
-        return "failed"
-    _store(round_id, inputs, result)
+            if needs_chunks(inputs):  # many workers score the pool; the last chunk's task stores the round
+                return score_in_chunks(round_id, round_.attempts, inputs)
+            result = compute_round(inputs, lambda **progress: set_progress(Round, round_id, **progress))
+        except Exception as error:
+            log.exception("round %s failed", round_id)
+            mark_failed(Round, round_id, error)
+            return "failed"
+        _store(round_id, inputs, result)
     return "done"

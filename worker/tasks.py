@@ -23,15 +23,12 @@ def cluster_pool(clustering_id: int) -> str:
 
 
 @worker_ready.connect
-def resume_unfinished_rounds(**_kwargs) -> None:
-    """Rounds and pool clusterings left queued (broker was down) or running (a worker died)
-    are sent again; one that is already done ignores the message."""
+def resume_unfinished_clusterings(**_kwargs) -> None:
+    """Pool clusterings left queued (broker was down) or running (a worker died) are sent
+    again; one that is already done ignores the message. (Rounds need no such thing: the API's
+    sweeper re-sends them by their lease, backend.services.rounds.send_waiting_rounds.)"""
     from worker.clustering import unfinished_clustering_ids
-    from worker.rounds import unfinished_round_ids
 
-    for round_id in unfinished_round_ids():
-        log.info("resuming round %s", round_id)
-        run_round.apply_async(args=[round_id])
     for clustering_id in unfinished_clustering_ids():
         log.info("resuming pool clustering %s", clustering_id)
         cluster_pool.apply_async(args=[clustering_id])

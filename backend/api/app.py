@@ -1,18 +1,52 @@
-"""The FastAPI application: routers under /api, OpenAPI at /api/docs."""
+"""The FastAPI application: routers under /api, OpenAPI at /api/docs, and the sweeper that
+re-sends rounds nobody holds."""
+import logging
+import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.staticfiles import StaticFiles
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import InterfaceError, OperationalError, TimeoutError as PoolTimeoutError
 
 from backend.api import auth, clustering, images, labels, projects, rounds
 from backend.errors import DomainError
+from backend.services.rounds import send_waiting_rounds
+from backend.settings import get_settings
 
 FRONTEND = Path(__file__).resolve().parents[2] / "frontend"
+DATABASE_RETRY_AFTER_S = 5
+
+log = logging.getLogger(__name__)
+
+
+def _sweep_rounds(stop: threading.Event) -> None:
+    """Rounds whose worker died, or that never reached the broker, are sent again. A thread of
+    the API process because the API runs in every deployment, the embedded one included;
+    several API processes may sweep at once (sending takes each round's lease first)."""
+    interval = get_settings().round_lease_seconds / 4
+    while not stop.wait(interval):
+        try:
+            send_waiting_rounds()
+        except Exception as error:  # noqa: BLE001 - the database restarting: the next pass tries again
+            log.warning("the round sweep failed (%s); trying again in %s s", error, interval)
+
+
+@asynccontextmanager
+async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+    stop = threading.Event()
+    sweeper = threading.Thread(target=_sweep_rounds, args=(stop,), name="round-sweeper", daemon=True)
+    sweeper.start()
+    yield
+    stop.set()
+    sweeper.join()
 
 
 def create_app() -> FastAPI:
     app = FastAPI(
+        lifespan=lifespan,
         title="XAL",
         description="Annotation service with explainable active learning for HEp-2 cell images.",
         version="0.1.0",
@@ -23,6 +57,17 @@ def create_app() -> FastAPI:
     @app.exception_handler(DomainError)
     async def domain_error(_request: Request, error: DomainError) -> JSONResponse:
         return JSONResponse({"detail": error.message, **error.details}, status_code=error.status_code)
+
+    @app.exception_handler(OperationalError)
+    @app.exception_handler(InterfaceError)
+    @app.exception_handler(PoolTimeoutError)
+    async def database_unavailable(_request: Request, error: Exception) -> JSONResponse:
+        """The database restarting, unreachable or out of connections: the request may simply be
+        sent again (a label sent twice is one label: the second relabels the cell the same)."""
+        log.warning("database unavailable: %s", error)
+        return JSONResponse(
+            {"detail": f"the database is unavailable for a moment; retry in {DATABASE_RETRY_AFTER_S} seconds"},
+            status_code=503, headers={"Retry-After": str(DATABASE_RETRY_AFTER_S)})
 
     for module in (auth, projects, images, labels, rounds, clustering):
         app.include_router(module.router, prefix="/api")

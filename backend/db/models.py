@@ -145,6 +145,10 @@ class Round(Base):
     n_labels: Mapped[int] = mapped_column(default=0)  # size of the training set
     n_selected: Mapped[int] = mapped_column(default=0)
     attempts: Mapped[int] = mapped_column(default=0)
+    # Until when someone holds the round: its message in the broker while queued, its worker
+    # (renewing it) while running. Once past, or never set (the broker was down), the API's
+    # sweeper queues the round again and re-sends it (backend.services.rounds).
+    lease_expires_at: Mapped[datetime | None]
     progress: Mapped[dict[str, Any]] = mapped_column(default=dict)  # phase, done, total
     timings: Mapped[dict[str, Any]] = mapped_column(default=dict)  # seconds per phase
     metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)  # on the test split
