@@ -45,7 +45,8 @@ class ProjectCreate(BaseModel):
     budget: int | None = Field(default=None, ge=1, description="B; default 20% of the pool")
     initial_size: int | None = Field(default=None, ge=1, description="k; default 15% of B")
     step_size: int | None = Field(default=None, ge=1, description="m; default 10% of B")
-    strategy: str = "entropy"
+    # random: the AL experiment (README, bench/results/al-i3a) found no strategy above it yet
+    strategy: str = "random"
     strategy_options: dict[str, Any] = Field(default_factory=dict, description="settings of the strategy, e.g. representation")
     reveal_after_label: bool = False
     cold_start: ColdStart = Field(default="random", description="round 0: random cells, or spread evenly over the pool's clusters")
@@ -126,6 +127,7 @@ class SelectionOut(BaseModel):
     status: Literal["queued", "leased", "labeled"]
     label: str | None = None
     lease_expires_at: datetime | None = None
+    reserve: bool = Field(default=False, description="a next-ranked cell, served while the next round is computed")
 
 
 class LeasedCell(BaseModel):
@@ -138,6 +140,7 @@ class LeasedCell(BaseModel):
     details: dict[str, Any]
     lease_expires_at: datetime
     hints_hidden: bool = False
+    reserve: bool = Field(default=False, description="a next-ranked cell, served while the next round is computed")
 
 
 class NextCell(BaseModel):
@@ -191,6 +194,8 @@ class RoundOut(ORM):
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    queue_empty_s: float | None = Field(
+        default=None, description="seconds annotators found the queue empty while this round was computed")
 
 
 class Progress(BaseModel):
@@ -265,6 +270,8 @@ class ClusteringConfig(BaseModel):
     cluster_epochs: int = Field(default=2, ge=0, le=200)
     n_clusters: int | None = Field(default=None, ge=2, le=100)
     max_cells: int = Field(default=2000, ge=2, le=100_000, description="cells trained on; every pool cell is assigned")
+    standardise: bool = Field(default=True, description="each cell to zero mean and unit variance first, so that "
+                              "a cell's brightness does not dominate the latent")
 
 
 class ClusteringOut(ORM):

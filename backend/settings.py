@@ -32,6 +32,9 @@ class Settings(BaseSettings):
     # a round whose unlabeled pool holds more cells than this is scored in chunks of about
     # this size, one Celery task each, by every worker on the queue (worker.chunks)
     scoring_chunk_size: int = 1000
+    # annotators never wait for a round: each round also queues this share of its step as
+    # reserve cells (the next-ranked), served while the next round is computed
+    queue_reserve: float = 0.5
 
     # sign-in rate limit: after this many failed password sign-ins within the window, a user
     # name (or, with the larger limit, one client address) gets 429 until the window passes

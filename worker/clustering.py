@@ -38,10 +38,13 @@ def compute_clustering(config: dict, cells: np.ndarray, reference: np.ndarray, r
     import torch
 
     from worker.ml.cluster_metrics import clustering_scores, pca_2d
-    from worker.ml.deep_clustering import DeepClusteringAutoencoder, DeepClusteringConfig, encode, train_deep_clustering
+    from worker.ml.deep_clustering import (DeepClusteringAutoencoder, DeepClusteringConfig, encode, standardise_cells,
+                                           train_deep_clustering)
     from worker.ml.training import resolve_device
 
     device = resolve_device(get_settings().device)
+    if config.get("standardise"):
+        cells = standardise_cells(cells)
     seed = config.get("seed", 0)
     rng = np.random.default_rng(seed)
     n_train = min(len(cells), config["max_cells"])

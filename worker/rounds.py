@@ -5,6 +5,7 @@ Idempotent: a round that is done or cancelled is left alone, and results are wri
 while the round row is locked and still running, so a duplicated or redelivered message
 never creates a second set of selections or a second model version."""
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -52,7 +53,7 @@ class RoundInputs:
     strategy: str
     strategy_options: dict
     model_settings: dict
-    batch_size: int  # cells this round queues
+    batch_size: int  # cells this round queues: its step
     parent_model_id: int | None
     parent_checkpoint: str | None
     transfer: bool  # parent is a start model from elsewhere: new head, frozen early layers
@@ -68,6 +69,8 @@ class RoundInputs:
     # pool_ids), so that the first k cells are spread evenly over the clusters
     pool_clusters: list[int] | None = None
     cold_start_note: str | None = None  # why a requested cold start fell back to random
+    # the next-ranked cells queued beyond the step, served while the next round is computed
+    reserve_size: int = 0
 
 
 def _claim(session, round_id: int) -> Round | None:
@@ -145,6 +148,8 @@ def _gather(session, round_: Round) -> RoundInputs:
         parent = session.get(ModelVersion, project.start_model_id)
     budget_left = project.budget - len(labeled)
     size = project.initial_size if round_.number == 0 else project.step_size
+    batch_size = max(0, min(size, budget_left, len(pool)))
+    reserve_size = min(math.ceil(get_settings().queue_reserve * batch_size), len(pool) - batch_size)
     pool_clusters, cold_start_note = None, None
     if round_.number == 0 and project.cold_start == "clusters":
         pool_clusters = _pool_clusters(session, project, [i for i, _ in pool])
@@ -158,7 +163,8 @@ def _gather(session, round_: Round) -> RoundInputs:
         strategy=project.strategy,
         strategy_options=project.strategy_options,
         model_settings=project.model_settings,
-        batch_size=max(0, min(size, budget_left, len(pool))),
+        batch_size=batch_size,
+        reserve_size=reserve_size,
         parent_model_id=parent.id if parent else None,
         parent_checkpoint=parent.checkpoint_key if parent else None,
         transfer=transfer,
@@ -322,7 +328,7 @@ def select_batch(inputs: RoundInputs, model, device, labeled: np.ndarray, output
     probabilities = outputs.probabilities if outputs is not None else None
     for medoid in result["summary"].get("centre_medoids", []):
         _name_labeled_cell(medoid, inputs)
-    picked = [int(index) for index in ranking.order[: inputs.batch_size]]
+    picked = [int(index) for index in ranking.order[: inputs.batch_size + inputs.reserve_size]]
     for rank, index in enumerate(picked):
         details = {"strategy": strategy, **ranking.details[rank]}
         if probabilities is not None:  # every strategy's pick shows what the model thought of it
@@ -390,7 +396,7 @@ def _store(round_id: int, inputs: RoundInputs, result: dict) -> None:
         for rank, (image_id, score, details) in enumerate(result["selected"]):
             session.add(Selection(round_id=round_id, image_id=image_id, rank=rank, score=score, details=details))
         round_.n_labels = len(inputs.labeled_hashes)
-        round_.n_selected = len(result["selected"])
+        round_.n_selected = min(len(result["selected"]), inputs.batch_size)  # the rest is the reserve
         round_.metrics = result["metrics"]
         round_.selection_summary = result["summary"]
         round_.timings = {**result["timings"], "total_s": (utcnow() - round_.started_at).total_seconds()}

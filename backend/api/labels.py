@@ -23,14 +23,16 @@ def get_queue(project: ProjectDep, session: SessionDep, user: AnyUser):
     reveal" project annotators get no hints here either."""
     now = utcnow()
     hidden = project.reveal_after_label and user.role == "annotator"
+    round_, entries = labeling.queue_entries(session, project)
     return [
         SelectionOut(
-            image_id=e.selection.image_id, filename=e.selection.image.filename, round=latest_round(session, project).number,
+            image_id=e.selection.image_id, filename=e.selection.image.filename, round=round_.number,
             rank=e.selection.rank, score=e.selection.score, details={} if hidden else e.selection.details,
             status="labeled" if e.label else ("leased" if is_leased(e.selection, now) else "queued"),
             lease_expires_at=e.selection.lease_expires_at if is_leased(e.selection, now) else None,
+            reserve=e.selection.rank >= round_.n_selected,
         )
-        for e in labeling.queue_entries(session, project)
+        for e in entries
     ]
 
 
@@ -49,13 +51,14 @@ def next_cell(project: ProjectDep, session: SessionDep, user: Annotator):
             message = "every queued cell is leased or labeled"
         return NextCell(cell=None, message=message, round_state=round_ and round_.state)
     hidden = project.reveal_after_label
+    picked_by = session.get(Round, selection.round_id)
     return NextCell(
         cell=LeasedCell(
             image_id=selection.image_id, filename=selection.image.filename,
             image_url=f"/api/projects/{project.id}/images/{selection.image_id}/file",
-            round=round_.number, rank=selection.rank, score=selection.score,
+            round=picked_by.number, rank=selection.rank, score=selection.score,
             details={} if hidden else selection.details, hints_hidden=hidden,
-            lease_expires_at=selection.lease_expires_at,
+            lease_expires_at=selection.lease_expires_at, reserve=selection.rank >= picked_by.n_selected,
         ),
         message="leased",
         round_state=round_.state,

@@ -30,7 +30,8 @@ def get_round(number: int, project: ProjectDep, session: SessionDep):
 
 @router.get("/projects/{project_id}/rounds/{number}/selections", response_model=list[SelectionOut])
 def list_selections(number: int, project: ProjectDep, session: SessionDep):
-    """The round's picks, most informative first, with their scores and the strategy's details."""
+    """The round's picks, most informative first, with their scores and the strategy's details:
+    its step, then its reserve (served while the next round is computed)."""
     round_ = _round(session, project, number)
     now = utcnow()
     rows = session.execute(
@@ -46,6 +47,7 @@ def list_selections(number: int, project: ProjectDep, session: SessionDep):
             details=s.details, label=label,
             status="labeled" if label else ("leased" if is_leased(s, now) else "queued"),
             lease_expires_at=s.lease_expires_at if is_leased(s, now) else None,
+            reserve=s.rank >= round_.n_selected,
         )
         for s, label in rows
     ]

@@ -75,7 +75,7 @@ class Project(Base):
     budget: Mapped[int | None]
     initial_size: Mapped[int | None]
     step_size: Mapped[int | None]
-    strategy: Mapped[str] = mapped_column(String(50), default="entropy")
+    strategy: Mapped[str] = mapped_column(String(50), default="random")
     strategy_options: Mapped[dict[str, Any]] = mapped_column(default=dict)  # e.g. representation, centres
     model_settings: Mapped[dict[str, Any]] = mapped_column(default=dict)
     start_model_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id", use_alter=True))
@@ -160,10 +160,21 @@ class Round(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
+    # when an annotator first found the queue empty while this round was computed
+    queue_empty_since: Mapped[datetime | None]
+
+    @property
+    def queue_empty_s(self) -> float | None:
+        """How long annotators had nothing to label while this round was computed (so far)."""
+        if self.queue_empty_since is None:
+            return None
+        return max(0.0, ((self.finished_at or utcnow()) - self.queue_empty_since).total_seconds())
 
 
 class Selection(Base):
-    """A cell a round picked; the open round's selections are the annotators' queue."""
+    """A cell a round picked; the open round's selections are the annotators' queue. Ranks
+    below the round's n_selected are its step; the rest are its reserve, served only while
+    the next round is computed."""
 
     __tablename__ = "selections"
     __table_args__ = (UniqueConstraint("round_id", "image_id"), UniqueConstraint("round_id", "rank"))

@@ -1,8 +1,11 @@
-"""The annotators' side: the queue of the open round, leases, labels, undo and export.
+"""The annotators' side: the queue, leases, labels, undo and export.
 
-The queue is the open round's selections whose cell has no current label. A lease is
-taken with a compare-and-set UPDATE, so two annotators never hold the same cell, on
-PostgreSQL and SQLite alike. Labels are never deleted (see Label)."""
+The queue is the open round's step: its selections below rank n_selected whose cell has no
+current label. While the next round is computed it serves the previous round's reserve (the
+next-ranked cells), so annotators do not wait for the workers. A lease is taken with a
+compare-and-set UPDATE, so two annotators never hold the same cell, on PostgreSQL and SQLite
+alike; a label takes the cell's selection row first, so a lease and a label never cross.
+Labels are never deleted (see Label)."""
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -12,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from backend.db.models import CellNote, Image, Label, Project, ProjectClass, Round, Selection, User, utcnow
 from backend.errors import Conflict, Invalid
-from backend.services.projects import project_image
+from backend.services.projects import count_pool, project_image
 from backend.settings import get_settings
 
 
@@ -20,9 +23,9 @@ def is_current(label=Label):
     return and_(label.retracted_at.is_(None), label.superseded_at.is_(None))
 
 
-def current_label_exists():
-    """SQL condition: the image (Image.id in the outer query) has a current label."""
-    return exists(select(Label.id).where(Label.image_id == Image.id, is_current()))
+def current_label_exists(image_id=Image.id):
+    """SQL condition: the image (`image_id`, Image.id by default, of the outer query) has a current label."""
+    return exists(select(Label.id).where(Label.image_id == image_id, is_current()))
 
 
 def is_leased(selection: Selection, now: datetime) -> bool:
@@ -34,17 +37,54 @@ def latest_round(session: Session, project: Project) -> Round | None:
 
 
 def open_round(session: Session, project: Project) -> Round | None:
-    """The round whose selections annotators are labeling now, if any."""
+    """The round whose step annotators are labeling now, if any."""
     round_ = latest_round(session, project)
     return round_ if round_ is not None and round_.state == "done" and round_.n_selected else None
 
 
-def unlabeled_selections(round_: Round):
-    return (
-        select(Selection)
-        .join(Image, Image.id == Selection.image_id)
-        .where(Selection.round_id == round_.id, ~current_label_exists())
-    )
+@dataclass
+class ServedRound:
+    round: Round
+    reserve: bool  # its reserve, while the next round is computed; else its step
+
+
+def served_round(session: Session, project: Project) -> ServedRound | None:
+    """The round the queue serves cells of: the open round's step or, while the next round is
+    queued or running, the previous round's reserve. No reserve in the budget's last step:
+    labels beyond what the next round planned for would overrun the budget."""
+    latest = latest_round(session, project)
+    if latest is None:
+        return None
+    if latest.state == "done":
+        return ServedRound(latest, reserve=False) if latest.n_selected else None
+    if latest.state not in ("queued", "running") or latest.number == 0:
+        return None
+    previous = session.scalar(select(Round).where(Round.project_id == project.id, Round.number == latest.number - 1))
+    if previous is None or previous.state != "done":
+        return None
+    if count_pool(session, project, labeled=True) + (project.step_size or 0) >= (project.budget or 0):
+        return None
+    return ServedRound(previous, reserve=True)
+
+
+def served_part(round_: Round, reserve: bool):
+    """SQL condition: the selection is in the round's step (reserve False) or its reserve."""
+    return Selection.rank >= round_.n_selected if reserve else Selection.rank < round_.n_selected
+
+
+def unlabeled_selections(round_: Round, reserve: bool = False):
+    return select(Selection).where(
+        Selection.round_id == round_.id, served_part(round_, reserve), ~current_label_exists(Selection.image_id))
+
+
+def note_empty_queue(session: Session, project: Project) -> None:
+    """Marks when annotators first found nothing to label while a round was computed: the
+    round's queue_empty_s, the time they waited for it."""
+    latest = latest_round(session, project)
+    if latest is not None and latest.state in ("queued", "running") and latest.queue_empty_since is None:
+        session.execute(update(Round).where(Round.id == latest.id, Round.queue_empty_since.is_(None))
+                        .values(queue_empty_since=utcnow()))
+        session.commit()
 
 
 @dataclass
@@ -53,12 +93,15 @@ class QueueEntry:
     label: Label | None
 
 
-def queue_entries(session: Session, project: Project) -> list[QueueEntry]:
-    """Every selection of the latest round, queued, leased or labeled, in rank order."""
-    round_ = latest_round(session, project)
-    if round_ is None:
-        return []
-    selections = session.scalars(select(Selection).where(Selection.round_id == round_.id).order_by(Selection.rank))
+def queue_entries(session: Session, project: Project) -> tuple[Round | None, list[QueueEntry]]:
+    """The served round and every selection of the part it serves (step or reserve), queued,
+    leased or labeled, in rank order."""
+    served = served_round(session, project)
+    if served is None:
+        return None, []
+    round_ = served.round
+    selections = session.scalars(select(Selection).where(
+        Selection.round_id == round_.id, served_part(round_, served.reserve)).order_by(Selection.rank))
     labels = {
         label.image_id: label
         for label in session.scalars(
@@ -66,23 +109,30 @@ def queue_entries(session: Session, project: Project) -> list[QueueEntry]:
             .where(Selection.round_id == round_.id, is_current())
         )
     }
-    return [QueueEntry(s, labels.get(s.image_id)) for s in selections]
+    return round_, [QueueEntry(s, labels.get(s.image_id)) for s in selections]
 
 
 def lease_next_cell(session: Session, project: Project, user: User) -> Selection | None:
     """The annotator's leased cell, or the best-ranked free one leased to them now.
-    None when the queue is empty (all leased or labeled, or the next round is computing)."""
+    None when the queue is empty (all leased or labeled, or the next round is computing and
+    its reserve is used up)."""
     if project.state != "active":
         raise Conflict(f"project {project.name!r} is {project.state}: " + (
             "start it first" if project.state == "draft" else "its budget is spent"))
-    round_ = open_round(session, project)
-    if round_ is None:
-        return None
+    served = served_round(session, project)
+    selection = served and _lease_in(session, served, user)
+    if selection is None:
+        note_empty_queue(session, project)
+    return selection
+
+
+def _lease_in(session: Session, served: ServedRound, user: User) -> Selection | None:
+    round_ = served.round
     now = utcnow()
     expires = now + timedelta(seconds=get_settings().lease_seconds)
+    queue = unlabeled_selections(round_, served.reserve)
     held = session.scalar(
-        unlabeled_selections(round_)
-        .where(Selection.leased_by_id == user.id, Selection.lease_expires_at > now)
+        queue.where(Selection.leased_by_id == user.id, Selection.lease_expires_at > now)
         .order_by(Selection.rank)
         .limit(1)
     )
@@ -90,26 +140,31 @@ def lease_next_cell(session: Session, project: Project, user: User) -> Selection
         held.lease_expires_at = expires
         session.commit()
         return held
-    free = or_(Selection.leased_by_id.is_(None), Selection.lease_expires_at <= now)
     skipped_by_me = exists(select(CellNote.id).where(
         CellNote.image_id == Selection.image_id, CellNote.round_id == round_.id, CellNote.user_id == user.id))
-    for _ in range(20):  # others may take candidates between our read and our write
-        candidates = session.scalars(
-            unlabeled_selections(round_).where(free).order_by(skipped_by_me, Selection.rank).limit(5)).all()
-        if not candidates:
-            return None
-        for candidate in candidates:
-            taken = session.execute(
-                update(Selection)
-                .where(Selection.id == candidate.id, free)
-                .values(leased_by_id=user.id, leased_at=now, lease_expires_at=expires)
-                .execution_options(synchronize_session=False)
-            ).rowcount
-            session.commit()
-            if taken:
-                session.refresh(candidate)
-                return candidate
+    for skipped in (~skipped_by_me, skipped_by_me):  # the cells the caller skipped come last
+        while (taken := _take_best(session, queue.where(skipped), user, now, expires)) is not None:
+            # A label committed while we waited for the row is invisible to the UPDATE's own
+            # snapshot; this fresh statement sees it.
+            if current_label(session, taken.image_id) is None:
+                session.commit()
+                return taken
+            session.rollback()
     return None
+
+
+def _take_best(session: Session, candidates, user: User, now: datetime, expires: datetime) -> Selection | None:
+    """Leases the best-ranked free cell of `candidates` in one compare-and-set UPDATE. On
+    PostgreSQL rows that other transactions are leasing or labeling are skipped, not waited
+    for, so concurrent annotators each take a different cell at once."""
+    free = or_(Selection.leased_by_id.is_(None), Selection.lease_expires_at <= now)
+    best = candidates.where(free).with_only_columns(Selection.id).order_by(Selection.rank).limit(1)
+    return session.scalar(
+        update(Selection)
+        .where(Selection.id == best.with_for_update(skip_locked=True).scalar_subquery(), free)
+        .values(leased_by_id=user.id, leased_at=now, lease_expires_at=expires)
+        .returning(Selection)
+    )
 
 
 def _class_by_name(project: Project, name: str) -> ProjectClass:
@@ -147,10 +202,7 @@ def submit_label(
         label = Label(project_id=project.id, image_id=image.id, class_id=cls.id, user_id=user.id,
                       round_id=previous.round_id, duration_ms=duration_ms)
     else:
-        round_ = open_round(session, project)
-        selection = round_ and session.scalar(
-            select(Selection).where(Selection.round_id == round_.id, Selection.image_id == image.id)
-        )
+        selection = _queued_selection(session, project, user, image.id, now)
         if selection is None:
             raise Conflict(f"image {image_id} is not in the labeling queue")
         if selection.leased_by_id not in (None, user.id) and selection.lease_expires_at > now:
@@ -159,7 +211,7 @@ def submit_label(
             duration_ms = int((now - selection.leased_at).total_seconds() * 1000)
         selection.leased_by_id = selection.leased_at = selection.lease_expires_at = None
         label = Label(project_id=project.id, image_id=image.id, class_id=cls.id, user_id=user.id,
-                      round_id=round_.id, duration_ms=duration_ms, hints_seen=not project.reveal_after_label)
+                      round_id=selection.round_id, duration_ms=duration_ms, hints_seen=not project.reveal_after_label)
     session.add(label)
     try:
         session.flush()
@@ -173,6 +225,21 @@ def submit_label(
     return label, new_round
 
 
+def _queued_selection(session: Session, project: Project, user: User, image_id: int, now: datetime) -> Selection | None:
+    """The cell's selection in the part of the queue served now or, for a cell the user
+    leased before the queue moved on (a reserve cell when the next round opened), that lease.
+    Its row stays locked until the label is committed, so no lease is taken meanwhile."""
+    served = served_round(session, project)
+    selection = served and session.scalar(select(Selection).where(
+        Selection.round_id == served.round.id, Selection.image_id == image_id, served_part(served.round, served.reserve))
+        .with_for_update(of=Selection))
+    return selection or session.scalar(
+        select(Selection).join(Round, Round.id == Selection.round_id)
+        .where(Round.project_id == project.id, Selection.image_id == image_id,
+               Selection.leased_by_id == user.id, Selection.lease_expires_at > now)
+        .order_by(Round.number.desc()).limit(1).with_for_update(of=Selection))
+
+
 def hints_for(session: Session, label: Label) -> dict | None:
     """What the strategy said about the labeled cell when it queued it."""
     return session.scalar(
@@ -182,17 +249,15 @@ def hints_for(session: Session, label: Label) -> dict | None:
 def skip_cell(session: Session, project: Project, user: User, image_id: int, kind: str, note: str) -> CellNote:
     """Returns a queued cell to the queue with the annotator's note; they get other cells first."""
     image = project_image(session, project, image_id)
-    round_ = open_round(session, project)
-    selection = round_ and session.scalar(
-        select(Selection).join(Image, Image.id == Selection.image_id)
-        .where(Selection.round_id == round_.id, Selection.image_id == image.id, ~current_label_exists())
-    )
+    served = served_round(session, project)
+    selection = served and session.scalar(
+        unlabeled_selections(served.round, served.reserve).where(Selection.image_id == image.id))
     if selection is None:
         raise Conflict(f"image {image_id} is not in the labeling queue")
     if selection.leased_by_id not in (None, user.id) and selection.lease_expires_at > utcnow():
         raise Conflict(f"image {image_id} is leased to another annotator")
     selection.leased_by_id = selection.leased_at = selection.lease_expires_at = None
-    cell_note = CellNote(project_id=project.id, image_id=image.id, round_id=round_.id, user_id=user.id,
+    cell_note = CellNote(project_id=project.id, image_id=image.id, round_id=selection.round_id, user_id=user.id,
                          kind=kind, note=note)
     session.add(cell_note)
     session.commit()
@@ -210,10 +275,9 @@ def undo_last_label(session: Session, project: Project, user: User) -> Label:
     )
     if label is None:
         raise Conflict("there is no label of yours to undo")
-    round_ = open_round(session, project)
-    selection = round_ and session.scalar(
-        select(Selection).where(Selection.round_id == round_.id, Selection.image_id == label.image_id)
-    )
+    served = served_round(session, project)
+    selection = served and session.scalar(select(Selection).where(
+        Selection.round_id == served.round.id, Selection.image_id == label.image_id, served_part(served.round, served.reserve)))
     if selection is None:
         raise Conflict("your last label closed its step and the next round has started from it; relabel the cell instead")
     now = utcnow()

@@ -8,7 +8,7 @@ from sqlalchemy import func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from backend.db.models import Image, Label, Project, ProjectClass, Round, utcnow
+from backend.db.models import Image, Label, Project, ProjectClass, Round, Selection, utcnow
 from backend.db.session import new_session
 from backend.errors import Conflict
 from backend.services.labeling import is_current, latest_round, open_round, unlabeled_selections
@@ -44,7 +44,9 @@ def open_next_round_if_step_done(session: Session, project: Project) -> Round | 
     # round. NO KEY UPDATE, because each new label already holds a KEY SHARE lock on this row
     # (its foreign key), which a plain FOR UPDATE would deadlock against.
     session.execute(select(Round.id).where(Round.id == round_.id).with_for_update(key_share=True))
-    if session.scalar(select(func.count()).select_from(unlabeled_selections(round_).subquery())):
+    # Any one unlabeled cell keeps the step open; the queue is served in rank order, so looking
+    # from the last rank finds one at once instead of counting them all while holding the lock.
+    if session.scalar(unlabeled_selections(round_).with_only_columns(Selection.id).order_by(Selection.rank.desc()).limit(1)):
         return None
     try:
         with session.begin_nested():
@@ -170,7 +172,7 @@ def progress(session: Session, project: Project) -> dict:
         "current_round": rounds[-1] if rounds else None,
         "rounds": [
             {"number": r.number, "state": r.state, "n_labels": r.n_labels, "n_selected": r.n_selected,
-             "aca": r.metrics.get("aca"), "mca": r.metrics.get("mca")}
+             "aca": r.metrics.get("aca"), "mca": r.metrics.get("mca"), "queue_empty_s": r.queue_empty_s}
             for r in rounds
         ],
     }

@@ -365,6 +365,10 @@ function renderWhy(details, cell) {
       " · score ", h("strong", { id: "why-score" }, typeof cell.score === "number" ? cell.score.toFixed(3) : "–"),
       ` · ${strategy} · round ${cell.round ?? "–"}`),
   ];
+  if (cell.reserve) {
+    parts.push(h("p", { class: "muted", id: "why-reserve" },
+      "Reserve cell: ranked just after this round's step; you label it while the next round is computed."));
+  }
   if (Array.isArray(details.probabilities)) {
     const predicted = details.predicted === undefined ? null : className(details.predicted);
     parts.push(h("h3", {}, "Model's class probabilities"),

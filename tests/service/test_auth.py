@@ -61,4 +61,4 @@ def test_a_null_in_a_project_update_changes_nothing(app_client, admin_headers):
     response = app_client.patch(f"/api/projects/{project_id}", headers=admin_headers,
                                 json={"reveal_after_label": None, "description": None, "cold_start": None, "strategy": None})
     assert response.status_code == 200
-    assert response.json()["reveal_after_label"] is True and response.json()["strategy"] == "entropy"
+    assert response.json()["reveal_after_label"] is True and response.json()["strategy"] == "random"

@@ -84,7 +84,9 @@ def test_budget_loop_runs_rounds_until_the_budget_is_spent(app_client, admin_hea
 
     selections = client.get(f"/api/projects/{project_id}/rounds/1/selections", headers=admin_headers).json()
     scores = [s["score"] for s in selections]
-    assert scores == sorted(scores, reverse=True) and all(s["status"] == "labeled" for s in selections)
+    step = [s for s in selections if not s["reserve"]]
+    assert scores == sorted(scores, reverse=True) and len(step) == STEP and all(s["status"] == "labeled" for s in step)
+    assert [s["rank"] for s in selections if s["reserve"]] == list(range(STEP, len(selections)))
     assert len(selections[0]["details"]["probabilities"]) == 6
 
     picked = selections[0]["image_id"]  # each queued cell has its DeepTaylor and LRP maps under the round's model
