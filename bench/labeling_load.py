@@ -1,0 +1,347 @@
+"""Load on the labeling API: N concurrent simulated annotators, each its own user and token,
+each looping `POST /queue/next` then `POST /labels` for the leased cell, with no think time,
+against a real uvicorn server process on loopback and the real PostgreSQL.
+
+    .venv/bin/python bench/labeling_load.py [--annotators 50] [--duration 30] [--workers 1 2]
+                                            [--repeats 3] [--pool 4000]
+
+It sets everything up itself: a fresh PostgreSQL database (dropped at the end), migrations,
+an admin, a Celery worker process for round 0, and per run a fresh project whose pool is
+`--pool` real I3A cells (read in place from ../shared/data/i3a) and whose round 0 queues all
+of them (random cold start), so the annotators do not run out. The load comes from this
+process (an asyncio httpx client), the API runs in its own uvicorn process(es); all share
+the machine's cores. Prints p50/p90/p99/max latency of next and submit and labels per
+second per run, and writes everything to bench/results/labeling-load.json."""
+import argparse
+import asyncio
+import csv
+import json
+import os
+import platform
+import random
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import psycopg
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+I3A = Path(os.environ.get("XAL_I3A_DIR", ROOT.parent / "shared" / "data" / "i3a"))
+POSTGRES_ADMIN_URL = os.environ.get("XAL_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_URL = os.environ.get("XAL_BENCH_REDIS", "redis://127.0.0.1:6379/0")
+CLASSES = ["Homogeneous", "Speckled", "Nucleolar", "Centromere", "NuMem", "Golgi"]
+IMPORT_BATCH = 500
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--annotators", type=int, default=50)
+    parser.add_argument("--duration", type=float, default=30, help="seconds of load per run")
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="uvicorn worker processes to try")
+    parser.add_argument("--repeats", type=int, default=3, help="runs per worker count")
+    parser.add_argument("--pool", type=int, default=4000, help="cells queued per run (one fresh project per run)")
+    parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("--loop", default="auto", help="uvicorn's --loop (auto: uvloop where installed)")
+    parser.add_argument("--http", default="auto", help="uvicorn's --http (auto: httptools where installed)")
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "labeling-load.json"))
+    args = parser.parse_args()
+
+    database = f"xal_bench_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{database}"')
+    env = {
+        "XAL_DATABASE_URL": POSTGRES_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://", 1)
+        + f"/{database}",
+        "XAL_BROKER_URL": REDIS_URL,
+        "XAL_QUEUE": f"xal-bench-{database}",
+        "XAL_DATA_DIR": tempfile.mkdtemp(prefix="xal-bench-load-"),
+        "XAL_DEVICE": "cpu",
+        "OMP_NUM_THREADS": "1",
+    }
+    os.environ.update(env)
+    worker = None
+    try:
+        from backend.db.migrate import upgrade_database
+
+        upgrade_database()
+        admin = {"Authorization": f"Bearer {_admin_token()}"}
+        worker = subprocess.Popen([sys.executable, "-m", "backend.cli", "worker", "--concurrency", "1",
+                                   "--loglevel", "WARNING"], cwd=ROOT, env=os.environ.copy())
+        with open(I3A / "labels.csv", newline="") as f:
+            rows = list(csv.DictReader(f))[: args.pool]
+        cells = [(f"{row['image_id']}.png", (I3A / row["image_path"]).read_bytes()) for row in rows]
+        base_url = f"http://127.0.0.1:{args.port}"
+        runs = []
+        annotators = None
+        for n_workers in args.workers:
+            server = _start_server(n_workers, args.port, args.loop, args.http)
+            try:
+                with httpx.Client(base_url=base_url, headers=admin, timeout=60) as client:
+                    _wait_until_up(client)
+                    annotators = annotators or [_annotator(client, i) for i in range(args.annotators)]
+                    for repeat in range(args.repeats):
+                        project_id = _queued_project(client, cells, annotators)
+                        load_before = os.getloadavg()
+                        cpu_before = _cpu_seconds(server, database)
+                        run = asyncio.run(_load(base_url, project_id, annotators, args.duration))
+                        cpu = {k: v - cpu_before.get(k, 0) for k, v in _cpu_seconds(server, database).items()}
+                        run.update(workers=n_workers, repeat=repeat, project_id=project_id,
+                                   loadavg_before=load_before, loadavg_after=os.getloadavg(),
+                                   cpu_ms_per_label={k: round(v * 1000 / max(run["labels"], 1), 2) for k, v in cpu.items()})
+                        run["labels_in_database"] = _labels_in_database(project_id)
+                        runs.append(run)
+                        _print_run(run)
+            finally:
+                _stop(server)
+        summary = _summary(runs)
+        for line in summary["lines"]:
+            print(line)
+        result = {
+            "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
+            "config": vars(args),
+            "summary": summary["by_workers"],
+            "runs": runs,
+        }
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+        print(f"written to {args.out}")
+    finally:
+        if worker is not None:
+            _stop(worker)
+        from backend.db.session import get_engine
+
+        get_engine().dispose()
+        with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        import redis
+
+        redis.Redis.from_url(REDIS_URL).delete(env["XAL_QUEUE"], f"_kombu.binding.{env['XAL_QUEUE']}")
+
+
+def _admin_token() -> str:
+    from backend.db.session import new_session
+    from backend.services.users import create_user, issue_token
+
+    with new_session() as session:
+        _, secret = issue_token(session, create_user(session, "bench-admin", "admin"))
+        session.commit()
+    return secret
+
+
+def _start_server(workers: int, port: int, loop: str, http: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "backend.api.app:create_app", "--factory", "--host", "127.0.0.1",
+         "--port", str(port), "--workers", str(workers), "--loop", loop, "--http", http,
+         "--log-level", "warning", "--no-access-log"],
+        cwd=ROOT, env=os.environ.copy(),
+    )
+
+
+def _wait_until_up(client: httpx.Client, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if client.get("/api/health").status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError("the API did not come up")
+
+
+def _stop(process: subprocess.Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
+def _annotator(client: httpx.Client, index: int) -> dict:
+    user = _ok(client.post("/api/users", json={"username": f"annotator-{index:02d}", "role": "annotator"}))
+    token = _ok(client.post(f"/api/users/{user['id']}/tokens"))
+    return {"id": user["id"], "headers": {"Authorization": f"Bearer {token['token']}"}}
+
+
+def _queued_project(client: httpx.Client, cells: list[tuple[str, bytes]], annotators: list[dict]) -> int:
+    """A started project whose round 0 queued every one of `cells`, the annotators its members."""
+    from backend.db.session import new_session
+    from backend.services.imports import IncomingFile, import_images
+    from backend.services.projects import find_project
+
+    n = len(cells)
+    project = _ok(client.post("/api/projects", json={
+        "name": f"load-{uuid.uuid4().hex[:6]}", "classes": [{"name": c} for c in CLASSES], "strategy": "random",
+        "budget": n, "initial_size": n, "step_size": n,
+    }))
+    with new_session() as session:
+        target = find_project(session, project["id"])
+        for start in range(0, n, IMPORT_BATCH):
+            import_images(session, target, [IncomingFile(name, data) for name, data in cells[start : start + IMPORT_BATCH]])
+        session.commit()
+    if "/api/projects/{project_id}/members/{user_id}" in client.get("/api/openapi.json").json()["paths"]:
+        for annotator in annotators:
+            response = client.put(f"/api/projects/{project['id']}/members/{annotator['id']}")
+            assert response.status_code == 204, response.text
+    _ok(client.post(f"/api/projects/{project['id']}/start"))
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        round_ = client.get(f"/api/projects/{project['id']}/rounds/0").json()
+        if round_["state"] == "done":
+            assert round_["n_selected"] == n, round_
+            return project["id"]
+        assert round_["state"] != "failed", round_["error"]
+        time.sleep(1)
+    raise RuntimeError("round 0 was not computed in time")
+
+
+def _cpu_seconds(server: subprocess.Popen, database: str) -> dict[str, float]:
+    """CPU time (user + system) used so far by the API's processes, the database's backends and
+    this process (the load generator). Per label it says what the machine's cores bought, which
+    other jobs on a shared machine do not change the way they change latency."""
+    children = [int(p.parent.name) for p in Path("/proc").glob("[0-9]*/stat") if _stat(p)[1] == server.pid]
+    with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as conn:
+        backends = [pid for (pid,) in conn.execute("SELECT pid FROM pg_stat_activity WHERE datname = %s", [database])]
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return {"api": sum(_process_cpu(pid) for pid in [server.pid, *children]),
+            "database": sum(_process_cpu(pid) for pid in backends),
+            "load_generator": usage.ru_utime + usage.ru_stime}
+
+
+def _stat(path: Path) -> tuple[int, int, float]:
+    """(pid, parent pid, CPU seconds) from /proc/PID/stat; zeros when the process is gone."""
+    try:
+        fields = path.read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return 0, 0, 0.0
+    return int(path.parent.name), int(fields[1]), (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _process_cpu(pid: int) -> float:
+    return _stat(Path(f"/proc/{pid}/stat"))[2]
+
+
+def _ok(response: httpx.Response) -> dict:
+    assert response.status_code in (200, 201, 202), f"{response.request.url}: {response.status_code} {response.text}"
+    return response.json()
+
+
+async def _load(base_url: str, project_id: int, annotators: list[dict], duration: float) -> dict:
+    next_ms: list[float] = []
+    submit_ms: list[float] = []
+    counts = {"labels": 0, "empty_queue": 0, "errors": 0}
+    errors: dict[str, int] = {}
+    limits = httpx.Limits(max_connections=len(annotators), max_keepalive_connections=len(annotators))
+
+    async def annotate(client: httpx.AsyncClient, headers: dict, deadline: float) -> None:
+        rng = random.Random(headers["Authorization"])
+        while time.perf_counter() < deadline:
+            started = time.perf_counter()
+            response = await client.post(f"/api/projects/{project_id}/queue/next", headers=headers)
+            next_ms.append((time.perf_counter() - started) * 1000)
+            if response.status_code != 200:
+                _count_error(counts, errors, "next", response)
+                continue
+            cell = response.json()["cell"]
+            if cell is None:
+                counts["empty_queue"] += 1
+                await asyncio.sleep(0.1)
+                continue
+            started = time.perf_counter()
+            response = await client.post(f"/api/projects/{project_id}/labels", headers=headers,
+                                         json={"image_id": cell["image_id"], "class_name": rng.choice(CLASSES)})
+            submit_ms.append((time.perf_counter() - started) * 1000)
+            if response.status_code == 201:
+                counts["labels"] += 1
+            else:
+                _count_error(counts, errors, "submit", response)
+
+    async with httpx.AsyncClient(base_url=base_url, limits=limits, timeout=60) as client:
+        started = time.perf_counter()
+        deadline = started + duration
+        await asyncio.gather(*(annotate(client, a["headers"], deadline) for a in annotators))
+        elapsed = time.perf_counter() - started
+    return {
+        "annotators": len(annotators), "seconds": round(elapsed, 2), **counts, "error_kinds": errors,
+        "labels_per_s": round(counts["labels"] / elapsed, 1),
+        "requests_per_s": round((len(next_ms) + len(submit_ms)) / elapsed, 1),
+        "next_ms": _percentiles(next_ms), "submit_ms": _percentiles(submit_ms),
+    }
+
+
+def _count_error(counts: dict, errors: dict, route: str, response: httpx.Response) -> None:
+    counts["errors"] += 1
+    key = f"{route} {response.status_code}: {response.text[:120]}"
+    errors[key] = errors.get(key, 0) + 1
+
+
+def _percentiles(values: list[float]) -> dict:
+    if not values:
+        return {"n": 0}
+    cuts = statistics.quantiles(values, n=100, method="inclusive")
+    return {"n": len(values), "p50": round(cuts[49], 1), "p90": round(cuts[89], 1), "p99": round(cuts[98], 1),
+            "max": round(max(values), 1)}
+
+
+def _labels_in_database(project_id: int) -> int:
+    from sqlalchemy import func, select
+
+    from backend.db.models import Label
+    from backend.db.session import new_session
+
+    with new_session() as session:
+        return session.scalar(select(func.count(Label.id)).where(Label.project_id == project_id))
+
+
+def _print_run(run: dict) -> None:
+    n, s = run["next_ms"], run["submit_ms"]
+    print(f"workers={run['workers']} run={run['repeat']}: {run['labels_per_s']} labels/s "
+          f"({run['labels']} in {run['seconds']} s, {run['labels_in_database']} in the database), "
+          f"next p50/p90/p99/max {n.get('p50')}/{n.get('p90')}/{n.get('p99')}/{n.get('max')} ms, "
+          f"submit {s.get('p50')}/{s.get('p90')}/{s.get('p99')}/{s.get('max')} ms, "
+          f"errors {run['errors']}, empty queue {run['empty_queue']}, load {run['loadavg_before'][0]:.2f}; "
+          f"CPU ms per label: {run['cpu_ms_per_label']}", flush=True)
+    for kind, count in run["error_kinds"].items():
+        print(f"  {count} x {kind}")
+
+
+def _summary(runs: list[dict]) -> dict:
+    by_workers, lines = {}, []
+    for n_workers in sorted({r["workers"] for r in runs}):
+        mine = [r for r in runs if r["workers"] == n_workers]
+
+        def spread(values):
+            if not values:
+                return {"median": None, "min": None, "max": None}
+            return {"median": round(statistics.median(values), 1), "min": min(values), "max": max(values)}
+
+        entry = {
+            "labels_per_s": spread([r["labels_per_s"] for r in mine]),
+            **{f"cpu_ms_per_label_{part}": spread([r["cpu_ms_per_label"][part] for r in mine])
+               for part in ("api", "database", "load_generator")},
+            **{f"{route}_{q}_ms": spread([r[f"{route}_ms"][q] for r in mine if r[f"{route}_ms"]["n"]])
+               for route in ("next", "submit") for q in ("p50", "p99")},
+        }
+        by_workers[n_workers] = entry
+        lines.append(
+            f"{n_workers} uvicorn worker(s), {len(mine)} runs, median (min-max): "
+            f"{_fmt(entry['labels_per_s'])} labels/s; next p50 {_fmt(entry['next_p50_ms'])} ms, "
+            f"p99 {_fmt(entry['next_p99_ms'])} ms; submit p50 {_fmt(entry['submit_p50_ms'])} ms, "
+            f"p99 {_fmt(entry['submit_p99_ms'])} ms; CPU ms per label: API {_fmt(entry['cpu_ms_per_label_api'])}, "
+            f"database {_fmt(entry['cpu_ms_per_label_database'])}, load generator {_fmt(entry['cpu_ms_per_label_load_generator'])}")
+    return {"by_workers": by_workers, "lines": lines}
+
+
+def _fmt(spread: dict) -> str:
+    return f"{spread['median']} ({spread['min']}-{spread['max']})"
+
+
+if __name__ == "__main__":
+    main()
