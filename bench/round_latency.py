@@ -19,6 +19,7 @@ import csv
 import json
 import os
 import platform
+import signal
 import statistics
 import struct
 import subprocess
@@ -52,6 +53,13 @@ def vm_hwm_mib(pid: int) -> float:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     raise RuntimeError(f"no VmHWM for {pid}")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time the process has used (/proc/PID/stat): what the round cost, whatever
+    else the machine was doing."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def run_configuration(pool_size: int, n_workers: int, args, rows: list[dict], classes: list[str]) -> list[dict]:
@@ -151,17 +159,18 @@ def _measure(pool_size, n_workers, args, rows, classes, env, workers, logs) -> l
         _wait_round(client, headers, project_id, 0)
         runs = []
         for number in range(1, args.steps + 1):
+            cpu_before = sum(cpu_seconds(w.pid) for w in workers)
             last_label_at = _label_open_step(client, headers, project_id, truth)
             round_ = _wait_round(client, headers, project_id, number)
             cell = client.post(f"/api/projects/{project_id}/queue/next", headers=headers).json()["cell"]
             latency = time.perf_counter() - last_label_at
             assert cell is not None
             run = {"pool": pool_size, "workers": n_workers, "step": number, "labeled": round_["n_labels"],
-                   "latency_s": latency, "import_s": import_s if number == 1 else None,
+                   "latency_s": latency, "workers_cpu_s": sum(cpu_seconds(w.pid) for w in workers) - cpu_before,
+                   "load_average": os.getloadavg()[0], "import_s": import_s if number == 1 else None,
                    "worker_peak_rss_mib": [vm_hwm_mib(w.pid) for w in workers],
                    "chunks": round_["selection_summary"].get("chunks"),
-                   **{k: v for k, v in round_["timings"].items()},
-                   "epochs": (round_.get("training") or {}).get("epochs_run")}
+                   **{k: v for k, v in round_["timings"].items()}}
             runs.append(run)
             print(json.dumps({k: round(v, 2) if isinstance(v, float) else v for k, v in run.items()}), flush=True)
         return runs
@@ -206,6 +215,7 @@ def _wait(predicate, timeout: float, what: str, interval: float = 0.5):
 
 
 def main() -> None:
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stopped: still drop its database and workers
     parser = argparse.ArgumentParser()
     parser.add_argument("--pools", type=int, nargs="+", default=[2000, 10000])
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
@@ -246,7 +256,7 @@ def _summary(results: list[dict]) -> list[dict]:
     for key in sorted({(r["pool"], r["workers"]) for r in results}):
         runs = [r for r in results if (r["pool"], r["workers"]) == key]
         line = {"pool": key[0], "workers": key[1], "runs": len(runs)}
-        for field in ("latency_s", "train_s", "score_s", "maps_s"):
+        for field in ("latency_s", "workers_cpu_s", "train_s", "score_s", "maps_s", "load_average"):
             values = [r[field] for r in runs if r.get(field) is not None]
             if values:
                 line[field] = {"median": statistics.median(values), "min": min(values), "max": max(values)}
@@ -263,11 +273,12 @@ def _write(out: Path, args, results: list[dict]) -> None:
 
 def _print_table(results: list[dict]) -> None:
     print(f"\nmachine: {_machine()}")
-    print("| pool | workers | rounds | latency s, median (min-max) | training s | scoring s | maps s | peak RSS per worker MiB |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| pool | workers | rounds | latency s, median (min-max) | workers' CPU s | training s | scoring s | maps s "
+          "| load average | peak RSS per worker MiB |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for line in _summary(results):
         cells = []
-        for field in ("latency_s", "train_s", "score_s", "maps_s"):
+        for field in ("latency_s", "workers_cpu_s", "train_s", "score_s", "maps_s", "load_average"):
             stats = line.get(field)
             cells.append(f"{stats['median']:.1f} ({stats['min']:.1f}-{stats['max']:.1f})" if stats else "-")
         print(f"| {line['pool']:,} | {line['workers']} | {line['runs']} | " + " | ".join(cells)
