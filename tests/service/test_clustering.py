@@ -68,7 +68,8 @@ def test_a_clustered_pool_gives_a_cold_start_spread_over_its_clusters(app_client
     round_ = wait_for_round(client, admin_headers, project_id, 0, timeout=120)
     assert round_["selection_summary"]["cold_start"] == "clusters"
     selections = client.get(f"/api/projects/{project_id}/rounds/0/selections", headers=admin_headers).json()
-    assert len(selections) == 6
+    assert len(selections) == 9 and [s["reserve"] for s in selections] == [False] * 6 + [True] * 3  # k + a half-step reserve
+    selections = selections[:6]
     cluster_of = {p["image_id"]: p["cluster"] for p in overview["points"]}
     picked_clusters = [cluster_of[s["image_id"]] for s in selections]
     assert len(set(picked_clusters)) == min(6, len(overview["clusters"]))
@@ -89,4 +90,4 @@ def test_a_cluster_cold_start_without_a_clustering_falls_back_to_random(app_clie
     round_ = wait_for_round(client, admin_headers, project_id, 0, timeout=120)
     assert round_["selection_summary"]["cold_start"] == "random (no finished clustering)"
     selections = client.get(f"/api/projects/{project_id}/rounds/0/selections", headers=admin_headers).json()
-    assert len(selections) == 6 and all(s["details"]["strategy"] == "random" for s in selections)
+    assert len(selections) == 9 and all(s["details"]["strategy"] == "random" for s in selections)  # k + reserve
