@@ -21,10 +21,11 @@ class Settings(BaseSettings):
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
     lease_seconds: int = 300
-    # A running round's worker renews the round's lease every quarter of this; a round whose
-    # lease runs out (its worker died, or its message waited this long unclaimed or was never
-    # sent) is queued and sent again by the API's sweeper, which looks every quarter of this.
-    round_lease_seconds: int = 60
+    # A running job's worker (a round, a pool clustering) renews the job's lease every quarter
+    # of this; a job whose lease runs out (its worker died, or its message waited this long
+    # unclaimed or was never sent) is queued and sent again by the API's sweeper, which looks
+    # every quarter of this (backend.services.jobs).
+    job_lease_seconds: int = 60
     max_upload_bytes: int = 512 * 1024 * 1024
     max_image_bytes: int = 20 * 1024 * 1024
     max_image_pixels: int = 4096 * 4096

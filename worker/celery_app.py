@@ -12,8 +12,8 @@ def make_celery() -> Celery:
     app.conf.update(
         task_default_queue=settings.queue,
         task_ignore_result=True,
-        # a task whose worker dies is redelivered, and tasks are idempotent (a round's is also
-        # re-sent by the API's sweeper once its lease runs out: backend.services.rounds)
+        # a task whose worker dies is redelivered, and tasks are idempotent (a round or clustering
+        # is also re-sent by the API's sweeper once its lease runs out: backend.services.jobs)
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,

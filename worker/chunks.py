@@ -31,9 +31,9 @@ from backend.db.models import Round
 from backend.db.session import new_session
 from backend.settings import get_settings
 from worker.celery_app import celery_app
-from worker.jobs import mark_failed, set_progress
+from worker.jobs import holding_lease, mark_failed, set_progress
 from worker.rounds import (
-    RoundInputs, _store, holding_lease, load_cells, scoring_batch_size, select_batch, train_and_evaluate,
+    RoundInputs, _store, load_cells, scoring_batch_size, select_batch, train_and_evaluate,
 )
 
 log = logging.getLogger(__name__)
@@ -82,7 +82,7 @@ def score_chunk(round_id: int, attempt: int, index: int) -> str:
     try:
         job = _read_job(folder)
         if not path.exists():
-            with holding_lease(round_id, attempt):  # the round is being worked on: no one requeues it
+            with holding_lease(Round, round_id, attempt):  # the round is being worked on: no one requeues it
                 _write_atomically(path, _chunk_outputs(job, index))
     except Exception as error:
         log.exception("chunk %s of round %s failed", index, round_id)
@@ -97,7 +97,7 @@ def score_chunk(round_id: int, attempt: int, index: int) -> str:
 def merge_chunks(round_id: int, attempt: int) -> str:
     if not _is_current_attempt(round_id, attempt):
         return "dropped"
-    with holding_lease(round_id, attempt):
+    with holding_lease(Round, round_id, attempt):
         return _merge(round_id, attempt, _folder(round_id, attempt))
 
 

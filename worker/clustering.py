@@ -1,7 +1,8 @@
 """A deep clustering of a project's pool, as a worker runs it: claim the row, train the
 autoencoder and its clustering layer (worker.ml.deep_clustering) on up to `max_cells`
 pool cells, assign every pool cell to its nearest centroid, and store each cell's cluster
-and the 2-D PCA of its latent. A clustering already done is left alone."""
+and the 2-D PCA of its latent. Like a round, a clustering is taken only while queued and its
+lease held while it is computed (worker.jobs)."""
 import logging
 
 import numpy as np
@@ -10,26 +11,10 @@ from sqlalchemy import delete, select
 from backend.db.models import Image, ImageCluster, PoolClustering, Project, utcnow
 from backend.db.session import new_session
 from backend.settings import get_settings
-from worker.jobs import mark_failed, set_progress
+from worker.jobs import claim, holding_lease, mark_failed, set_progress
 from worker.rounds import load_cells
 
 log = logging.getLogger(__name__)
-
-
-def unfinished_clustering_ids() -> list[int]:
-    with new_session() as session:
-        return list(session.scalars(
-            select(PoolClustering.id).where(PoolClustering.state.in_(("queued", "running"))).order_by(PoolClustering.id)))
-
-
-def _claim(session, clustering_id: int) -> PoolClustering | None:
-    clustering = session.scalar(select(PoolClustering).where(PoolClustering.id == clustering_id).with_for_update())
-    if clustering is None or clustering.state in ("done", "failed"):
-        return None
-    clustering.state, clustering.error, clustering.started_at = "running", None, utcnow()
-    clustering.progress = {"phase": "loading"}
-    session.commit()
-    return clustering
 
 
 def compute_clustering(config: dict, cells: np.ndarray, reference: np.ndarray, report=lambda **progress: None) -> dict:
@@ -80,7 +65,7 @@ def compute_clustering(config: dict, cells: np.ndarray, reference: np.ndarray, r
 
 def run_clustering(clustering_id: int) -> str:
     with new_session() as session:
-        clustering = _claim(session, clustering_id)
+        clustering = claim(session, PoolClustering, clustering_id)
         if clustering is None:
             return "skipped"
         project = session.get(Project, clustering.project_id)
@@ -90,25 +75,26 @@ def run_clustering(clustering_id: int) -> str:
             select(Image.id, Image.content_hash, Image.reference_class_id)
             .where(Image.project_id == project.id, Image.split == "pool").order_by(Image.id)
         ).all()
-    try:
-        cells = load_cells([h for _, h, _ in pool], channel)
-        reference = np.array([positions.get(c, -1) if c is not None else -1 for _, _, c in pool], dtype=np.int64)
-        result = compute_clustering(config, cells, reference, lambda **progress: set_progress(PoolClustering, clustering_id, **progress))
-    except Exception as error:
-        log.exception("clustering %s failed", clustering_id)
-        mark_failed(PoolClustering, clustering_id, error)
-        return "failed"
-    with new_session() as session:
-        clustering = session.scalar(select(PoolClustering).where(PoolClustering.id == clustering_id).with_for_update())
-        if clustering.state != "running":
-            return "skipped"
-        session.execute(delete(ImageCluster).where(ImageCluster.clustering_id == clustering_id))
-        session.add_all(
-            ImageCluster(clustering_id=clustering_id, image_id=image_id, cluster=int(cluster), x=float(x), y=float(y))
-            for (image_id, _, _), cluster, (x, y) in zip(pool, result["clusters"], result["coordinates"])
-        )
-        clustering.metrics = result["metrics"]
-        clustering.progress = {"phase": "done"}
-        clustering.state, clustering.finished_at = "done", utcnow()
-        session.commit()
+    with holding_lease(PoolClustering, clustering_id, clustering.attempts):
+        try:
+            cells = load_cells([h for _, h, _ in pool], channel)
+            reference = np.array([positions.get(c, -1) if c is not None else -1 for _, _, c in pool], dtype=np.int64)
+            result = compute_clustering(config, cells, reference, lambda **progress: set_progress(PoolClustering, clustering_id, **progress))
+        except Exception as error:
+            log.exception("clustering %s failed", clustering_id)
+            mark_failed(PoolClustering, clustering_id, error)
+            return "failed"
+        with new_session() as session:
+            clustering = session.scalar(select(PoolClustering).where(PoolClustering.id == clustering_id).with_for_update())
+            if clustering.state != "running":
+                return "skipped"
+            session.execute(delete(ImageCluster).where(ImageCluster.clustering_id == clustering_id))
+            session.add_all(
+                ImageCluster(clustering_id=clustering_id, image_id=image_id, cluster=int(cluster), x=float(x), y=float(y))
+                for (image_id, _, _), cluster, (x, y) in zip(pool, result["clusters"], result["coordinates"])
+            )
+            clustering.metrics = result["metrics"]
+            clustering.progress = {"phase": "done"}
+            clustering.state, clustering.finished_at = "done", utcnow()
+            session.commit()
     return "done"

@@ -6,16 +6,13 @@ while the round row is locked and still running, so a duplicated or redelivered 
 never creates a second set of selections or a second model version."""
 import logging
 import math
-import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
 from functools import lru_cache
 
 import numpy as np
-from sqlalchemy import select, update
+from sqlalchemy import select
 
 from backend.blobs import get_blob_store
 from backend.db.models import (
@@ -24,7 +21,7 @@ from backend.db.models import (
 from backend.db.session import new_session
 from backend.services.labeling import current_label_exists, is_current
 from backend.settings import get_settings
-from worker.jobs import mark_failed, set_progress
+from worker.jobs import claim, holding_lease, mark_failed, set_progress
 
 log = logging.getLogger(__name__)
 
@@ -71,50 +68,6 @@ class RoundInputs:
     cold_start_note: str | None = None  # why a requested cold start fell back to random
     # the next-ranked cells queued beyond the step, served while the next round is computed
     reserve_size: int = 0
-
-
-def _claim(session, round_id: int) -> Round | None:
-    """Takes the round if it is queued, by compare-and-set: of two messages for one round (a
-    re-send, a redelivery) one worker wins. A running round belongs to the worker renewing its
-    lease (backend.services.rounds queues it again once that lease runs out)."""
-    now = utcnow()
-    claimed = session.execute(
-        update(Round).where(Round.id == round_id, Round.state == "queued")
-        .values(state="running", attempts=Round.attempts + 1, error=None, started_at=now, progress={"phase": "loading"},
-                lease_expires_at=now + timedelta(seconds=get_settings().round_lease_seconds))
-        .execution_options(synchronize_session=False)).rowcount
-    session.commit()
-    return session.get(Round, round_id) if claimed else None
-
-
-@contextmanager
-def holding_lease(round_id: int, attempt: int) -> Iterator[None]:
-    """Renews the lease of this attempt of the round every quarter of `round_lease_seconds`
-    while the block runs, from a thread of its own: a phase (ranking a large pool) can run far
-    longer than a lease without reporting progress. A round cancelled or queued again meanwhile
-    is not renewed, and its result is dropped when stored."""
-    seconds = get_settings().round_lease_seconds
-    stop = threading.Event()
-
-    def renew() -> None:
-        while not stop.wait(seconds / 4):
-            try:
-                with new_session() as session:
-                    session.execute(
-                        update(Round).where(Round.id == round_id, Round.state == "running", Round.attempts == attempt)
-                        .values(lease_expires_at=utcnow() + timedelta(seconds=seconds))
-                        .execution_options(synchronize_session=False))
-                    session.commit()
-            except Exception as error:  # noqa: BLE001 - the database restarting: the next beat tries again
-                log.warning("could not renew the lease of round %s (%s)", round_id, error)
-
-    renewer = threading.Thread(target=renew, name=f"round-{round_id}-lease", daemon=True)
-    renewer.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        renewer.join()
 
 
 def _gather(session, round_: Round) -> RoundInputs:
@@ -409,12 +362,12 @@ def _store(round_id: int, inputs: RoundInputs, result: dict) -> None:
 
 def run_round(round_id: int) -> str:
     with new_session() as session:
-        round_ = _claim(session, round_id)
+        round_ = claim(session, Round, round_id)
         if round_ is None:
             return "skipped"
         _diagnose_previous_batch(session, round_)
         inputs = _gather(session, round_)
-    with holding_lease(round_id, round_.attempts):
+    with holding_lease(Round, round_id, round_.attempts):
         try:
             from worker.chunks import needs_chunks, score_in_chunks
 

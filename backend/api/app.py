@@ -1,5 +1,5 @@
 """The FastAPI application: routers under /api, OpenAPI at /api/docs, and the sweeper that
-re-sends rounds nobody holds."""
+re-sends the jobs nobody holds."""
 import logging
 import threading
 from collections.abc import AsyncIterator
@@ -13,7 +13,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError, TimeoutError as Poo
 
 from backend.api import auth, clustering, images, labels, projects, rounds
 from backend.errors import DomainError
-from backend.services.rounds import send_waiting_rounds
+from backend.services.jobs import send_waiting_jobs
 from backend.settings import get_settings
 
 FRONTEND = Path(__file__).resolve().parents[2] / "frontend"
@@ -22,22 +22,23 @@ DATABASE_RETRY_AFTER_S = 5
 log = logging.getLogger(__name__)
 
 
-def _sweep_rounds(stop: threading.Event) -> None:
-    """Rounds whose worker died, or that never reached the broker, are sent again. A thread of
-    the API process because the API runs in every deployment, the embedded one included;
-    several API processes may sweep at once (sending takes each round's lease first)."""
-    interval = get_settings().round_lease_seconds / 4
+def _sweep_jobs(stop: threading.Event) -> None:
+    """Rounds and pool clusterings whose worker died, or that never reached the broker, are
+    sent again (backend.services.jobs). A thread of the API process because the API runs in
+    every deployment, the embedded one included; several API processes may sweep at once
+    (sending takes each job's lease first)."""
+    interval = get_settings().job_lease_seconds / 4
     while not stop.wait(interval):
         try:
-            send_waiting_rounds()
+            send_waiting_jobs()
         except Exception as error:  # noqa: BLE001 - the database restarting: the next pass tries again
-            log.warning("the round sweep failed (%s); trying again in %s s", error, interval)
+            log.warning("the job sweep failed (%s); trying again in %s s", error, interval)
 
 
 @asynccontextmanager
 async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
     stop = threading.Event()
-    sweeper = threading.Thread(target=_sweep_rounds, args=(stop,), name="round-sweeper", daemon=True)
+    sweeper = threading.Thread(target=_sweep_jobs, args=(stop,), name="job-sweeper", daemon=True)
     sweeper.start()
     yield
     stop.set()

@@ -11,8 +11,8 @@ from backend.api.deps import Admin, Annotator, AnyUser, ProjectDep, SessionDep
 from backend.db.models import Label, Round, User, utcnow
 from backend.schemas import LabelIn, LabelOut, LeasedCell, NextCell, SelectionOut, SkipIn
 from backend.services import labeling, stats
+from backend.services.jobs import dispatch
 from backend.services.labeling import is_leased, latest_round
-from backend.services.rounds import dispatch_round
 
 router = APIRouter(tags=["labeling"])
 
@@ -82,7 +82,7 @@ def submit_label(body: LabelIn, project: ProjectDep, session: SessionDep, user: 
     label, new_round = labeling.submit_label(
         session, project, user, body.image_id, body.class_name, body.duration_ms, body.after_reveal)
     if new_round is not None:
-        dispatch_round(new_round)
+        dispatch(new_round)
     return _label_out(label, project, session, labeling.hints_for(session, label) if not label.hints_seen else None)
 
 

@@ -1,18 +1,15 @@
 """Deep clustering of a project's pool: requested here, computed by a Celery worker
 (worker.clustering), shown on the admin dashboard, and used by a `cold_start = clusters`
 project to spread its first k cells over the clusters."""
-import logging
-
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from backend.db.models import Image, ImageCluster, Label, PoolClustering, Project, ProjectClass
 from backend.errors import Conflict, Invalid
 from backend.schemas import ClusteringConfig
+from backend.services.jobs import dispatch
 from backend.services.labeling import is_current
 from backend.services.projects import count_pool
-
-log = logging.getLogger(__name__)
 
 EXAMPLES_PER_CLUSTER = 8
 
@@ -40,20 +37,8 @@ def request_clustering(session: Session, project: Project, config: ClusteringCon
     clustering = PoolClustering(project_id=project.id, config=settings, progress={"phase": "queued"})
     session.add(clustering)
     session.commit()
-    dispatch_clustering(clustering)
+    dispatch(clustering)
     return clustering
-
-
-def dispatch_clustering(clustering: PoolClustering) -> None:
-    """Sends the clustering to the workers; if the broker is unreachable it stays queued and
-    a worker picks it up when it starts (worker.tasks.resume_unfinished_rounds)."""
-    from worker.celery_app import celery_app
-    from backend.settings import get_settings
-
-    try:
-        celery_app.send_task("xal.cluster_pool", args=[clustering.id], queue=get_settings().queue)
-    except Exception:  # noqa: BLE001 - any broker failure: keep the request, run it later
-        log.exception("could not send clustering %s to the broker; it stays queued", clustering.id)
 
 
 def clustering_overview(session: Session, project: Project, show_reference: bool = False) -> dict:

@@ -2,18 +2,16 @@
 are all labeled, the next round fine-tunes, evaluates and queues the next m cells, until
 the budget B is spent. Rounds are computed by Celery workers; the API never waits."""
 import logging
-from datetime import timedelta
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from backend.db.models import Image, Label, Project, ProjectClass, Round, Selection, utcnow
-from backend.db.session import new_session
+from backend.db.models import Image, Label, Project, ProjectClass, Round, Selection
 from backend.errors import Conflict
+from backend.services.jobs import dispatch
 from backend.services.labeling import is_current, latest_round, open_round, unlabeled_selections
 from backend.services.projects import count_pool, resolve_budget
-from backend.settings import get_settings
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +27,7 @@ def start_project(session: Session, project: Project) -> Round:
     round_ = Round(project_id=project.id, number=0)
     session.add(round_)
     session.commit()
-    dispatch_round(round_)
+    dispatch(round_)
     return round_
 
 
@@ -57,60 +55,6 @@ def open_next_round_if_step_done(session: Session, project: Project) -> Round | 
     return next_round
 
 
-def dispatch_round(round_: Round) -> bool:
-    """Sends the round to the workers unless someone holds its lease. The lease is taken
-    first, by compare-and-set, so that API processes and the sweeper never send a round twice
-    at once; when the broker is unreachable it is given back, the round stays queued and the
-    sweeper sends it once the broker is back. What queued the round is committed either way.
-    Publishing is bounded (worker.celery_app), so a dead broker never holds up a request."""
-    from worker.celery_app import celery_app
-
-    settings = get_settings()
-    now = utcnow()
-    lease = now + timedelta(seconds=settings.round_lease_seconds)
-    with new_session() as session:
-        taken = session.execute(
-            update(Round).where(Round.id == round_.id, Round.state == "queued", _lease_over(now))
-            .values(lease_expires_at=lease).execution_options(synchronize_session=False)).rowcount
-        session.commit()
-    if not taken:
-        return False
-    try:
-        celery_app.send_task("xal.run_round", args=[round_.id], queue=settings.queue)
-    except Exception as error:  # noqa: BLE001 - any broker failure: keep the round queued, send it later
-        log.warning("could not send round %s to the broker (%s); it stays queued", round_.id, error)
-        with new_session() as session:
-            session.execute(update(Round).where(Round.id == round_.id, Round.lease_expires_at == lease)
-                            .values(lease_expires_at=None).execution_options(synchronize_session=False))
-            session.commit()
-        return False
-    return True
-
-
-def send_waiting_rounds() -> list[int]:
-    """The sweeper's pass (backend.api.app runs it every quarter of `round_lease_seconds`):
-    a running round whose worker stopped renewing its lease (it died) is queued again, and
-    every queued round nobody holds is sent: never sent because the broker was down, or its
-    message unclaimed for a whole lease (lost with a broker that restarted empty). Idempotent:
-    a worker claims only a queued round, so a message too many is skipped. Returns the ids sent."""
-    now = utcnow()
-    with new_session() as session:
-        abandoned = session.execute(
-            update(Round).where(Round.state == "running", _lease_over(now))
-            .values(state="queued", lease_expires_at=None, progress={"phase": "queued", "requeued": "worker lost"})
-            .returning(Round.project_id, Round.number).execution_options(synchronize_session=False)).all()
-        waiting = session.scalars(
-            select(Round).where(Round.state == "queued", _lease_over(now)).order_by(Round.id)).all()
-        session.commit()
-    for project_id, number in abandoned:
-        log.warning("project %s, round %s: its worker stopped renewing its lease; queued again", project_id, number)
-    return [round_.id for round_ in waiting if dispatch_round(round_)]
-
-
-def _lease_over(now):
-    return or_(Round.lease_expires_at.is_(None), Round.lease_expires_at < now)
-
-
 def rerun_round(session: Session, project: Project) -> Round:
     """Admin's trigger: re-sends the latest round when it failed, was cancelled or is stuck in the queue."""
     round_ = latest_round(session, project)
@@ -118,7 +62,7 @@ def rerun_round(session: Session, project: Project) -> Round:
         raise Conflict("only a queued, failed or cancelled round can be triggered again")
     round_.state, round_.error, round_.lease_expires_at = "queued", None, None
     session.commit()
-    dispatch_round(round_)
+    dispatch(round_)
     return round_
 
 

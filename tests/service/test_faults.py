@@ -4,8 +4,8 @@ while annotators submit, Redis down when a step's last label comes in.
 Each test runs its own API process (`xal serve --no-worker`) and worker processes on a
 database, a Redis and a data dir of its own, so that stopping them disturbs nothing else on
 the machine: the PostgreSQL that is restarted and every Redis are private instances started
-here. Rounds are sent again by the API's sweeper (backend.services.rounds.send_waiting_rounds),
-which with XAL_ROUND_LEASE_SECONDS = LEASE_S looks every LEASE_S / 4 seconds."""
+here. Rounds are sent again by the API's sweeper (backend.services.jobs.send_waiting_jobs),
+which with XAL_JOB_LEASE_SECONDS = LEASE_S looks every LEASE_S / 4 seconds."""
 import os
 import re
 import shutil
@@ -113,7 +113,7 @@ class Service:
         self.folder = folder
         self.env = {key: value for key, value in os.environ.items() if not key.startswith("XAL_")}
         self.env.update({"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "XAL_DEVICE": "cpu",
-                         "XAL_ROUND_LEASE_SECONDS": str(LEASE_S), "XAL_DATA_DIR": str(folder / "xal-data"),
+                         "XAL_JOB_LEASE_SECONDS": str(LEASE_S), "XAL_DATA_DIR": str(folder / "xal-data"),
                          "XAL_QUEUE": f"xal-faults-{uuid.uuid4().hex[:8]}", **settings})
         self.processes: list[subprocess.Popen] = []
         self.api: subprocess.Popen | None = None
@@ -385,3 +385,35 @@ def test_labels_are_stored_while_redis_is_down_and_the_round_runs_once_it_is_bac
     round_1 = wait_for_round(client, {}, project_id, 1, timeout=600)
     assert round_1["attempts"] == 1 and round_1["n_labels"] == 12
     assert _label_next(client, annotator, project_id, truth)["round"] == 1
+
+
+def test_a_pool_clustering_whose_worker_is_killed_runs_again_once(
+        fresh_database, private_redis, services, tmp_path, i3a_dir, i3a_rows):
+    """Pool clusterings are jobs like rounds: the same lease, the same sweeper."""
+    service = Service(tmp_path, XAL_DATABASE_URL=fresh_database, XAL_BROKER_URL=private_redis.url)
+    services.append(service)
+    client = service.start_api()
+    first_worker = service.start_worker("worker-1")
+    response = client.post("/api/projects", json={
+        "name": "faults-clustering", "classes": [{"name": c} for c in sorted({r["pattern"] for r in i3a_rows})]})
+    project_id = response.json()["id"]
+    rows = balanced_sample(i3a_rows, per_class=6, offset=900)
+    files = [("files", (f"{row['image_id']}.png", (i3a_dir / row["image_path"]).read_bytes(), "image/png")) for row in rows]
+    assert client.post(f"/api/projects/{project_id}/images", files=files).status_code == 201
+    url = f"/api/projects/{project_id}/clustering"
+    assert client.post(url, json={"pretrain_epochs": 20, "cluster_epochs": 5}).status_code == 202
+
+    def clustering() -> dict:
+        return client.get(url).json()["clustering"]
+
+    wait_for(lambda: clustering()["progress"].get("phase") == "training" and clustering()["progress"]["epoch"] >= 1,
+             timeout=300, interval=0.2, message="the clustering to train")
+    first_worker.send_signal(signal.SIGKILL)
+    first_worker.wait(timeout=60)
+    service.start_worker("worker-2")
+    finished = wait_for(lambda: clustering()["state"] in ("done", "failed") and clustering(), timeout=600,
+                        message="the clustering to finish")
+    assert finished["state"] == "done", finished["error"]
+    assert sum(finished["metrics"]["sizes"]) == len(rows)
+    with psycopg.connect(fresh_database.replace("+psycopg", "")) as conn:
+        assert conn.execute("SELECT count(*), max(attempts) FROM pool_clusterings").fetchone() == (1, 2)

@@ -1,0 +1,74 @@
+"""Sending the long jobs (rounds, pool clusterings) to the Celery workers, and sending them
+again when no one holds them.
+
+A job row carries a lease (`lease_expires_at`): its message in the broker holds it while the
+job is queued, its worker (worker.jobs.holding_lease) while it runs. The API's sweeper
+(backend.api.app) calls `send_waiting_jobs` every quarter of `job_lease_seconds`: a running
+job whose lease ran out (its worker died) is queued again, and every queued job nobody holds
+is sent (never sent because the broker was down, or its message unclaimed for a whole lease,
+lost with a broker that restarted empty). Workers claim only queued jobs, by compare-and-set
+(worker.jobs.claim), so a message too many is skipped and no job is computed twice at once."""
+import logging
+from datetime import timedelta
+
+from sqlalchemy import or_, select, update
+
+from backend.db.models import PoolClustering, Round, utcnow
+from backend.db.session import new_session
+from backend.settings import get_settings
+
+log = logging.getLogger(__name__)
+
+TASKS = {Round: "xal.run_round", PoolClustering: "xal.cluster_pool"}
+
+
+def dispatch(job: Round | PoolClustering) -> bool:
+    """Sends the job to the workers unless someone holds its lease. The lease is taken first, by
+    compare-and-set, so that API processes and the sweeper never send a job twice at once; when
+    the broker is unreachable it is given back and the job stays queued for the sweeper. What
+    queued the job is committed either way, and publishing is bounded (worker.celery_app), so a
+    dead broker never holds up a request for long."""
+    from worker.celery_app import celery_app
+
+    model, settings, now = type(job), get_settings(), utcnow()
+    lease = now + timedelta(seconds=settings.job_lease_seconds)
+    with new_session() as session:
+        taken = session.execute(
+            update(model).where(model.id == job.id, model.state == "queued", _lease_over(model, now))
+            .values(lease_expires_at=lease).execution_options(synchronize_session=False)).rowcount
+        session.commit()
+    if not taken:
+        return False
+    try:
+        celery_app.send_task(TASKS[model], args=[job.id], queue=settings.queue)
+    except Exception as error:  # noqa: BLE001 - any broker failure: keep the job queued, send it later
+        log.warning("could not send %s %s to the broker (%s); it stays queued", model.__tablename__, job.id, error)
+        with new_session() as session:
+            session.execute(update(model).where(model.id == job.id, model.lease_expires_at == lease)
+                            .values(lease_expires_at=None).execution_options(synchronize_session=False))
+            session.commit()
+        return False
+    return True
+
+
+def send_waiting_jobs() -> list[Round | PoolClustering]:
+    """The sweeper's pass; returns the jobs it sent."""
+    now = utcnow()
+    waiting = []
+    with new_session() as session:
+        for model in TASKS:
+            abandoned = session.execute(
+                update(model).where(model.state == "running", _lease_over(model, now))
+                .values(state="queued", lease_expires_at=None, progress={"phase": "queued", "requeued": "worker lost"})
+                .returning(model.id, model.project_id).execution_options(synchronize_session=False)).all()
+            for job_id, project_id in abandoned:
+                log.warning("%s %s of project %s: its worker stopped renewing its lease; queued again",
+                            model.__tablename__, job_id, project_id)
+            waiting += session.scalars(select(model).where(model.state == "queued", _lease_over(model, now))
+                                       .order_by(model.id)).all()
+        session.commit()
+    return [job for job in waiting if dispatch(job)]
+
+
+def _lease_over(model, now):
+    return or_(model.lease_expires_at.is_(None), model.lease_expires_at < now)
