@@ -49,7 +49,7 @@ def holding_lease(model, row_id: int, attempt: int) -> Iterator[None]:
                         .execution_options(synchronize_session=False))
                     session.commit()
             except Exception as error:  # noqa: BLE001 - the database restarting: the next beat tries again
-                log.warning("could not renew the lease of %s %s (%s)", model.__tablename__, row_id, error)
+                log.warning("could not renew the lease of %s id %s (%s)", model.__name__, row_id, error)
 
     renewer = threading.Thread(target=renew, name=f"{model.__tablename__}-{row_id}-lease", daemon=True)
     renewer.start()

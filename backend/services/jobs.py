@@ -42,7 +42,7 @@ def dispatch(job: Round | PoolClustering) -> bool:
     try:
         celery_app.send_task(TASKS[model], args=[job.id], queue=settings.queue)
     except Exception as error:  # noqa: BLE001 - any broker failure: keep the job queued, send it later
-        log.warning("could not send %s %s to the broker (%s); it stays queued", model.__tablename__, job.id, error)
+        log.warning("could not send %s id %s to the broker (%s); it stays queued", model.__name__, job.id, error)
         with new_session() as session:
             session.execute(update(model).where(model.id == job.id, model.lease_expires_at == lease)
                             .values(lease_expires_at=None).execution_options(synchronize_session=False))
@@ -62,8 +62,8 @@ def send_waiting_jobs() -> list[Round | PoolClustering]:
                 .values(state="queued", lease_expires_at=None, progress={"phase": "queued", "requeued": "worker lost"})
                 .returning(model.id, model.project_id).execution_options(synchronize_session=False)).all()
             for job_id, project_id in abandoned:
-                log.warning("%s %s of project %s: its worker stopped renewing its lease; queued again",
-                            model.__tablename__, job_id, project_id)
+                log.warning("%s id %s of project %s: its worker stopped renewing its lease; queued again",
+                            model.__name__, job_id, project_id)
             waiting += session.scalars(select(model).where(model.state == "queued", _lease_over(model, now))
                                        .order_by(model.id)).all()
         session.commit()
