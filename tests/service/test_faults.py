@@ -375,7 +375,7 @@ def test_labels_are_stored_while_redis_is_down_and_the_round_runs_once_it_is_bac
     assert len(_exported(client, project_id)) == 12
     assert _round(client, project_id, 1)["state"] == "queued"
     # the sweeper keeps trying, and the round stays queued (not failed) meanwhile
-    wait_for(lambda: service.log("api").count("could not send round") >= 3, timeout=300,
+    wait_for(lambda: service.log("api").count("could not send Round id") >= 3, timeout=300,
              message="the sweeper to try the broker again")
     assert _round(client, project_id, 1)["state"] == "queued"
     waiting = client.post(f"/api/projects/{project_id}/queue/next", headers=annotator)
