@@ -3,15 +3,16 @@ each looping `POST /queue/next` then `POST /labels` for the leased cell, with no
 against a real uvicorn server process on loopback and the real PostgreSQL.
 
     .venv/bin/python bench/labeling_load.py [--annotators 50] [--duration 30] [--workers 1 2]
-                                            [--repeats 3] [--pool 4000]
+                                            [--repeats 3] [--pool 3000]
 
 It sets everything up itself: a fresh PostgreSQL database (dropped at the end), migrations,
 an admin, a Celery worker process for round 0, and per run a fresh project whose pool is
 `--pool` real I3A cells (read in place from ../shared/data/i3a) and whose round 0 queues all
-of them (random cold start), so the annotators do not run out. The load comes from this
-process (an asyncio httpx client), the API runs in its own uvicorn process(es); all share
-the machine's cores. Prints p50/p90/p99/max latency of next and submit and labels per
-second per run, and writes everything to bench/results/labeling-load.json."""
+of them (random cold start), so the annotators do not run out; then ANALYZE (see _analyze).
+The load comes from this process (an asyncio httpx client), the API runs in its own uvicorn
+process(es); all share the machine's cores. Prints p50/p90/p99/max latency of next and submit,
+labels per second and CPU time per label per run, and writes everything to
+bench/results/labeling-load.json."""
 import argparse
 import asyncio
 import csv
@@ -24,6 +25,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -46,7 +48,7 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=30, help="seconds of load per run")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="uvicorn worker processes to try")
     parser.add_argument("--repeats", type=int, default=3, help="runs per worker count")
-    parser.add_argument("--pool", type=int, default=4000, help="cells queued per run (one fresh project per run)")
+    parser.add_argument("--pool", type=int, default=3000, help="cells queued per run (one fresh project per run)")
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--loop", default="auto", help="uvicorn's --loop (auto: uvloop where installed)")
     parser.add_argument("--http", default="auto", help="uvicorn's --http (auto: httptools where installed)")
@@ -88,13 +90,16 @@ def main() -> None:
                     annotators = annotators or [_annotator(client, i) for i in range(args.annotators)]
                     for repeat in range(args.repeats):
                         project_id = _queued_project(client, cells, annotators)
+                        _analyze(database)
                         load_before = os.getloadavg()
-                        cpu_before = _cpu_seconds(server, database)
-                        run = asyncio.run(_load(base_url, project_id, annotators, args.duration))
-                        cpu = {k: v - cpu_before.get(k, 0) for k, v in _cpu_seconds(server, database).items()}
+                        with CpuMeter(server, database) as cpu:
+                            run = asyncio.run(_load(base_url, project_id, annotators, args.duration))
                         run.update(workers=n_workers, repeat=repeat, project_id=project_id,
                                    loadavg_before=load_before, loadavg_after=os.getloadavg(),
-                                   cpu_ms_per_label={k: round(v * 1000 / max(run["labels"], 1), 2) for k, v in cpu.items()})
+                                   database_connections={"opened": cpu.backends_started,
+                                                         "most_at_once": cpu.most_backends_at_once},
+                                   cpu_ms_per_label={k: round(v * 1000 / max(run["labels"], 1), 2)
+                                                     for k, v in cpu.seconds.items()})
                         run["labels_in_database"] = _labels_in_database(project_id)
                         runs.append(run)
                         _print_run(run)
@@ -202,30 +207,86 @@ def _queued_project(client: httpx.Client, cells: list[tuple[str, bytes]], annota
     raise RuntimeError("round 0 was not computed in time")
 
 
-def _cpu_seconds(server: subprocess.Popen, database: str) -> dict[str, float]:
-    """CPU time (user + system) used so far by the API's processes, the database's backends and
-    this process (the load generator). Per label it says what the machine's cores bought, which
-    other jobs on a shared machine do not change the way they change latency."""
-    children = [int(p.parent.name) for p in Path("/proc").glob("[0-9]*/stat") if _stat(p)[1] == server.pid]
-    with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as conn:
-        backends = [pid for (pid,) in conn.execute("SELECT pid FROM pg_stat_activity WHERE datname = %s", [database])]
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return {"api": sum(_process_cpu(pid) for pid in [server.pid, *children]),
-            "database": sum(_process_cpu(pid) for pid in backends),
-            "load_generator": usage.ru_utime + usage.ru_stime}
+class CpuMeter:
+    """CPU time (user + system) the API's processes, the database's backends and this process
+    (the load generator) use while it is open. Per label it says what the cores bought, which
+    other jobs on a shared machine change far less than they change latency. Backends come and
+    go (the pool opens and closes overflow connections), so they are sampled every 0.2 s."""
+
+    def __init__(self, server: subprocess.Popen, database: str):
+        self.server, self.database = server, database
+        self.backend_cpu: dict[int, tuple[float, float]] = {}  # pid: (CPU when first seen, CPU last seen)
+        self.backends_started = 0
+        self.most_backends_at_once = 0
+        self._stop = threading.Event()
+
+    def __enter__(self) -> "CpuMeter":
+        self._sample(during_run=False)
+        self._api_start, self._self_start = self._api_cpu(), self._self_cpu()
+        self._sampler = threading.Thread(target=self._sample_until_stopped, daemon=True)
+        self._sampler.start()
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self._stop.set()
+        self._sampler.join()
+        self._sample()
+        self.seconds = {
+            "api": self._api_cpu() - self._api_start,
+            "database": sum(last - first for first, last in self.backend_cpu.values()),
+            "load_generator": self._self_cpu() - self._self_start,
+        }
+
+    def _sample_until_stopped(self) -> None:
+        while not self._stop.wait(0.2):
+            self._sample()
+
+    def _sample(self, during_run: bool = True) -> None:
+        """Backends first seen during the run count from zero; those there before, from now."""
+        marker = f" {self.database} ".encode()
+        alive = 0
+        for path in Path("/proc").glob("[0-9]*/cmdline"):
+            try:
+                title = path.read_bytes()
+            except OSError:
+                continue
+            if not title.startswith(b"postgres:") or marker not in title:
+                continue
+            alive += 1
+            pid, _, cpu = _stat(path.parent / "stat")
+            if pid not in self.backend_cpu:
+                self.backends_started += during_run
+                self.backend_cpu[pid] = (0.0 if during_run else cpu, cpu)
+            elif cpu:
+                self.backend_cpu[pid] = (self.backend_cpu[pid][0], cpu)
+        self.most_backends_at_once = max(self.most_backends_at_once, alive)
+
+    def _api_cpu(self) -> float:
+        children = [_stat(p)[0] for p in Path("/proc").glob("[0-9]*/stat") if _stat(p)[1] == self.server.pid]
+        return sum(_stat(Path(f"/proc/{pid}/stat"))[2] for pid in [self.server.pid, *children])
+
+    @staticmethod
+    def _self_cpu() -> float:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
 
 
 def _stat(path: Path) -> tuple[int, int, float]:
     """(pid, parent pid, CPU seconds) from /proc/PID/stat; zeros when the process is gone."""
     try:
         fields = path.read_text().rsplit(")", 1)[1].split()
-    except (FileNotFoundError, ProcessLookupError, IndexError):
+    except (OSError, IndexError):
         return 0, 0, 0.0
     return int(path.parent.name), int(fields[1]), (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _process_cpu(pid: int) -> float:
-    return _stat(Path(f"/proc/{pid}/stat"))[2]
+def _analyze(database: str) -> None:
+    """What autovacuum does after a bulk insert. This machine's PostgreSQL runs with autovacuum off
+    (its CI configuration); without statistics the planner walks every current label for each
+    queued cell it considers, and a lease takes hundreds of milliseconds once a few thousand
+    labels exist."""
+    with psycopg.connect(POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + f"/{database}", autocommit=True) as conn:
+        conn.execute("ANALYZE")
 
 
 def _ok(response: httpx.Response) -> dict:
@@ -238,16 +299,19 @@ async def _load(base_url: str, project_id: int, annotators: list[dict], duration
     submit_ms: list[float] = []
     counts = {"labels": 0, "empty_queue": 0, "errors": 0}
     errors: dict[str, int] = {}
-    limits = httpx.Limits(max_connections=len(annotators), max_keepalive_connections=len(annotators))
+    # idle connections are dropped before uvicorn's 5 s keep-alive timeout closes them under a request
+    limits = httpx.Limits(max_connections=len(annotators), max_keepalive_connections=len(annotators),
+                          keepalive_expiry=2)
 
     async def annotate(client: httpx.AsyncClient, headers: dict, deadline: float) -> None:
         rng = random.Random(headers["Authorization"])
         while time.perf_counter() < deadline:
             started = time.perf_counter()
-            response = await client.post(f"/api/projects/{project_id}/queue/next", headers=headers)
+            response = await _post(client, f"/api/projects/{project_id}/queue/next", headers)
             next_ms.append((time.perf_counter() - started) * 1000)
-            if response.status_code != 200:
+            if not isinstance(response, httpx.Response) or response.status_code != 200:
                 _count_error(counts, errors, "next", response)
+                await asyncio.sleep(0.1)
                 continue
             cell = response.json()["cell"]
             if cell is None:
@@ -255,10 +319,10 @@ async def _load(base_url: str, project_id: int, annotators: list[dict], duration
                 await asyncio.sleep(0.1)
                 continue
             started = time.perf_counter()
-            response = await client.post(f"/api/projects/{project_id}/labels", headers=headers,
-                                         json={"image_id": cell["image_id"], "class_name": rng.choice(CLASSES)})
+            response = await _post(client, f"/api/projects/{project_id}/labels", headers,
+                                   {"image_id": cell["image_id"], "class_name": rng.choice(CLASSES)})
             submit_ms.append((time.perf_counter() - started) * 1000)
-            if response.status_code == 201:
+            if isinstance(response, httpx.Response) and response.status_code == 201:
                 counts["labels"] += 1
             else:
                 _count_error(counts, errors, "submit", response)
@@ -276,9 +340,20 @@ async def _load(base_url: str, project_id: int, annotators: list[dict], duration
     }
 
 
-def _count_error(counts: dict, errors: dict, route: str, response: httpx.Response) -> None:
+async def _post(client: httpx.AsyncClient, url: str, headers: dict, body: dict | None = None):
+    """The response, or the error when the connection failed (counted as an error, not a crash)."""
+    try:
+        return await client.post(url, headers=headers, json=body)
+    except httpx.TransportError as error:
+        return error
+
+
+def _count_error(counts: dict, errors: dict, route: str, response: httpx.Response | httpx.TransportError) -> None:
     counts["errors"] += 1
-    key = f"{route} {response.status_code}: {response.text[:120]}"
+    if isinstance(response, httpx.Response):
+        key = f"{route} {response.status_code}: {response.text[:120]}"
+    else:
+        key = f"{route}: {response!r}"
     errors[key] = errors.get(key, 0) + 1
 
 
@@ -307,7 +382,8 @@ def _print_run(run: dict) -> None:
           f"next p50/p90/p99/max {n.get('p50')}/{n.get('p90')}/{n.get('p99')}/{n.get('max')} ms, "
           f"submit {s.get('p50')}/{s.get('p90')}/{s.get('p99')}/{s.get('max')} ms, "
           f"errors {run['errors']}, empty queue {run['empty_queue']}, load {run['loadavg_before'][0]:.2f}; "
-          f"CPU ms per label: {run['cpu_ms_per_label']}", flush=True)
+          f"CPU ms per label: {run['cpu_ms_per_label']}, database connections: {run['database_connections']}",
+          flush=True)
     for kind, count in run["error_kinds"].items():
         print(f"  {count} x {kind}")
 
