@@ -24,7 +24,6 @@ def current_user(
             "a valid bearer token is required (Authorization: Bearer <token>)",
             headers={"WWW-Authenticate": "Bearer"},
         )
-    session.commit()  # keeps last_used_at
     return user
 
 

@@ -1,4 +1,6 @@
 """Bearer tokens on every route, and roles."""
+from sqlalchemy import select
+
 from tests.conftest import make_user
 
 
@@ -62,3 +64,34 @@ def test_a_null_in_a_project_update_changes_nothing(app_client, admin_headers):
                                 json={"reveal_after_label": None, "description": None, "cold_start": None, "strategy": None})
     assert response.status_code == 200
     assert response.json()["reveal_after_label"] is True and response.json()["strategy"] == "random"
+
+
+def test_a_tokens_last_use_is_noted_at_most_once_a_minute(app_client, service_env):
+    from datetime import timedelta
+
+    from backend.db.models import ApiToken
+    from backend.db.session import new_session
+
+    _, headers = make_user("client")
+    secret = headers["Authorization"].removeprefix("Bearer ")
+
+    from backend.services.users import _token_hash
+
+    this_token = ApiToken.token_hash == _token_hash(secret)
+
+    def last_used():
+        with new_session() as session:
+            return session.scalar(select(ApiToken.last_used_at).where(this_token))
+
+    assert last_used() is None
+    assert app_client.get("/api/me", headers=headers).status_code == 200
+    first = last_used()
+    assert first is not None
+    assert app_client.get("/api/me", headers=headers).status_code == 200
+    assert last_used() == first  # a second request within the minute writes nothing
+    with new_session() as session:  # a minute later the next request notes it again
+        token = session.scalar(select(ApiToken).where(this_token))
+        token.last_used_at = first - timedelta(minutes=2)
+        session.commit()
+    assert app_client.get("/api/me", headers=headers).status_code == 200
+    assert last_used() > first - timedelta(minutes=2)
