@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
-from sqlalchemy import select
+from sqlalchemy import exists, select
 
 from backend.blobs import get_blob_store
 from backend.db.models import (
@@ -79,9 +79,12 @@ def _gather(session, round_: Round) -> RoundInputs:
         .where(Image.project_id == project.id, Image.split == "pool", is_current())
         .order_by(Image.id)
     ).all()
+    # A reserve cell an annotator holds now will be labeled under its old round: not a candidate.
+    held = exists(select(Selection.id).where(
+        Selection.image_id == Image.id, Selection.leased_by_id.is_not(None), Selection.lease_expires_at > utcnow()))
     pool = session.execute(
         select(Image.id, Image.content_hash)
-        .where(Image.project_id == project.id, Image.split == "pool", ~current_label_exists())
+        .where(Image.project_id == project.id, Image.split == "pool", ~current_label_exists(), ~held)
         .order_by(Image.id)
     ).all()
     test = session.execute(
