@@ -166,6 +166,7 @@ def _measure(pool_size, n_workers, args, rows, classes, env, workers, logs) -> l
             latency = time.perf_counter() - last_label_at
             assert cell is not None
             run = {"pool": pool_size, "workers": n_workers, "step": number, "labeled": round_["n_labels"],
+                   "attempts": round_["attempts"],
                    "latency_s": latency, "workers_cpu_s": sum(cpu_seconds(w.pid) for w in workers) - cpu_before,
                    "load_average": os.getloadavg()[0], "import_s": import_s if number == 1 else None,
                    "worker_peak_rss_mib": [vm_hwm_mib(w.pid) for w in workers],

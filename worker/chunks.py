@@ -21,13 +21,14 @@ import socket
 import tempfile
 import time
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
 from sqlalchemy import update
 
 from backend.blobs import get_blob_store
-from backend.db.models import Round
+from backend.db.models import Round, utcnow
 from backend.db.session import new_session
 from backend.settings import get_settings
 from worker.celery_app import celery_app
@@ -75,7 +76,7 @@ def score_in_chunks(round_id: int, attempt: int, inputs: RoundInputs) -> str:
 
 @celery_app.task(name="xal.score_chunk")
 def score_chunk(round_id: int, attempt: int, index: int) -> str:
-    if not _is_current_attempt(round_id, attempt):
+    if not _take_up(round_id, attempt):
         return "dropped"
     folder = _folder(round_id, attempt)
     path = folder / f"chunk-{index}.npz"
@@ -95,7 +96,7 @@ def score_chunk(round_id: int, attempt: int, index: int) -> str:
 
 @celery_app.task(name="xal.merge_chunks")
 def merge_chunks(round_id: int, attempt: int) -> str:
-    if not _is_current_attempt(round_id, attempt):
+    if not _take_up(round_id, attempt):
         return "dropped"
     with holding_lease(Round, round_id, attempt):
         return _merge(round_id, attempt, _folder(round_id, attempt))
@@ -189,10 +190,18 @@ def _count_completion(round_id: int, attempt: int, folder: Path, n_chunks: int) 
         return complete
 
 
-def _is_current_attempt(round_id: int, attempt: int) -> bool:
+def _take_up(round_id: int, attempt: int) -> bool:
+    """Whether this attempt of the round is still running; if so its lease is renewed now.
+    Chunks are often shorter than the quarter lease after which holding_lease first renews, and
+    between the round task and the merge no one else holds the lease: without this a round
+    scored by one worker in many short chunks would be requeued by the sweeper."""
     with new_session() as session:
-        round_ = session.get(Round, round_id)
-        return round_ is not None and round_.state == "running" and round_.attempts == attempt
+        renewed = session.execute(
+            update(Round).where(Round.id == round_id, Round.state == "running", Round.attempts == attempt)
+            .values(lease_expires_at=utcnow() + timedelta(seconds=get_settings().job_lease_seconds))
+            .execution_options(synchronize_session=False)).rowcount
+        session.commit()
+        return renewed == 1
 
 
 def _folder(round_id: int, attempt: int) -> Path:
