@@ -9,7 +9,7 @@ from pathlib import Path
 from fastapi import FastAPI, Request
 from fastapi.staticfiles import StaticFiles
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import InterfaceError, OperationalError, TimeoutError as PoolTimeoutError
+from sqlalchemy.exc import DataError, InterfaceError, OperationalError, TimeoutError as PoolTimeoutError
 
 from backend.api import auth, clustering, images, labels, projects, rounds
 from backend.errors import DomainError
@@ -58,6 +58,13 @@ def create_app() -> FastAPI:
     @app.exception_handler(DomainError)
     async def domain_error(_request: Request, error: DomainError) -> JSONResponse:
         return JSONResponse({"detail": error.message, **error.details}, status_code=error.status_code)
+
+    @app.exception_handler(DataError)
+    async def unstorable_value(_request: Request, error: DataError) -> JSONResponse:
+        """A value the schema allows but the database cannot hold (an id beyond its integer
+        range, a NUL character in a text): the request is refused and nothing is stored."""
+        return JSONResponse({"detail": f"a value of this request cannot be stored: {error.orig}".strip()},
+                            status_code=422)
 
     @app.exception_handler(OperationalError)
     @app.exception_handler(InterfaceError)
