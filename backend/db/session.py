@@ -23,7 +23,9 @@ def engine_for(url: str) -> Engine:
         return engine
     # pre-ping: connections the server dropped (it restarted) are replaced, not handed out;
     # connect_timeout: an unreachable server fails a request in seconds (the API answers 503)
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20, connect_args={"connect_timeout": 5})
+    settings = get_settings()
+    return create_engine(url, pool_pre_ping=True, pool_size=settings.database_pool_size,
+                         max_overflow=settings.database_max_overflow, connect_args={"connect_timeout": 5})
 
 
 def get_engine() -> Engine:

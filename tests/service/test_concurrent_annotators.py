@@ -35,7 +35,8 @@ def api_server(service_env):
     server = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "backend.api.app:create_app", "--factory", "--host", "127.0.0.1",
          "--port", str(port), "--workers", "2", "--log-level", "warning"],
-        cwd=ROOT, env={**os.environ, **service_env},
+        # at most 2 x 15 connections: with the other tests' processes, under PostgreSQL's 100
+        cwd=ROOT, env={**os.environ, **service_env, "XAL_DATABASE_MAX_OVERFLOW": "5"},
     )
     base_url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
