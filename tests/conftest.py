@@ -10,6 +10,7 @@ service and browser tests.
 """
 import csv
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -24,13 +25,24 @@ from fastapi.testclient import TestClient
 I3A_DIR = Path(os.environ.get("XAL_I3A_DIR", Path(__file__).resolve().parents[2] / "shared" / "data" / "i3a"))
 
 
-def _require_i3a() -> Path:
-    if (I3A_DIR / "labels.csv").is_file():
-        return I3A_DIR
-    message = f"real I3A cells not found at {I3A_DIR} (set XAL_I3A_DIR)"
+def require(available: bool, message: str) -> None:
+    """What a test needs from the machine: skipped where it is missing, a failure in CI."""
+    if available:
+        return
     if os.environ.get("CI") == "true":
         pytest.fail(message)
     pytest.skip(message)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _require_i3a() -> Path:
+    require((I3A_DIR / "labels.csv").is_file(), f"real I3A cells not found at {I3A_DIR} (set XAL_I3A_DIR)")
+    return I3A_DIR
 
 
 @pytest.fixture(scope="session")
@@ -178,6 +190,33 @@ def wait_for(predicate, timeout: float, interval: float = 0.5, message: str = "c
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+
+
+def started_project(client, headers: dict, i3a_dir: Path, rows: list[dict], spec: dict) -> int:
+    """A project (`spec`, the body of POST /api/projects; a unique name added) whose pool holds
+    `rows` (real I3A cells, read in place), started, its round 0 done: computed in this process
+    (worker.rounds.run_round) or, where the session's worker took it first, by that worker."""
+    from sqlalchemy import select
+
+    from backend.db.models import Round
+    from backend.db.session import new_session
+    from backend.services.imports import IncomingFile, import_images
+    from backend.services.projects import find_project
+    from worker.rounds import run_round
+
+    response = client.post("/api/projects", headers=headers, json={"name": f"test-{uuid.uuid4().hex[:8]}", **spec})
+    assert response.status_code == 201, response.text
+    project_id = response.json()["id"]
+    with new_session() as session:
+        files = [IncomingFile(f"{r['image_id']}.png", (i3a_dir / r["image_path"]).read_bytes()) for r in rows]
+        import_images(session, find_project(session, project_id), files)
+        session.commit()
+    assert client.post(f"/api/projects/{project_id}/start", headers=headers).status_code == 202
+    with new_session() as session:
+        round_id = session.scalar(select(Round.id).where(Round.project_id == project_id, Round.number == 0))
+    run_round(round_id)  # "skipped" when the session's worker took it first
+    wait_for_round(client, headers, project_id, 0)
+    return project_id
 
 
 def wait_for_round(client, headers: dict, project_id: int, number: int, timeout: float = 300) -> dict:

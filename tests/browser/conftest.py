@@ -4,7 +4,6 @@ by Playwright. No browser is downloaded: Playwright launches /usr/bin/chromium.
 
 Where Playwright or Chromium is missing the tests skip; under CI=true they fail."""
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -13,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import ROOT, stop
+from tests.conftest import ROOT, free_port, require, stop
 
 CHROMIUM = Path(os.environ.get("XAL_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = [
@@ -31,24 +30,14 @@ def _require_browser() -> None:
         missing.append("the Python package playwright (pip install 'playwright>=1.40')")
     if not CHROMIUM.is_file():
         missing.append(f"Chromium at {CHROMIUM} (apt-get install -y chromium, or set XAL_CHROMIUM)")
-    if missing:
-        message = "browser tests need " + " and ".join(missing)
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    require(not missing, "browser tests need " + " and ".join(missing))
 
 
 @pytest.fixture(scope="session")
 def live_server(service_env, tmp_path_factory):
     """The API and UI as users get them: `python -m backend.cli serve --no-worker` on a free port."""
     _require_browser()
-    port = _free_port()
+    port = free_port()
     log_path = tmp_path_factory.mktemp("server") / "server.log"
     log = open(log_path, "w")
     process = subprocess.Popen(

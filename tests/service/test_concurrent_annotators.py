@@ -6,12 +6,10 @@ A real server rather than TestClient: the requests then run in parallel across p
 threads, over real connections, the way a lab's annotators reach the service."""
 import os
 import random
-import socket
 import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
@@ -19,7 +17,7 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
-from tests.conftest import ROOT, balanced_sample, make_user, stop
+from tests.conftest import ROOT, balanced_sample, free_port, make_user, started_project, stop
 
 CLASSES = ["Homogeneous", "Speckled", "Nucleolar", "Centromere", "NuMem", "Golgi"]
 ANNOTATORS = 50
@@ -29,9 +27,7 @@ CELLS_PER_CLASS = 40  # 240 cells: about five each, so leases, labels and skips 
 @pytest.fixture(scope="module")
 def api_server(service_env):
     """The API in its own uvicorn process with two workers, on a free loopback port."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "backend.api.app:create_app", "--factory", "--host", "127.0.0.1",
          "--port", str(port), "--workers", "2", "--log-level", "warning"],
@@ -56,27 +52,10 @@ def api_server(service_env):
 @pytest.fixture
 def queued_project(app_client, admin_headers, i3a_dir, i3a_rows):
     """A started project whose round 0 queued its whole pool (budget = pool): one step."""
-    from backend.db.models import Round
-    from backend.db.session import new_session
-    from backend.services.imports import IncomingFile, import_images
-    from backend.services.projects import find_project
-    from worker.rounds import run_round
-
     rows = balanced_sample(i3a_rows, per_class=CELLS_PER_CLASS, offset=300)
-    response = app_client.post("/api/projects", headers=admin_headers, json={
-        "name": f"concurrent-{uuid.uuid4().hex[:6]}", "classes": [{"name": c} for c in CLASSES],
-        "strategy": "random", "budget": len(rows), "initial_size": len(rows), "step_size": len(rows),
-    })
-    assert response.status_code == 201, response.text
-    project_id = response.json()["id"]
-    with new_session() as session:
-        files = [IncomingFile(f"{r['image_id']}.png", (i3a_dir / r["image_path"]).read_bytes()) for r in rows]
-        import_images(session, find_project(session, project_id), files)
-        session.commit()
-    assert app_client.post(f"/api/projects/{project_id}/start", headers=admin_headers).status_code == 202
-    with new_session() as session:
-        round_id = session.scalar(select(Round.id).where(Round.project_id == project_id, Round.number == 0))
-    assert run_round(round_id) in ("done", "skipped")  # a test-session worker may have been faster
+    project_id = started_project(app_client, admin_headers, i3a_dir, rows, {
+        "classes": [{"name": c} for c in CLASSES], "strategy": "random",
+        "budget": len(rows), "initial_size": len(rows), "step_size": len(rows)})
     return project_id, len(rows)
 
 

@@ -3,22 +3,19 @@ process under ./xal-data — nothing but Python — running the same code as pro
 Alembic migrations, the Celery round task, real training."""
 import os
 import re
-import socket
 import subprocess
 import sys
 
 import httpx
 import pytest
 
-from tests.conftest import ROOT, balanced_sample, stop, wait_for, wait_for_round
+from tests.conftest import ROOT, balanced_sample, free_port, stop, wait_for, wait_for_round
 
 pytestmark = pytest.mark.slow
 
 
 def test_the_service_runs_the_loop_on_the_embedded_default(tmp_path, i3a_dir, i3a_rows):
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     env = {key: value for key, value in os.environ.items() if not key.startswith("XAL_")}
     log_path = tmp_path / "serve.log"
     with open(log_path, "w") as log:

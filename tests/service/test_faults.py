@@ -24,7 +24,9 @@ import httpx
 import psycopg
 import pytest
 
-from tests.conftest import POSTGRES_ADMIN_URL, ROOT, _sqlalchemy_url, balanced_sample, stop, wait_for, wait_for_round
+from tests.conftest import (
+    POSTGRES_ADMIN_URL, ROOT, _sqlalchemy_url, balanced_sample, free_port, require, stop, wait_for, wait_for_round,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -33,25 +35,11 @@ POSTGRES_BIN = Path("/usr/lib/postgresql/15/bin")
 EPOCHS = 60  # long enough (about 20 s here) to kill a worker while it trains
 
 
-def _require(available: bool, message: str) -> None:
-    if available:
-        return
-    if os.environ.get("CI") == "true":
-        pytest.fail(message)
-    pytest.skip(message)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 class PrivateRedis:
     """A redis-server of the test's own, on a free port, that the test stops and starts."""
 
     def __init__(self) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.process: subprocess.Popen | None = None
 
@@ -79,7 +67,7 @@ class PrivatePostgres:
 
     def __init__(self) -> None:
         self.folder = Path(tempfile.mkdtemp(prefix="xal-faults-pg-"))
-        self.port = _free_port()
+        self.port = free_port()
         self.as_owner: list[str] = []
         if os.geteuid() == 0:
             shutil.chown(self.folder, "postgres", "postgres")
@@ -120,7 +108,7 @@ class Service:
 
     def start_api(self) -> httpx.Client:
         """`xal serve --no-worker`: migrates the database, creates the admin; a client signed in as them."""
-        port = _free_port()
+        port = free_port()
         self.api = self._start("api", "serve", "--no-worker", "--port", str(port))
         token = wait_for(lambda: re.search(r"API token: (\S+)", self.log("api")), timeout=180,
                          message="the API's first-start token").group(1)
@@ -156,7 +144,7 @@ def _healthy(client: httpx.Client) -> bool:
 
 @pytest.fixture
 def private_redis() -> Iterator[PrivateRedis]:
-    _require(shutil.which("redis-server") is not None, "redis-server is not installed")
+    require(shutil.which("redis-server") is not None, "redis-server is not installed")
     redis = PrivateRedis()
     redis.start()
     yield redis
@@ -277,10 +265,10 @@ def test_a_round_whose_worker_is_killed_runs_again_once_and_the_queue_goes_on(
 
 @pytest.fixture
 def private_postgres() -> Iterator[PrivatePostgres]:
-    _require((POSTGRES_BIN / "initdb").is_file() and (POSTGRES_BIN / "pg_ctl").is_file(),
+    require((POSTGRES_BIN / "initdb").is_file() and (POSTGRES_BIN / "pg_ctl").is_file(),
              f"PostgreSQL 15 server binaries not found in {POSTGRES_BIN}")
     if os.geteuid() == 0:
-        _require(shutil.which("runuser") is not None, "runuser is needed to run initdb as the postgres user")
+        require(shutil.which("runuser") is not None, "runuser is needed to run initdb as the postgres user")
     postgres = PrivatePostgres()
     try:
         postgres.init()

@@ -8,8 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from sqlalchemy import func, select
 
-from tests.conftest import balanced_sample
-from tests.conftest import make_user, wait_for_round
+from tests.conftest import balanced_sample, make_user, started_project
 
 CLASSES = ["Homogeneous", "Speckled", "Nucleolar", "Centromere", "NuMem", "Golgi"]
 
@@ -17,29 +16,8 @@ CLASSES = ["Homogeneous", "Speckled", "Nucleolar", "Centromere", "NuMem", "Golgi
 @pytest.fixture
 def open_project(app_client, admin_headers, i3a_dir, i3a_rows):
     """A started project whose round 0 queued 6 of its 24 pool cells."""
-    from backend.db.models import Round
-    from backend.db.session import new_session
-    from backend.services.imports import IncomingFile, import_images
-    from backend.services.projects import find_project
-    from worker.rounds import run_round
-
-    name = f"labeling-{uuid.uuid4().hex[:6]}"
-    response = app_client.post("/api/projects", headers=admin_headers, json={
-        "name": name, "classes": [{"name": c} for c in CLASSES], "budget": 12, "initial_size": 6, "step_size": 6,
-    })
-    assert response.status_code == 201, response.text
-    project_id = response.json()["id"]
-    rows = balanced_sample(i3a_rows, per_class=4, offset=200)
-    with new_session() as session:
-        files = [IncomingFile(f"{r['image_id']}.png", (i3a_dir / r["image_path"]).read_bytes()) for r in rows]
-        import_images(session, find_project(session, project_id), files)
-        session.commit()
-    assert app_client.post(f"/api/projects/{project_id}/start", headers=admin_headers).status_code == 202
-    with new_session() as session:
-        round_id = session.scalar(select(Round.id).where(Round.project_id == project_id, Round.number == 0))
-    run_round(round_id)  # "skipped" when a test-session worker took it first: then wait for that worker
-    wait_for_round(app_client, admin_headers, project_id, 0)
-    return project_id
+    return started_project(app_client, admin_headers, i3a_dir, balanced_sample(i3a_rows, per_class=4, offset=200), {
+        "classes": [{"name": c} for c in CLASSES], "budget": 12, "initial_size": 6, "step_size": 6})
 
 
 def _next(client, project_id, headers):

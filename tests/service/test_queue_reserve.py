@@ -7,7 +7,7 @@ import uuid
 import pytest
 from sqlalchemy import select
 
-from tests.conftest import balanced_sample, make_user
+from tests.conftest import balanced_sample, make_user, started_project
 
 CLASSES = ["Homogeneous", "Speckled", "Nucleolar", "Centromere", "NuMem", "Golgi"]
 
@@ -29,25 +29,9 @@ def unconsumed_queue(service_env, monkeypatch):
 
 
 def _started_project(client, headers, i3a_dir, i3a_rows, budget: int, per_class: int) -> int:
-    from backend.db.session import new_session
-    from backend.services.imports import IncomingFile, import_images
-    from backend.services.projects import find_project
-
-    response = client.post("/api/projects", headers=headers, json={
-        "name": f"reserve-{uuid.uuid4().hex[:6]}", "classes": [{"name": c} for c in CLASSES],
-        "budget": budget, "initial_size": 6, "step_size": 6,
-        "model_settings": {"max_epochs": 1, "batch_size": 16},
-    })
-    assert response.status_code == 201, response.text
-    project_id = response.json()["id"]
-    rows = balanced_sample(i3a_rows, per_class=per_class, offset=300)
-    with new_session() as session:
-        files = [IncomingFile(f"{r['image_id']}.png", (i3a_dir / r["image_path"]).read_bytes()) for r in rows]
-        import_images(session, find_project(session, project_id), files)
-        session.commit()
-    assert client.post(f"/api/projects/{project_id}/start", headers=headers).status_code == 202
-    _compute_round(project_id, 0)
-    return project_id
+    return started_project(client, headers, i3a_dir, balanced_sample(i3a_rows, per_class=per_class, offset=300), {
+        "classes": [{"name": c} for c in CLASSES], "budget": budget, "initial_size": 6, "step_size": 6,
+        "model_settings": {"max_epochs": 1, "batch_size": 16}})
 
 
 def _compute_round(project_id: int, number: int) -> None:
