@@ -379,7 +379,7 @@ def run_round(round_id: int) -> str:
             result = compute_round(inputs, lambda **progress: set_progress(Round, round_id, **progress))
         except Exception as error:
             log.exception("round %s failed", round_id)
-            mark_failed(Round, round_id, error)
+            mark_failed(Round, round_id, round_.attempts, error)
             return "failed"
         _store(round_id, inputs, result)
     return "done"

@@ -1,8 +1,6 @@
 """A pool scored in chunks by two real Celery worker processes picks the same cells with the
 same scores as one unchunked pass over the same round inputs and the same trained model."""
 import os
-import subprocess
-import sys
 import time
 import uuid
 
@@ -10,7 +8,8 @@ import numpy as np
 import pytest
 from sqlalchemy import select
 
-from tests.conftest import ROOT, balanced_sample, stop, wait_for_round
+from tests.conftest import balanced_sample, wait_for_round
+from tests.service.chunk_workers import private_queue, two_chunking_workers  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.slow
 
@@ -18,34 +17,8 @@ CHUNK_SIZE = 32  # 90 unlabeled cells -> 3 chunks (boundaries on multiples of th
 
 
 @pytest.fixture
-def private_queue(service_env):
-    """The API and the workers of this test use a queue of their own, so that no other worker
-    of the session (with the default chunk size) takes these rounds."""
-    from backend.settings import get_settings
-
-    queue = f"{service_env['XAL_QUEUE']}-chunks-{uuid.uuid4().hex[:6]}"
-    saved = os.environ["XAL_QUEUE"]
-    os.environ["XAL_QUEUE"] = queue
-    get_settings.cache_clear()
-    yield queue
-    os.environ["XAL_QUEUE"] = saved
-    get_settings.cache_clear()
-    import redis
-
-    redis.Redis.from_url(service_env["XAL_BROKER_URL"]).delete(queue, f"_kombu.binding.{queue}")
-
-
-@pytest.fixture
-def two_chunking_workers(private_queue, tmp_path):
-    env = {**os.environ, "XAL_QUEUE": private_queue, "XAL_SCORING_CHUNK_SIZE": str(CHUNK_SIZE)}
-    logs = [open(tmp_path / f"worker-{i}.log", "w") for i in range(2)]
-    workers = [subprocess.Popen([sys.executable, "-m", "backend.cli", "worker", "--concurrency", "1"], cwd=ROOT, env=env,
-                                stdout=log, stderr=subprocess.STDOUT) for log in logs]
-    yield workers
-    for worker, log in zip(workers, logs):
-        stop(worker)
-        log.close()
-    sys.stderr.write(f"\n[chunking worker logs: {tmp_path}]\n")
+def scoring_chunk_size():
+    return CHUNK_SIZE
 
 
 def test_chunks_on_two_workers_pick_what_one_pass_picks(app_client, admin_headers, two_chunking_workers, i3a_dir, i3a_rows):
@@ -145,8 +118,10 @@ def test_a_chunk_delivered_twice_is_counted_once_and_the_merge_is_sent_once(
         app_client, admin_headers, private_queue, i3a_dir, i3a_rows):
     """The tasks run here, in this process, in an order a broker may deliver them: chunk 0
     twice before the others, the last chunk twice after the set is complete, the merge twice."""
+    from backend.db.models import Round
     from backend.settings import get_settings
     from worker.chunks import merge_chunks, score_chunk
+    from worker.jobs import job_folder, mark_failed
     from worker.rounds import run_round
 
     os.environ["XAL_SCORING_CHUNK_SIZE"] = str(CHUNK_SIZE)
@@ -165,6 +140,8 @@ def test_a_chunk_delivered_twice_is_counted_once_and_the_merge_is_sent_once(
         assert score_chunk(round_id, attempt, 0) == "done"
         assert _round_row(round_id).progress["chunks_done"] == 1
         assert score_chunk(round_id, attempt + 1, 1) == "dropped"  # a message of another attempt
+        mark_failed(Round, round_id, attempt - 1, RuntimeError("a worker of an earlier attempt"))  # fails nothing
+        assert _round_row(round_id).state == "running"
         assert score_chunk(round_id, attempt, 1) == "done"
         assert score_chunk(round_id, attempt, 2) == "done"
         assert _round_row(round_id).progress == {"phase": "merging", "pool": 90, "chunks_done": 3, "chunks": 3}
@@ -176,8 +153,7 @@ def test_a_chunk_delivered_twice_is_counted_once_and_the_merge_is_sent_once(
         round_ = _round_row(round_id)
         assert round_.state == "done" and round_.n_selected == 10 and round_.attempts == attempt
         assert round_.selection_summary["chunks"]["n"] == 3
-        assert not (get_settings().data_dir / "scoring" / f"round-{round_id}").exists() or not any(
-            (get_settings().data_dir / "scoring" / f"round-{round_id}").iterdir())
+        assert not job_folder(Round, round_id, attempt).parent.exists()  # the job's files are removed
     finally:
         del os.environ["XAL_SCORING_CHUNK_SIZE"]
         get_settings.cache_clear()

@@ -10,7 +10,6 @@ for the xal-* strategies, its relevance) is independent per cell, so a large poo
 computed in chunks (`pool_chunks`) by separate workers and concatenated in pool order
 before the ranking, which runs once.
 """
-import math
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Callable, Optional
@@ -18,6 +17,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 import torch
 
+from .chunking import batch_aligned_chunks
 from .relevance import RelevanceMaps
 from .training import predict_proba
 from .xal import RELEVANCE_BATCH_SIZE, cell_relevance, parse_options as parse_xal_options, xal_entropy, xal_least, xal_margin
@@ -92,12 +92,8 @@ def concatenate_pool_outputs(chunks: list[PoolOutputs]) -> PoolOutputs:
 
 
 def pool_chunks(pool_size: int, chunk_size: int, batch_size: int) -> list[tuple[int, int]]:
-    """[start, stop) of each chunk of the pool: about `chunk_size` cells, on multiples of every
-    batch size the per-cell work uses, so that each batch holds the same cells as in one pass
-    over the whole pool and the concatenated outputs equal an unchunked run's bit for bit."""
-    step = math.lcm(batch_size, RELEVANCE_BATCH_SIZE)
-    size = max(step, round(chunk_size / step) * step)
-    return [(start, min(start + size, pool_size)) for start in range(0, pool_size, size)]
+    """The chunks of a pool to score: on the scoring batches and the relevance batches."""
+    return batch_aligned_chunks(pool_size, chunk_size, batch_size, RELEVANCE_BATCH_SIZE)
 
 
 @dataclass
