@@ -2,8 +2,21 @@
 autoencoder and its clustering layer (worker.ml.deep_clustering) on up to `max_cells`
 pool cells, assign every pool cell to its nearest centroid, and store each cell's cluster
 and the 2-D PCA of its latent. Like a round, a clustering is taken only while queued and its
-lease held while it is computed (worker.jobs)."""
+lease held while it is computed (worker.jobs).
+
+A pool larger than both `XAL_SCORING_CHUNK_SIZE` and `max_cells` is encoded in chunks by every
+worker on the queue (issue #6): the clustering task trains on its sample only, writes the model
+and centroids to the job's folder and sends one `xal.encode_chunk` per chunk of the pool; each
+encodes its cells, and the one completing the set sends `xal.merge_clustering`, which
+concatenates the latents in pool order, assigns the clusters and stores the clustering as one
+pass does. Chunks are cut on the encoding batches, so the latents, and with them the clusters,
+coordinates and metrics, are those of one pass, bit for bit. A pool the trainer sees whole
+(no larger than `max_cells`) has every latent already and is never chunked."""
+import io
 import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from sqlalchemy import delete, select
@@ -11,50 +24,71 @@ from sqlalchemy import delete, select
 from backend.db.models import Image, ImageCluster, PoolClustering, Project, utcnow
 from backend.db.session import new_session
 from backend.settings import get_settings
-from worker.jobs import claim, holding_lease, mark_failed, set_progress
+from worker.jobs import (
+    chunk_file, chunk_path, chunks_summary, claim, compute_chunk, holding_lease, job_folder, mark_failed, read_job,
+    remove_job_folders, send_chunks, set_progress, take_up, write_atomically,
+)
 from worker.rounds import load_cells
 
 log = logging.getLogger(__name__)
 
+ASSIGN_BLOCK = 4096  # cells whose distances to the centroids are computed at once
 
-def compute_clustering(config: dict, cells: np.ndarray, reference: np.ndarray, report=lambda **progress: None) -> dict:
-    """The heavy part, no database: (clusters (N,), coordinates (N, 2), metrics).
-    `reference` holds each cell's reference class position, -1 where unknown."""
+
+def training_sample(n_cells: int, config: dict) -> np.ndarray:
+    """The pool indices trained on: `max_cells` of them, drawn with the clustering's seed."""
+    rng = np.random.default_rng(config.get("seed", 0))
+    return np.sort(rng.choice(n_cells, min(n_cells, config["max_cells"]), replace=False))
+
+
+def train_clustering(config: dict, cells: np.ndarray, report=lambda **progress: None):
+    """(the autoencoder, worker.ml.deep_clustering's DeepClusteringResult) trained on `cells`."""
     import torch
 
-    from worker.ml.cluster_metrics import clustering_scores, pca_2d
-    from worker.ml.deep_clustering import (DeepClusteringAutoencoder, DeepClusteringConfig, encode, standardise_cells,
-                                           train_deep_clustering)
+    from worker.ml.deep_clustering import DeepClusteringAutoencoder, DeepClusteringConfig, train_deep_clustering
     from worker.ml.training import resolve_device
 
-    device = resolve_device(get_settings().device)
     if config.get("standardise"):
+        from worker.ml.deep_clustering import standardise_cells
+
         cells = standardise_cells(cells)
-    seed = config.get("seed", 0)
-    rng = np.random.default_rng(seed)
-    n_train = min(len(cells), config["max_cells"])
-    train_index = np.sort(rng.choice(len(cells), n_train, replace=False))
-    torch.manual_seed(seed)
+    torch.manual_seed(config.get("seed", 0))
     model = DeepClusteringAutoencoder(config["case"])
-    training = DeepClusteringConfig(pretrain_epochs=config["pretrain_epochs"], cluster_epochs=config["cluster_epochs"], seed=seed)
-    total = training.pretrain_epochs + training.cluster_epochs
-    report(phase="training", epoch=0, epochs=total)
+    training = _training_config(config)
+    report(phase="training", epoch=0, epochs=training.pretrain_epochs + training.cluster_epochs)
     trained = train_deep_clustering(
-        model, cells[train_index], config["n_clusters"], training, device,
+        model, cells, config["n_clusters"], training, resolve_device(get_settings().device),
         progress=lambda epoch, epochs: report(phase="training", epoch=epoch, epochs=epochs),
     )
-    report(phase="assigning", epoch=total, epochs=total)
-    latent = trained.latent if n_train == len(cells) else encode(model, cells, device, training.batch_size)
-    distances = ((latent[:, None, :] - trained.centroids[None, :, :]) ** 2).sum(-1)
-    clusters = distances.argmin(1)
+    return model, trained
+
+
+def encode_cells(config: dict, model, cells: np.ndarray) -> np.ndarray:
+    """(N, 512) latents of pool cells, in batches of the training's batch size."""
+    from worker.ml.deep_clustering import encode, standardise_cells
+    from worker.ml.training import resolve_device
+
+    if config.get("standardise"):
+        cells = standardise_cells(cells)
+    return encode(model, cells, resolve_device(get_settings().device), _training_config(config).batch_size)
+
+
+def assign_clusters(config: dict, latent: np.ndarray, centroids: np.ndarray, training: dict, reference: np.ndarray) -> dict:
+    """The clustering of the pool from every cell's latent: (clusters (N,), coordinates (N, 2),
+    metrics). `training` is training_metrics's; `reference` holds each cell's reference class
+    position, -1 where unknown."""
+    from worker.ml.cluster_metrics import clustering_scores, pca_2d
+
+    clusters = np.concatenate([
+        ((latent[start:start + ASSIGN_BLOCK, None, :] - centroids[None, :, :]) ** 2).sum(-1).argmin(1)
+        for start in range(0, len(latent), ASSIGN_BLOCK)])
     coordinates, explained = pca_2d(latent)
     metrics = {
         "sizes": np.bincount(clusters, minlength=config["n_clusters"]).tolist(),
-        "recon_mse": float(trained.recon_mse),
-        "pretrained_recon_mse": float(trained.pretrained_recon_mse),
-        "n_cells": len(cells), "n_trained": n_train,
+        "recon_mse": training["recon_mse"], "pretrained_recon_mse": training["pretrained_recon_mse"],
+        "n_cells": len(latent), "n_trained": training["n_trained"],
         "pca_explained_variance": [float(v) for v in explained],
-        "seconds": trained.seconds,
+        "seconds": training["seconds"],
     }
     known = reference >= 0
     if known.any():
@@ -63,11 +97,47 @@ def compute_clustering(config: dict, cells: np.ndarray, reference: np.ndarray, r
     return {"clusters": clusters, "coordinates": coordinates, "metrics": metrics}
 
 
+def training_metrics(trained, n_trained: int) -> dict:
+    return {"recon_mse": float(trained.recon_mse), "pretrained_recon_mse": float(trained.pretrained_recon_mse),
+            "n_trained": n_trained, "seconds": trained.seconds}
+
+
+def compute_clustering(config: dict, cells: np.ndarray, reference: np.ndarray, report=lambda **progress: None) -> dict:
+    """The whole clustering in one pass, no database: assign_clusters's result."""
+    sample = training_sample(len(cells), config)
+    model, trained = train_clustering(config, cells[sample], report)
+    epochs = config["pretrain_epochs"] + config["cluster_epochs"]
+    report(phase="assigning", epoch=epochs, epochs=epochs)
+    latent = trained.latent if len(sample) == len(cells) else encode_cells(config, model, cells)
+    return assign_clusters(config, latent, trained.centroids, training_metrics(trained, len(sample)), reference)
+
+
+@dataclass
+class EncodingJob:
+    """What the chunk and merge tasks of one attempt of a clustering share (job.pkl); the
+    trained autoencoder's weights are beside it (model.pt)."""
+
+    config: dict
+    channel: str
+    image_ids: list[int]  # the pool, in order
+    content_hashes: list[str]
+    reference: np.ndarray
+    centroids: np.ndarray
+    training: dict  # training_metrics's
+    chunks: list[tuple[int, int]]  # [start, stop) of each chunk of the pool
+    dispatched_at: float  # time.time() when the chunks were sent
+
+
+def needs_chunks(pool_size: int, config: dict) -> bool:
+    return pool_size > get_settings().scoring_chunk_size and pool_size > config["max_cells"]
+
+
 def run_clustering(clustering_id: int) -> str:
     with new_session() as session:
         clustering = claim(session, PoolClustering, clustering_id)
         if clustering is None:
             return "skipped"
+        attempt = clustering.attempts
         project = session.get(Project, clustering.project_id)
         positions = {cls.id: cls.position for cls in project.classes}
         channel, config = project.channel, dict(clustering.config)
@@ -75,26 +145,106 @@ def run_clustering(clustering_id: int) -> str:
             select(Image.id, Image.content_hash, Image.reference_class_id)
             .where(Image.project_id == project.id, Image.split == "pool").order_by(Image.id)
         ).all()
-    with holding_lease(PoolClustering, clustering_id, clustering.attempts):
+    image_ids, hashes = [image_id for image_id, _, _ in pool], [h for _, h, _ in pool]
+    reference = np.array([positions.get(c, -1) if c is not None else -1 for _, _, c in pool], dtype=np.int64)
+    report = lambda **progress: set_progress(PoolClustering, clustering_id, **progress)  # noqa: E731
+    with holding_lease(PoolClustering, clustering_id, attempt):
         try:
-            cells = load_cells([h for _, h, _ in pool], channel)
-            reference = np.array([positions.get(c, -1) if c is not None else -1 for _, _, c in pool], dtype=np.int64)
-            result = compute_clustering(config, cells, reference, lambda **progress: set_progress(PoolClustering, clustering_id, **progress))
+            if needs_chunks(len(pool), config):  # many workers encode the pool; the last chunk's task stores it
+                return _encode_in_chunks(clustering_id, attempt, config, channel, image_ids, hashes, reference, report)
+            result = compute_clustering(config, load_cells(hashes, channel), reference, report)
         except Exception as error:
             log.exception("clustering %s failed", clustering_id)
-            mark_failed(PoolClustering, clustering_id, error)
+            mark_failed(PoolClustering, clustering_id, attempt, error)
             return "failed"
-        with new_session() as session:
-            clustering = session.scalar(select(PoolClustering).where(PoolClustering.id == clustering_id).with_for_update())
-            if clustering.state != "running":
-                return "skipped"
-            session.execute(delete(ImageCluster).where(ImageCluster.clustering_id == clustering_id))
-            session.add_all(
-                ImageCluster(clustering_id=clustering_id, image_id=image_id, cluster=int(cluster), x=float(x), y=float(y))
-                for (image_id, _, _), cluster, (x, y) in zip(pool, result["clusters"], result["coordinates"])
-            )
-            clustering.metrics = result["metrics"]
-            clustering.progress = {"phase": "done"}
-            clustering.state, clustering.finished_at = "done", utcnow()
-            session.commit()
+        return _store(clustering_id, attempt, image_ids, result)
+
+
+def _encode_in_chunks(clustering_id: int, attempt: int, config: dict, channel: str, image_ids: list[int],
+                      hashes: list[str], reference: np.ndarray, report) -> str:
+    """In the clustering task: train on the sample, then hand the pool's encoding to the chunk tasks."""
+    import torch
+
+    sample = training_sample(len(hashes), config)
+    model, trained = train_clustering(config, load_cells([hashes[i] for i in sample], channel), report)
+    folder = job_folder(PoolClustering, clustering_id, attempt)
+    folder.mkdir(parents=True, exist_ok=True)
+    weights = io.BytesIO()
+    torch.save({name: value.cpu() for name, value in model.state_dict().items()}, weights)
+    write_atomically(folder / "model.pt", weights.getvalue())
+    job = EncodingJob(config, channel, image_ids, hashes, reference, trained.centroids, training_metrics(trained, len(sample)),
+                      _pool_chunks(len(hashes), config), time.time())
+    send_chunks(PoolClustering, clustering_id, attempt, job, "xal.encode_chunk", phase="encoding", pool=len(hashes))
+    return "encoding in chunks"
+
+
+def encode_chunk(clustering_id: int, attempt: int, index: int) -> str:
+    return compute_chunk(PoolClustering, clustering_id, attempt, index, "encoding", _encoded_chunk, "xal.merge_clustering")
+
+
+def merge_clustering(clustering_id: int, attempt: int) -> str:
+    if not take_up(PoolClustering, clustering_id, attempt):
+        return "dropped"
+    with holding_lease(PoolClustering, clustering_id, attempt):
+        folder = job_folder(PoolClustering, clustering_id, attempt)
+        try:
+            job = read_job(folder)
+            started = time.perf_counter()
+            parts = [dict(np.load(chunk_path(folder, index))) for index in range(len(job.chunks))]
+            latent = np.concatenate([part["latent"] for part in parts])
+            result = assign_clusters(job.config, latent, job.centroids, job.training, job.reference)
+            result["metrics"]["chunks"] = {**chunks_summary(job.chunks, parts), "merge_s": time.perf_counter() - started,
+                                           "encode_s": time.time() - job.dispatched_at}
+        except Exception as error:
+            log.exception("merging the encoded chunks of clustering %s failed", clustering_id)
+            mark_failed(PoolClustering, clustering_id, attempt, error)
+            return "failed"
+        stored = _store(clustering_id, attempt, job.image_ids, result)
+    remove_job_folders(PoolClustering, clustering_id, attempt)
+    return stored
+
+
+def _encoded_chunk(job: EncodingJob, folder: Path, index: int) -> bytes:
+    """The chunk's latents as a chunk file."""
+    import torch
+
+    from worker.ml.deep_clustering import DeepClusteringAutoencoder
+
+    started = time.perf_counter()
+    model = DeepClusteringAutoencoder(job.config["case"])
+    model.load_state_dict(torch.load(folder / "model.pt", map_location="cpu"))
+    start, stop = job.chunks[index]
+    return chunk_file({"latent": encode_cells(job.config, model, load_cells(job.content_hashes[start:stop], job.channel))},
+                      started)
+
+
+def _store(clustering_id: int, attempt: int, image_ids: list[int], result: dict) -> str:
+    with new_session() as session:
+        clustering = session.scalar(select(PoolClustering).where(PoolClustering.id == clustering_id).with_for_update())
+        if clustering.state != "running" or clustering.attempts != attempt:
+            log.info("clustering %s was finished or rerun elsewhere; dropping this result", clustering_id)
+            return "skipped"
+        session.execute(delete(ImageCluster).where(ImageCluster.clustering_id == clustering_id))
+        session.add_all(
+            ImageCluster(clustering_id=clustering_id, image_id=image_id, cluster=int(cluster), x=float(x), y=float(y))
+            for image_id, cluster, (x, y) in zip(image_ids, result["clusters"], result["coordinates"])
+        )
+        clustering.metrics = result["metrics"]
+        clustering.progress = {"phase": "done"}
+        clustering.state, clustering.finished_at = "done", utcnow()
+        session.commit()
     return "done"
+
+
+def _training_config(config: dict):
+    from worker.ml.deep_clustering import DeepClusteringConfig
+
+    return DeepClusteringConfig(pretrain_epochs=config["pretrain_epochs"], cluster_epochs=config["cluster_epochs"],
+                                seed=config.get("seed", 0))
+
+
+def _pool_chunks(pool_size: int, config: dict) -> list[tuple[int, int]]:
+    """On the encoding batches: every batch holds the cells one pass would give it."""
+    from worker.ml.chunking import batch_aligned_chunks
+
+    return batch_aligned_chunks(pool_size, get_settings().scoring_chunk_size, _training_config(config).batch_size)

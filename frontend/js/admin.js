@@ -521,7 +521,9 @@ function drawClustering() {
     return;
   }
   const progress = clustering.progress || {};
-  if (clustering.state === "running" && progress.epochs) {
+  if (clustering.state === "running" && progress.chunks) {
+    replace(status, progressBar(`Clustering: ${progress.phase}`, progress.chunks_done || 0, progress.chunks, { text: `${progress.chunks_done || 0} of ${progress.chunks} chunks of the pool` }));
+  } else if (clustering.state === "running" && progress.epochs) {
     replace(status, progressBar(`Clustering: ${progress.phase}`, progress.epoch || 0, progress.epochs, { text: `epoch ${progress.epoch || 0} of ${progress.epochs}` }));
   } else if (clustering.state === "failed") {
     replace(status, h("p", { class: "error" }, `The clustering failed: ${clustering.error}`));
