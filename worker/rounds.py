@@ -19,7 +19,7 @@ from backend.db.models import (
     Image, ImageCluster, Label, ModelVersion, PoolClustering, Project, RelevanceMap, Round, Selection, utcnow,
 )
 from backend.db.session import new_session
-from backend.services.labeling import current_label_exists, is_current
+from backend.services.labeling import current_label_exists, is_current, mark_labeled_cells
 from backend.settings import get_settings
 from worker.jobs import claim, holding_lease, mark_failed, set_progress
 
@@ -351,6 +351,8 @@ def _store(round_id: int, inputs: RoundInputs, result: dict) -> None:
                                          png_key=store.put(png), npy_key=store.put(npy)))
         for rank, (image_id, score, details) in enumerate(result["selected"]):
             session.add(Selection(round_id=round_id, image_id=image_id, rank=rank, score=score, details=details))
+        session.flush()
+        mark_labeled_cells(session, round_)
         round_.n_labels = len(inputs.labeled_hashes)
         round_.n_selected = min(len(result["selected"]), inputs.batch_size)  # the rest is the reserve
         round_.metrics = result["metrics"]

@@ -12,7 +12,7 @@ from backend.db.models import Label, Round, User, utcnow
 from backend.schemas import LabelIn, LabelOut, LeasedCell, NextCell, SelectionOut, SkipIn
 from backend.services import labeling, stats
 from backend.services.jobs import dispatch
-from backend.services.labeling import is_leased, latest_round
+from backend.services.labeling import is_leased
 
 router = APIRouter(tags=["labeling"])
 
@@ -40,8 +40,8 @@ def get_queue(project: ProjectDep, session: SessionDep, user: AnyUser):
 def next_cell(project: ProjectDep, session: SessionDep, user: Annotator):
     """Leases the next cell to the caller (the same one again while their lease holds).
     `cell` is null when the queue is empty; `message` says why."""
-    selection = labeling.lease_next_cell(session, project, user)
-    round_ = latest_round(session, project)
+    selection, queue = labeling.lease_next_cell(session, project, user)
+    round_ = queue.latest
     if selection is None:
         if round_ is not None and round_.state in ("queued", "running"):
             message = f"round {round_.number} is being computed; the next cells arrive when it is done"
@@ -51,7 +51,7 @@ def next_cell(project: ProjectDep, session: SessionDep, user: Annotator):
             message = "every queued cell is leased or labeled"
         return NextCell(cell=None, message=message, round_state=round_ and round_.state)
     hidden = project.reveal_after_label
-    picked_by = session.get(Round, selection.round_id)
+    picked_by = queue.round
     return NextCell(
         cell=LeasedCell(
             image_id=selection.image_id, filename=selection.image.filename,

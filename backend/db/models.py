@@ -177,14 +177,21 @@ class Selection(Base):
     the next round is computed."""
 
     __tablename__ = "selections"
-    __table_args__ = (UniqueConstraint("round_id", "image_id"), UniqueConstraint("round_id", "rank"))
+    __table_args__ = (
+        UniqueConstraint("round_id", "image_id"), UniqueConstraint("round_id", "rank"),
+        Index("ix_selections_unlabeled_round_rank", "round_id", "rank",
+              postgresql_where=text("NOT labeled"), sqlite_where=text("NOT labeled")),
+    )
     id: Mapped[int] = mapped_column(primary_key=True)
     round_id: Mapped[int] = mapped_column(ForeignKey("rounds.id", ondelete="CASCADE"), index=True)
     image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), index=True)
     rank: Mapped[int]
     score: Mapped[float]
     details: Mapped[dict[str, Any]] = mapped_column(default=dict)
-    leased_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    # whether the cell has a current label; a copy of what `labels` says, written in the same
+    # transaction as the label, that the queue's queries can read from one index
+    labeled: Mapped[bool] = mapped_column(default=False, server_default=text("false"))
+    leased_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"), index=True)
     leased_at: Mapped[datetime | None]
     lease_expires_at: Mapped[datetime | None]
     image: Mapped[Image] = relationship(lazy="joined")

@@ -1,5 +1,4 @@
 """Engine and sessions. One engine per database URL per process."""
-from collections.abc import Iterator
 from functools import lru_cache
 
 from sqlalchemy import Engine, create_engine, event
@@ -39,9 +38,3 @@ def _session_factory(url: str) -> sessionmaker[Session]:
 
 def new_session() -> Session:
     return _session_factory(get_settings().resolved_database_url)()
-
-
-def get_session() -> Iterator[Session]:
-    """FastAPI dependency: one session per request."""
-    with new_session() as session:
-        yield session

@@ -1,7 +1,7 @@
 """The annotators' side: the queue, leases, labels, undo and export.
 
 The queue is the open round's step: its selections below rank n_selected whose cell has no
-current label. While the next round is computed it serves the previous round's reserve (the
+current label (`Selection.labeled`, written with each label and undo). While the next round is computed it serves the previous round's reserve (the
 next-ranked cells), so annotators do not wait for the workers. A lease is taken with a
 compare-and-set UPDATE, so two annotators never hold the same cell, on PostgreSQL and SQLite
 alike; a label takes the cell's selection row first, so a lease and a label never cross.
@@ -14,7 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from backend.db.models import CellNote, Image, Label, Project, ProjectClass, Round, Selection, User, utcnow
-from backend.errors import Conflict, Invalid
+from backend.errors import Conflict, Invalid, NotFound
 from backend.services.projects import count_pool, project_image
 from backend.settings import get_settings
 
@@ -43,28 +43,29 @@ def open_round(session: Session, project: Project) -> Round | None:
 
 
 @dataclass
-class ServedRound:
-    round: Round
-    reserve: bool  # its reserve, while the next round is computed; else its step
+class QueueState:
+    latest: Round | None  # the project's newest round
+    round: Round | None = None  # the round whose cells the queue serves, if any
+    reserve: bool = False  # its reserve, while `latest` is computed; else its step
 
 
-def served_round(session: Session, project: Project) -> ServedRound | None:
-    """The round the queue serves cells of: the open round's step or, while the next round is
-    queued or running, the previous round's reserve. No reserve in the budget's last step:
-    labels beyond what the next round planned for would overrun the budget."""
+def queue_state(session: Session, project: Project) -> QueueState:
+    """Which cells the queue serves: the open round's step or, while the next round is queued
+    or running, the previous round's reserve. No reserve in the budget's last step: labels
+    beyond what the next round planned for would overrun the budget."""
     latest = latest_round(session, project)
     if latest is None:
-        return None
+        return QueueState(None)
     if latest.state == "done":
-        return ServedRound(latest, reserve=False) if latest.n_selected else None
+        return QueueState(latest, latest if latest.n_selected else None)
     if latest.state not in ("queued", "running") or latest.number == 0:
-        return None
+        return QueueState(latest)
     previous = session.scalar(select(Round).where(Round.project_id == project.id, Round.number == latest.number - 1))
     if previous is None or previous.state != "done":
-        return None
+        return QueueState(latest)
     if count_pool(session, project, labeled=True) + (project.step_size or 0) >= (project.budget or 0):
-        return None
-    return ServedRound(previous, reserve=True)
+        return QueueState(latest)
+    return QueueState(latest, previous, reserve=True)
 
 
 def served_part(round_: Round, reserve: bool):
@@ -74,13 +75,12 @@ def served_part(round_: Round, reserve: bool):
 
 def unlabeled_selections(round_: Round, reserve: bool = False):
     return select(Selection).where(
-        Selection.round_id == round_.id, served_part(round_, reserve), ~current_label_exists(Selection.image_id))
+        Selection.round_id == round_.id, served_part(round_, reserve), Selection.labeled.is_(False))
 
 
-def note_empty_queue(session: Session, project: Project) -> None:
-    """Marks when annotators first found nothing to label while a round was computed: the
-    round's queue_empty_s, the time they waited for it."""
-    latest = latest_round(session, project)
+def note_empty_queue(session: Session, latest: Round | None) -> None:
+    """Marks when annotators first found nothing to label while the latest round was computed:
+    the round's queue_empty_s, the time they waited for it."""
     if latest is not None and latest.state in ("queued", "running") and latest.queue_empty_since is None:
         session.execute(update(Round).where(Round.id == latest.id, Round.queue_empty_since.is_(None))
                         .values(queue_empty_since=utcnow()))
@@ -96,12 +96,12 @@ class QueueEntry:
 def queue_entries(session: Session, project: Project) -> tuple[Round | None, list[QueueEntry]]:
     """The served round and every selection of the part it serves (step or reserve), queued,
     leased or labeled, in rank order."""
-    served = served_round(session, project)
-    if served is None:
+    queue = queue_state(session, project)
+    round_ = queue.round
+    if round_ is None:
         return None, []
-    round_ = served.round
     selections = session.scalars(select(Selection).where(
-        Selection.round_id == round_.id, served_part(round_, served.reserve)).order_by(Selection.rank))
+        Selection.round_id == round_.id, served_part(round_, queue.reserve)).order_by(Selection.rank))
     labels = {
         label.image_id: label
         for label in session.scalars(
@@ -112,25 +112,25 @@ def queue_entries(session: Session, project: Project) -> tuple[Round | None, lis
     return round_, [QueueEntry(s, labels.get(s.image_id)) for s in selections]
 
 
-def lease_next_cell(session: Session, project: Project, user: User) -> Selection | None:
-    """The annotator's leased cell, or the best-ranked free one leased to them now.
-    None when the queue is empty (all leased or labeled, or the next round is computing and
-    its reserve is used up)."""
+def lease_next_cell(session: Session, project: Project, user: User) -> tuple[Selection | None, QueueState]:
+    """The annotator's leased cell, or the best-ranked free one leased to them now, and the
+    queue it came from. No cell when the queue is empty (all leased or labeled, or the next
+    round is computing and its reserve is used up)."""
     if project.state != "active":
         raise Conflict(f"project {project.name!r} is {project.state}: " + (
             "start it first" if project.state == "draft" else "its budget is spent"))
-    served = served_round(session, project)
-    selection = served and _lease_in(session, served, user)
+    state = queue_state(session, project)
+    selection = _lease_in(session, state, user) if state.round is not None else None
     if selection is None:
-        note_empty_queue(session, project)
-    return selection
+        note_empty_queue(session, state.latest)
+    return selection, state
 
 
-def _lease_in(session: Session, served: ServedRound, user: User) -> Selection | None:
-    round_ = served.round
+def _lease_in(session: Session, state: QueueState, user: User) -> Selection | None:
+    round_ = state.round
     now = utcnow()
     expires = now + timedelta(seconds=get_settings().lease_seconds)
-    queue = unlabeled_selections(round_, served.reserve)
+    queue = unlabeled_selections(round_, state.reserve)
     held = session.scalar(
         queue.where(Selection.leased_by_id == user.id, Selection.lease_expires_at > now)
         .order_by(Selection.rank)
@@ -143,21 +143,20 @@ def _lease_in(session: Session, served: ServedRound, user: User) -> Selection | 
     skipped_by_me = exists(select(CellNote.id).where(
         CellNote.image_id == Selection.image_id, CellNote.round_id == round_.id, CellNote.user_id == user.id))
     for skipped in (~skipped_by_me, skipped_by_me):  # the cells the caller skipped come last
-        while (taken := _take_best(session, queue.where(skipped), user, now, expires)) is not None:
-            # A label committed while we waited for the row is invisible to the UPDATE's own
-            # snapshot; this fresh statement sees it.
-            if current_label(session, taken.image_id) is None:
-                session.commit()
-                return taken
-            session.rollback()
+        taken = _take_best(session, queue.where(skipped), user, now, expires)
+        if taken is not None:
+            session.commit()
+            return taken
     return None
 
 
 def _take_best(session: Session, candidates, user: User, now: datetime, expires: datetime) -> Selection | None:
     """Leases the best-ranked free cell of `candidates` in one compare-and-set UPDATE. On
     PostgreSQL rows that other transactions are leasing or labeling are skipped, not waited
-    for, so concurrent annotators each take a different cell at once."""
-    free = or_(Selection.leased_by_id.is_(None), Selection.lease_expires_at <= now)
+    for, so concurrent annotators each take a different cell at once. A row labeled and
+    committed since the statement began is seen in its new version, so `labeled` belongs to
+    the conditions rechecked on it (a join with `labels` would be read from the old snapshot)."""
+    free = and_(Selection.labeled.is_(False), or_(Selection.leased_by_id.is_(None), Selection.lease_expires_at <= now))
     best = candidates.where(free).with_only_columns(Selection.id).order_by(Selection.rank).limit(1)
     return session.scalar(
         update(Selection)
@@ -175,10 +174,6 @@ def _class_by_name(project: Project, name: str) -> ProjectClass:
     raise Invalid(f"project {project.name!r} has no class {name!r}; its classes are: {names}")
 
 
-def current_label(session: Session, image_id: int) -> Label | None:
-    return session.scalar(select(Label).where(Label.image_id == image_id, is_current()))
-
-
 def submit_label(
     session: Session, project: Project, user: User, image_id: int, class_name: str,
     duration_ms: int | None = None, after_reveal: bool = False,
@@ -189,9 +184,9 @@ def submit_label(
     In a "label first, then reveal" project the first label is blind (hints_seen False);
     `after_reveal` records the annotator's answer once they have seen the hints."""
     cls = _class_by_name(project, class_name)
-    image = project_image(session, project, image_id)
+    image, previous = _image_and_current_label(session, project, image_id)
     now = utcnow()
-    previous = current_label(session, image.id)
+    step_round = None  # the open round whose step this label may complete
     if after_reveal and (previous is None or previous.user_id != user.id or previous.hints_seen):
         raise Conflict(f"there is no blind label of yours on image {image_id} to revise after the reveal")
     if previous is not None:
@@ -202,14 +197,14 @@ def submit_label(
         label = Label(project_id=project.id, image_id=image.id, class_id=cls.id, user_id=user.id,
                       round_id=previous.round_id, duration_ms=duration_ms)
     else:
-        selection = _queued_selection(session, project, user, image.id, now)
+        selection, queue = _queued_selection(session, project, user, image.id, now)
+        step_round = queue.round if not queue.reserve else None
         if selection is None:
             raise Conflict(f"image {image_id} is not in the labeling queue")
         if selection.leased_by_id not in (None, user.id) and selection.lease_expires_at > now:
             raise Conflict(f"image {image_id} is leased to another annotator until {selection.lease_expires_at:%H:%M:%S} UTC")
         if duration_ms is None and selection.leased_by_id == user.id and selection.leased_at:
             duration_ms = int((now - selection.leased_at).total_seconds() * 1000)
-        selection.leased_by_id = selection.leased_at = selection.lease_expires_at = None
         label = Label(project_id=project.id, image_id=image.id, class_id=cls.id, user_id=user.id,
                       round_id=selection.round_id, duration_ms=duration_ms, hints_seen=not project.reveal_after_label)
     session.add(label)
@@ -218,26 +213,41 @@ def submit_label(
     except IntegrityError:
         session.rollback()
         raise Conflict(f"image {image_id} was labeled by someone else a moment ago") from None
+    if previous is None:  # the cell leaves the queue: each of its selections is labeled, none leased
+        session.execute(update(Selection).where(Selection.image_id == image.id).values(
+            labeled=True, leased_by_id=None, leased_at=None, lease_expires_at=None))
     from backend.services.rounds import open_next_round_if_step_done
 
-    new_round = open_next_round_if_step_done(session, project)
+    new_round = open_next_round_if_step_done(session, project, step_round) if step_round is not None else None
     session.commit()
     return label, new_round
 
 
-def _queued_selection(session: Session, project: Project, user: User, image_id: int, now: datetime) -> Selection | None:
+def _image_and_current_label(session: Session, project: Project, image_id: int) -> tuple[Image, Label | None]:
+    row = session.execute(
+        select(Image, Label).outerjoin(Label, and_(Label.image_id == Image.id, is_current())).where(Image.id == image_id)
+    ).first()
+    if row is None or row[0].project_id != project.id:
+        raise NotFound(f"project {project.name!r} has no image {image_id}")
+    return row[0], row[1]
+
+
+def _queued_selection(
+    session: Session, project: Project, user: User, image_id: int, now: datetime,
+) -> tuple[Selection | None, QueueState]:
     """The cell's selection in the part of the queue served now or, for a cell the user
-    leased before the queue moved on (a reserve cell when the next round opened), that lease.
-    Its row stays locked until the label is committed, so no lease is taken meanwhile."""
-    served = served_round(session, project)
-    selection = served and session.scalar(select(Selection).where(
-        Selection.round_id == served.round.id, Selection.image_id == image_id, served_part(served.round, served.reserve))
-        .with_for_update(of=Selection))
+    leased before the queue moved on (a reserve cell when the next round opened), that lease;
+    and the queue. The selection's row stays locked until the label is committed, so no lease
+    is taken meanwhile."""
+    queue = queue_state(session, project)
+    selection = session.scalar(select(Selection).where(
+        Selection.round_id == queue.round.id, Selection.image_id == image_id, served_part(queue.round, queue.reserve))
+        .with_for_update(of=Selection)) if queue.round is not None else None
     return selection or session.scalar(
         select(Selection).join(Round, Round.id == Selection.round_id)
         .where(Round.project_id == project.id, Selection.image_id == image_id,
                Selection.leased_by_id == user.id, Selection.lease_expires_at > now)
-        .order_by(Round.number.desc()).limit(1).with_for_update(of=Selection))
+        .order_by(Round.number.desc()).limit(1).with_for_update(of=Selection)), queue
 
 
 def hints_for(session: Session, label: Label) -> dict | None:
@@ -246,12 +256,30 @@ def hints_for(session: Session, label: Label) -> dict | None:
         select(Selection.details).where(Selection.round_id == label.round_id, Selection.image_id == label.image_id))
 
 
+def mark_labeled_cells(session: Session, round_: Round) -> None:
+    """For a round being stored: sets `labeled` on its selections whose cell was labeled while
+    it was computed (from the previous round's reserve). The cells' unlabeled selections in
+    earlier rounds are locked first, so a label being submitted for one of them is committed
+    before the labels are read here, and one submitted later waits for this round to be stored
+    and then marks this round's selection itself (submit_label)."""
+    new_cells = select(Selection.image_id).where(Selection.round_id == round_.id)
+    session.execute(
+        select(Selection.id).join(Round, Round.id == Selection.round_id)
+        .where(Round.project_id == round_.project_id, Selection.round_id != round_.id, Selection.labeled.is_(False),
+               Selection.image_id.in_(new_cells))
+        .with_for_update(of=Selection)
+    ).all()
+    session.execute(update(Selection).where(Selection.round_id == round_.id, current_label_exists(Selection.image_id))
+                    .values(labeled=True).execution_options(synchronize_session=False))
+
+
 def skip_cell(session: Session, project: Project, user: User, image_id: int, kind: str, note: str) -> CellNote:
     """Returns a queued cell to the queue with the annotator's note; they get other cells first."""
     image = project_image(session, project, image_id)
-    served = served_round(session, project)
-    selection = served and session.scalar(
-        unlabeled_selections(served.round, served.reserve).where(Selection.image_id == image.id))
+    queue = queue_state(session, project)
+    selection = session.scalar(
+        unlabeled_selections(queue.round, queue.reserve).where(Selection.image_id == image.id)
+    ) if queue.round is not None else None
     if selection is None:
         raise Conflict(f"image {image_id} is not in the labeling queue")
     if selection.leased_by_id not in (None, user.id) and selection.lease_expires_at > utcnow():
@@ -275,13 +303,15 @@ def undo_last_label(session: Session, project: Project, user: User) -> Label:
     )
     if label is None:
         raise Conflict("there is no label of yours to undo")
-    served = served_round(session, project)
-    selection = served and session.scalar(select(Selection).where(
-        Selection.round_id == served.round.id, Selection.image_id == label.image_id, served_part(served.round, served.reserve)))
+    queue = queue_state(session, project)
+    selection = session.scalar(select(Selection).where(
+        Selection.round_id == queue.round.id, Selection.image_id == label.image_id, served_part(queue.round, queue.reserve))
+    ) if queue.round is not None else None
     if selection is None:
         raise Conflict("your last label closed its step and the next round has started from it; relabel the cell instead")
     now = utcnow()
     label.retracted_at = now
+    session.execute(update(Selection).where(Selection.image_id == label.image_id).values(labeled=False))
     selection.leased_by_id, selection.leased_at = user.id, now
     selection.lease_expires_at = now + timedelta(seconds=get_settings().lease_seconds)
     session.commit()

@@ -1,9 +1,9 @@
 """Who may see a project: admins see every project; annotators and clients only the
 projects they are members of. To anyone else a project does not exist (404), so that its
 name and existence are not given away."""
-from sqlalchemy import Select, select
+from sqlalchemy import Select, and_, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, joinedload
 
 from backend.db.models import ModelVersion, Project, ProjectMember, User
 from backend.errors import NotFound
@@ -17,10 +17,21 @@ def visible_projects(user: User) -> Select[tuple[Project]]:
     return query
 
 
+def find_visible_project(session: Session, user: User, project_id: int) -> Project | None:
+    """The project, or None when it does not exist or the user is not a member of it."""
+    # one statement: the project, its classes and the user's membership
+    row = session.execute(
+        select(Project, ProjectMember.user_id).options(joinedload(Project.classes))
+        .outerjoin(ProjectMember, and_(ProjectMember.project_id == Project.id, ProjectMember.user_id == user.id))
+        .where(Project.id == project_id)
+    ).unique().first()
+    return row.Project if row is not None and (user.role == "admin" or row.user_id is not None) else None
+
+
 def visible_project(session: Session, user: User, project_id: int) -> Project:
     """The project, or NotFound when it does not exist or the user is not a member of it."""
-    project = session.get(Project, project_id)
-    if project is None or not (user.role == "admin" or session.get(ProjectMember, (project_id, user.id))):
+    project = find_visible_project(session, user, project_id)
+    if project is None:
         raise NotFound(f"no project {project_id}")
     return project
 

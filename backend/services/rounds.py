@@ -31,12 +31,10 @@ def start_project(session: Session, project: Project) -> Round:
     return round_
 
 
-def open_next_round_if_step_done(session: Session, project: Project) -> Round | None:
-    """Called after each label: when the open round's cells are all labeled, adds the next
-    round (once: a concurrent twin hits the unique (project, number) key and backs off)."""
-    round_ = open_round(session, project)
-    if round_ is None:
-        return None
+def open_next_round_if_step_done(session: Session, project: Project, round_: Round) -> Round | None:
+    """Called after each new label in the step of `round_`, the open round: when its cells are
+    all labeled, adds the next round (once: a concurrent twin hits the unique (project, number)
+    key and backs off)."""
     # Serialise step completion on the round row: two last labels committed at once would
     # otherwise each miss the other's (uncommitted) label and neither would open the next
     # round. NO KEY UPDATE, because each new label already holds a KEY SHARE lock on this row
