@@ -230,3 +230,19 @@ def wait_for_round(client, headers: dict, project_id: int, number: int, timeout:
     round_ = wait_for(finished, timeout=timeout, interval=1, message=f"round {number}")
     assert round_["state"] == "done", round_["error"]
     return round_
+
+
+def mislabeled_selections(project_id: int) -> list[tuple[int, int, bool]]:
+    """(round number, image id, labeled) of the project's selections whose `labeled` flag
+    disagrees with the labels table (the queue reads the flag; the labels are the truth)."""
+    from sqlalchemy import select
+
+    from backend.db.models import Round, Selection
+    from backend.db.session import new_session
+    from backend.services.labeling import current_label_exists
+
+    with new_session() as session:
+        return [tuple(row) for row in session.execute(
+            select(Round.number, Selection.image_id, Selection.labeled)
+            .join(Round, Round.id == Selection.round_id)
+            .where(Round.project_id == project_id, Selection.labeled != current_label_exists(Selection.image_id)))]

@@ -17,7 +17,7 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
-from tests.conftest import ROOT, balanced_sample, free_port, make_user, started_project, stop
+from tests.conftest import ROOT, balanced_sample, free_port, make_user, mislabeled_selections, started_project, stop
 
 CLASSES = ["Homogeneous", "Speckled", "Nucleolar", "Centromere", "NuMem", "Golgi"]
 ANNOTATORS = 50
@@ -168,3 +168,4 @@ def test_fifty_annotators_never_share_a_cell_and_no_label_is_lost_or_doubled(api
     assert still_leased == 0
     assert notes == sum(len(r["skipped"]) for r in results)
     assert rounds == [0, 1]  # the step's last label opened the next round, once
+    assert mislabeled_selections(project_id) == []

@@ -7,7 +7,7 @@ import uuid
 import pytest
 from sqlalchemy import select
 
-from tests.conftest import balanced_sample, make_user, started_project
+from tests.conftest import balanced_sample, make_user, mislabeled_selections, started_project
 
 CLASSES = ["Homogeneous", "Speckled", "Nucleolar", "Centromere", "NuMem", "Golgi"]
 
@@ -107,6 +107,46 @@ def test_the_reserve_is_served_while_the_next_round_is_computed(
     assert fresh["round"] == 1 and fresh["rank"] == 0 and not fresh["reserve"]
     progress = app_client.get(f"/api/projects/{project_id}/progress", headers=admin_headers).json()
     assert progress["labeled"] == 9 and progress["rounds"][1]["queue_empty_s"] >= 0
+    assert mislabeled_selections(project_id) == []
+
+
+def test_a_cell_labeled_while_the_round_was_computed_is_not_queued_again(
+        app_client, admin_headers, i3a_dir, i3a_rows, unconsumed_queue, monkeypatch):
+    """The round reads the unlabeled pool when it starts; a reserve cell labeled after that can
+    be among the cells it picks. Storing the round marks that selection labeled, so the cell is
+    not served a second time and the round's step still completes."""
+    import worker.rounds
+
+    project_id = _started_project(app_client, admin_headers, i3a_dir, i3a_rows, budget=24, per_class=6)
+    _, ann = make_user("annotator", project_ids=[project_id])
+    for _ in range(6):
+        _label(app_client, project_id, ann, _next(app_client, project_id, ann)["cell"]["image_id"])
+    reserve_cell = app_client.get(f"/api/projects/{project_id}/queue", headers=admin_headers).json()[0]["image_id"]
+    gather = worker.rounds._gather
+
+    def gather_then_label_a_reserve_cell(session, round_):
+        inputs = gather(session, round_)
+        _label(app_client, project_id, ann, reserve_cell)
+        # a pool of exactly what the round queues (6 + 3 reserve), the cell labeled meanwhile in it
+        others = [i for i, image_id in enumerate(inputs.pool_ids) if image_id != reserve_cell][:8]
+        keep = [inputs.pool_ids.index(reserve_cell), *others]
+        inputs.pool_ids = [inputs.pool_ids[i] for i in keep]
+        inputs.pool_hashes = [inputs.pool_hashes[i] for i in keep]
+        return inputs
+
+    monkeypatch.setattr(worker.rounds, "_gather", gather_then_label_a_reserve_cell)
+    _compute_round(project_id, 1)
+    picked = app_client.get(f"/api/projects/{project_id}/rounds/1/selections", headers=admin_headers).json()
+    assert reserve_cell in {selection["image_id"] for selection in picked}
+    assert mislabeled_selections(project_id) == []
+
+    served = []
+    while (cell := _next(app_client, project_id, ann)["cell"]) is not None:
+        served.append(cell["image_id"])
+        _label(app_client, project_id, ann, cell["image_id"])
+    assert reserve_cell not in served and len(served) == len(set(served))
+    assert _round(app_client, project_id, admin_headers, 2)["state"] == "queued"  # round 1's step completed
+    assert mislabeled_selections(project_id) == []
 
 
 def test_no_reserve_in_the_last_step_of_the_budget(app_client, admin_headers, i3a_dir, i3a_rows, unconsumed_queue):
