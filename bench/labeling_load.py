@@ -3,7 +3,11 @@ each looping `POST /queue/next` then `POST /labels` for the leased cell, with no
 against a real uvicorn server process on loopback and the real PostgreSQL.
 
     .venv/bin/python bench/labeling_load.py [--annotators 50] [--duration 30] [--workers 1 2]
-                                            [--repeats 3] [--pool 3000]
+                                            [--rates 0 10 20] [--repeats 3] [--pool 3000]
+
+`--rates`: the labels per second the annotators aim at together, each pacing itself (0: no
+pause, as fast as the server answers). A paced run shows the latency at that load; one that
+falls short of its rate has saturated the server.
 
 It sets everything up itself: a fresh PostgreSQL database (dropped at the end), migrations,
 an admin, a Celery worker process for round 0, and per run a fresh project whose pool is
@@ -47,7 +51,9 @@ def main() -> None:
     parser.add_argument("--annotators", type=int, default=50)
     parser.add_argument("--duration", type=float, default=30, help="seconds of load per run")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="uvicorn worker processes to try")
-    parser.add_argument("--repeats", type=int, default=3, help="runs per worker count")
+    parser.add_argument("--rates", type=float, nargs="+", default=[0],
+                        help="labels/s the annotators aim at together; 0: no pause (saturation)")
+    parser.add_argument("--repeats", type=int, default=3, help="runs per worker count and rate")
     parser.add_argument("--pool", type=int, default=3000, help="cells queued per run (one fresh project per run)")
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--loop", default="auto", help="uvicorn's --loop (auto: uvloop where installed)")
@@ -88,13 +94,13 @@ def main() -> None:
                 with httpx.Client(base_url=base_url, headers=admin, timeout=60) as client:
                     _wait_until_up(client)
                     annotators = annotators or [_annotator(client, i) for i in range(args.annotators)]
-                    for repeat in range(args.repeats):
+                    for rate, repeat in [(rate, repeat) for rate in args.rates for repeat in range(args.repeats)]:
                         project_id = _queued_project(client, cells, annotators)
                         _analyze(database)
                         load_before = os.getloadavg()
                         with CpuMeter(server, database) as cpu:
-                            run = asyncio.run(_load(base_url, project_id, annotators, args.duration))
-                        run.update(workers=n_workers, repeat=repeat, project_id=project_id,
+                            run = asyncio.run(_load(base_url, project_id, annotators, args.duration, rate))
+                        run.update(workers=n_workers, rate=rate, repeat=repeat, project_id=project_id,
                                    loadavg_before=load_before, loadavg_after=os.getloadavg(),
                                    database_connections={"opened": cpu.backends_started,
                                                          "most_at_once": cpu.most_backends_at_once},
@@ -111,7 +117,7 @@ def main() -> None:
         result = {
             "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
             "config": vars(args),
-            "summary": summary["by_workers"],
+            "summary": summary["by_setting"],
             "runs": runs,
         }
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -294,7 +300,7 @@ def _ok(response: httpx.Response) -> dict:
     return response.json()
 
 
-async def _load(base_url: str, project_id: int, annotators: list[dict], duration: float) -> dict:
+async def _load(base_url: str, project_id: int, annotators: list[dict], duration: float, rate: float = 0) -> dict:
     next_ms: list[float] = []
     submit_ms: list[float] = []
     counts = {"labels": 0, "empty_queue": 0, "errors": 0}
@@ -305,7 +311,12 @@ async def _load(base_url: str, project_id: int, annotators: list[dict], duration
 
     async def annotate(client: httpx.AsyncClient, headers: dict, deadline: float) -> None:
         rng = random.Random(headers["Authorization"])
+        interval = len(annotators) / rate if rate else 0.0  # each annotator's share of the rate
+        due = time.perf_counter() + rng.uniform(0, interval)  # spread out, not all at once
         while time.perf_counter() < deadline:
+            if interval:
+                await asyncio.sleep(max(0.0, due - time.perf_counter()))
+                due += interval
             started = time.perf_counter()
             response = await _post(client, f"/api/projects/{project_id}/queue/next", headers)
             next_ms.append((time.perf_counter() - started) * 1000)
@@ -333,7 +344,8 @@ async def _load(base_url: str, project_id: int, annotators: list[dict], duration
         await asyncio.gather(*(annotate(client, a["headers"], deadline) for a in annotators))
         elapsed = time.perf_counter() - started
     return {
-        "annotators": len(annotators), "seconds": round(elapsed, 2), **counts, "error_kinds": errors,
+        "annotators": len(annotators), "target_labels_per_s": rate, "seconds": round(elapsed, 2), **counts,
+        "error_kinds": errors,
         "labels_per_s": round(counts["labels"] / elapsed, 1),
         "requests_per_s": round((len(next_ms) + len(submit_ms)) / elapsed, 1),
         "next_ms": _percentiles(next_ms), "submit_ms": _percentiles(submit_ms),
@@ -377,7 +389,7 @@ def _labels_in_database(project_id: int) -> int:
 
 def _print_run(run: dict) -> None:
     n, s = run["next_ms"], run["submit_ms"]
-    print(f"workers={run['workers']} run={run['repeat']}: {run['labels_per_s']} labels/s "
+    print(f"workers={run['workers']} rate={run['rate'] or 'max'} run={run['repeat']}: {run['labels_per_s']} labels/s "
           f"({run['labels']} in {run['seconds']} s, {run['labels_in_database']} in the database), "
           f"next p50/p90/p99/max {n.get('p50')}/{n.get('p90')}/{n.get('p99')}/{n.get('max')} ms, "
           f"submit {s.get('p50')}/{s.get('p90')}/{s.get('p99')}/{s.get('max')} ms, "
@@ -389,9 +401,9 @@ def _print_run(run: dict) -> None:
 
 
 def _summary(runs: list[dict]) -> dict:
-    by_workers, lines = {}, []
-    for n_workers in sorted({r["workers"] for r in runs}):
-        mine = [r for r in runs if r["workers"] == n_workers]
+    by_setting, lines = {}, []
+    for n_workers, rate in sorted({(r["workers"], r["rate"]) for r in runs}):
+        mine = [r for r in runs if r["workers"] == n_workers and r["rate"] == rate]
 
         def spread(values):
             if not values:
@@ -405,14 +417,14 @@ def _summary(runs: list[dict]) -> dict:
             **{f"{route}_{q}_ms": spread([r[f"{route}_ms"][q] for r in mine if r[f"{route}_ms"]["n"]])
                for route in ("next", "submit") for q in ("p50", "p99")},
         }
-        by_workers[n_workers] = entry
+        by_setting[f"{n_workers} workers, rate {rate or 'max'}"] = entry
         lines.append(
-            f"{n_workers} uvicorn worker(s), {len(mine)} runs, median (min-max): "
+            f"{n_workers} uvicorn worker(s), rate {rate or 'max'}, {len(mine)} runs, median (min-max): "
             f"{_fmt(entry['labels_per_s'])} labels/s; next p50 {_fmt(entry['next_p50_ms'])} ms, "
             f"p99 {_fmt(entry['next_p99_ms'])} ms; submit p50 {_fmt(entry['submit_p50_ms'])} ms, "
             f"p99 {_fmt(entry['submit_p99_ms'])} ms; CPU ms per label: API {_fmt(entry['cpu_ms_per_label_api'])}, "
             f"database {_fmt(entry['cpu_ms_per_label_database'])}, load generator {_fmt(entry['cpu_ms_per_label_load_generator'])}")
-    return {"by_workers": by_workers, "lines": lines}
+    return {"by_setting": by_setting, "lines": lines}
 
 
 def _fmt(spread: dict) -> str:
