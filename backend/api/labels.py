@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query
 from fastapi.responses import Response
 
 from backend.api.deps import Admin, Annotator, AnyUser, ProjectDep, SessionDep
-from backend.db.models import Label, Round, User, utcnow
+from backend.db.models import Label, User, utcnow
 from backend.schemas import LabelIn, LabelOut, LeasedCell, NextCell, SelectionOut, SkipIn
 from backend.services import labeling, stats
 from backend.services.jobs import dispatch
@@ -66,7 +66,7 @@ def next_cell(project: ProjectDep, session: SessionDep, user: Annotator):
 
 
 def _label_out(label: Label, project, session, hints: dict | None = None) -> LabelOut:
-    round_ = session.get(Round, label.round_id) if label.round_id else None
+    round_ = label.round
     return LabelOut(
         id=label.id, image_id=label.image_id, class_name=next(c.name for c in project.classes if c.id == label.class_id),
         username=session.get(User, label.user_id).username, round=round_.number if round_ else None,

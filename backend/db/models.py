@@ -223,6 +223,7 @@ class Label(Base):
     superseded_at: Mapped[datetime | None]
     # False for a blind label of a "label first, then reveal" project
     hints_seen: Mapped[bool] = mapped_column(default=True)
+    round: Mapped["Round | None"] = relationship()
 
 
 class CellNote(Base):

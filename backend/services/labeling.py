@@ -206,7 +206,8 @@ def submit_label(
         if duration_ms is None and selection.leased_by_id == user.id and selection.leased_at:
             duration_ms = int((now - selection.leased_at).total_seconds() * 1000)
         label = Label(project_id=project.id, image_id=image.id, class_id=cls.id, user_id=user.id,
-                      round_id=selection.round_id, duration_ms=duration_ms, hints_seen=not project.reveal_after_label)
+                      round=session.get(Round, selection.round_id), duration_ms=duration_ms,
+                      hints_seen=not project.reveal_after_label)
     session.add(label)
     try:
         session.flush()
