@@ -37,6 +37,8 @@ from pathlib import Path
 import httpx
 import psycopg
 
+from cpu_speed import python_loop_us
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 I3A = Path(os.environ.get("XAL_I3A_DIR", ROOT.parent / "shared" / "data" / "i3a"))
@@ -97,10 +99,11 @@ def main() -> None:
                     for rate, repeat in [(rate, repeat) for rate in args.rates for repeat in range(args.repeats)]:
                         project_id = _queued_project(client, cells, annotators)
                         _analyze(database)
-                        load_before = os.getloadavg()
+                        load_before, cpu_speed = os.getloadavg(), python_loop_us()
                         with CpuMeter(server, database) as cpu:
                             run = asyncio.run(_load(base_url, project_id, annotators, args.duration, rate))
                         run.update(workers=n_workers, rate=rate, repeat=repeat, project_id=project_id,
+                                   python_loop_us=round(cpu_speed, 1),
                                    loadavg_before=load_before, loadavg_after=os.getloadavg(),
                                    database_connections={"opened": cpu.backends_started,
                                                          "most_at_once": cpu.most_backends_at_once},
@@ -393,7 +396,8 @@ def _print_run(run: dict) -> None:
           f"({run['labels']} in {run['seconds']} s, {run['labels_in_database']} in the database), "
           f"next p50/p90/p99/max {n.get('p50')}/{n.get('p90')}/{n.get('p99')}/{n.get('max')} ms, "
           f"submit {s.get('p50')}/{s.get('p90')}/{s.get('p99')}/{s.get('max')} ms, "
-          f"errors {run['errors']}, empty queue {run['empty_queue']}, load {run['loadavg_before'][0]:.2f}; "
+          f"errors {run['errors']}, empty queue {run['empty_queue']}, load {run['loadavg_before'][0]:.2f}, "
+          f"python loop {run['python_loop_us']} us; "
           f"CPU ms per label: {run['cpu_ms_per_label']}, database connections: {run['database_connections']}",
           flush=True)
     for kind, count in run["error_kinds"].items():

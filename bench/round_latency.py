@@ -30,6 +30,8 @@ import uuid
 import zlib
 from pathlib import Path
 
+from cpu_speed import python_loop_us
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 I3A = Path(os.environ.get("XAL_I3A_DIR", ROOT.parent / "shared" / "data" / "i3a"))
@@ -159,6 +161,7 @@ def _measure(pool_size, n_workers, args, rows, classes, env, workers, logs) -> l
         _wait_round(client, headers, project_id, 0)
         runs = []
         for number in range(1, args.steps + 1):
+            cpu_speed = python_loop_us()
             cpu_before = sum(cpu_seconds(w.pid) for w in workers)
             last_label_at = _label_open_step(client, headers, project_id, truth)
             round_ = _wait_round(client, headers, project_id, number)
@@ -168,7 +171,8 @@ def _measure(pool_size, n_workers, args, rows, classes, env, workers, logs) -> l
             run = {"pool": pool_size, "workers": n_workers, "step": number, "labeled": round_["n_labels"],
                    "attempts": round_["attempts"],
                    "latency_s": latency, "workers_cpu_s": sum(cpu_seconds(w.pid) for w in workers) - cpu_before,
-                   "load_average": os.getloadavg()[0], "import_s": import_s if number == 1 else None,
+                   "load_average": os.getloadavg()[0], "python_loop_us": cpu_speed,
+                   "import_s": import_s if number == 1 else None,
                    "worker_peak_rss_mib": [vm_hwm_mib(w.pid) for w in workers],
                    "chunks": round_["selection_summary"].get("chunks"),
                    **{k: v for k, v in round_["timings"].items()}}
