@@ -1,8 +1,9 @@
 """The annotators' side: the queue, leases, labels, undo and export.
 
 The queue is the open round's step: its selections below rank n_selected whose cell has no
-current label (`Selection.labeled`, written with each label and undo). While the next round is computed it serves the previous round's reserve (the
-next-ranked cells), so annotators do not wait for the workers. A lease is taken with a
+current label (`Selection.labeled`, written with each label and undo). While the next round
+is computed it serves the previous round's reserve (the next-ranked cells), so annotators do
+not wait for the workers. A lease is taken with a
 compare-and-set UPDATE, so two annotators never hold the same cell, on PostgreSQL and SQLite
 alike; a label takes the cell's selection row first, so a lease and a label never cross.
 Labels are never deleted (see Label)."""
