@@ -148,7 +148,8 @@ def _measure(pool_size, n_workers, args, rows, classes, env, workers, logs) -> l
         import_s = time.perf_counter() - started
         print(f"pool {pool_size}: imported {pool_size} + {TEST_CELLS} cells in {import_s:.0f} s", flush=True)
 
-        worker_env = {**os.environ, **env, "OMP_NUM_THREADS": str(max(1, CORES // n_workers))}
+        threads = args.threads or max(1, CORES // n_workers)
+        worker_env = {**os.environ, **env, "OMP_NUM_THREADS": str(threads)}
         for i in range(n_workers):
             log = open(Path(env["XAL_DATA_DIR"]) / f"worker-{i}.log", "w")
             logs.append(log)
@@ -168,7 +169,7 @@ def _measure(pool_size, n_workers, args, rows, classes, env, workers, logs) -> l
             cell = client.post(f"/api/projects/{project_id}/queue/next", headers=headers).json()["cell"]
             latency = time.perf_counter() - last_label_at
             assert cell is not None
-            run = {"pool": pool_size, "workers": n_workers, "step": number, "labeled": round_["n_labels"],
+            run = {"pool": pool_size, "workers": n_workers, "threads": threads, "step": number, "labeled": round_["n_labels"],
                    "attempts": round_["attempts"],
                    "latency_s": latency, "workers_cpu_s": sum(cpu_seconds(w.pid) for w in workers) - cpu_before,
                    "load_average": os.getloadavg()[0], "python_loop_us": cpu_speed,
@@ -231,6 +232,7 @@ def main() -> None:
     parser.add_argument("--max-epochs", type=int, default=10)
     parser.add_argument("--patience", type=int, default=3)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads per worker (0: cores / workers)")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "round-latency.json"))
     parser.add_argument("--append", action="store_true", help="add to the runs already in --out")
     args = parser.parse_args()
