@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from backend.db.models import CellNote, Image, Label, Project, ProjectClass, Round, Selection, User, utcnow
 from backend.errors import Conflict, Invalid, NotFound
-from backend.services.projects import count_pool, project_image
+from backend.services.projects import count_labeled, project_image
 from backend.settings import get_settings
 
 
@@ -64,7 +64,7 @@ def queue_state(session: Session, project: Project) -> QueueState:
     previous = session.scalar(select(Round).where(Round.project_id == project.id, Round.number == latest.number - 1))
     if previous is None or previous.state != "done":
         return QueueState(latest)
-    if count_pool(session, project, labeled=True) + (project.step_size or 0) >= (project.budget or 0):
+    if count_labeled(session, project) + (project.step_size or 0) >= (project.budget or 0):
         return QueueState(latest)
     return QueueState(latest, previous, reserve=True)
 

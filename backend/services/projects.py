@@ -2,7 +2,7 @@
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from backend.db.models import Image, ModelVersion, Project, ProjectClass
+from backend.db.models import Image, Label, ModelVersion, Project, ProjectClass
 from backend.errors import Conflict, Invalid, NotFound
 from backend.schemas import ProjectCreate, ProjectUpdate
 
@@ -58,7 +58,7 @@ def update_project(session: Session, project: Project, changes: ProjectUpdate) -
     if "strategy" in fields or "strategy_options" in fields:
         _check_strategy(fields.get("strategy", project.strategy), fields.get("strategy_options", project.strategy_options))
     if "budget" in fields and project.state != "draft":
-        labeled = count_pool(session, project, labeled=True)
+        labeled = count_labeled(session, project)
         if fields["budget"] < labeled:
             raise Conflict(f"the budget cannot go below the {labeled} labels already given")
     if "model_settings" in fields:
@@ -84,13 +84,17 @@ def project_image(session: Session, project: Project, image_id: int) -> Image:
     return image
 
 
-def count_pool(session: Session, project: Project, labeled: bool | None = None) -> int:
-    from backend.services.labeling import current_label_exists
+def count_pool(session: Session, project: Project) -> int:
+    return session.scalar(select(func.count(Image.id)).where(Image.project_id == project.id, Image.split == "pool")) or 0
 
-    query = select(func.count(Image.id)).where(Image.project_id == project.id, Image.split == "pool")
-    if labeled is not None:
-        query = query.where(current_label_exists() if labeled else ~current_label_exists())
-    return session.scalar(query) or 0
+
+def count_labeled(session: Session, project: Project) -> int:
+    """Pool cells with a current label. Labels come only from the queue, whose cells are pool
+    cells, so this counts the project's current labels: it reads the labels, not the whole
+    pool (the queue asks on every `next` while a round is computed)."""
+    from backend.services.labeling import is_current
+
+    return session.scalar(select(func.count(Label.id)).where(Label.project_id == project.id, is_current())) or 0
 
 
 def resolve_budget(project: Project, pool_size: int) -> None:

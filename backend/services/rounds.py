@@ -11,7 +11,7 @@ from backend.db.models import Image, Label, Project, ProjectClass, Round, Select
 from backend.errors import Conflict
 from backend.services.jobs import dispatch
 from backend.services.labeling import is_current, latest_round, open_round, unlabeled_selections
-from backend.services.projects import count_pool, resolve_budget
+from backend.services.projects import count_labeled, count_pool, resolve_budget
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ def labels_per_class(session: Session, project: Project) -> dict[str, int]:
 
 def progress(session: Session, project: Project) -> dict:
     rounds = session.scalars(select(Round).where(Round.project_id == project.id).order_by(Round.number)).all()
-    labeled = count_pool(session, project, labeled=True)
+    labeled = count_labeled(session, project)
     step = None
     current = open_round(session, project)
     if current is not None:
