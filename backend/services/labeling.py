@@ -15,8 +15,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from backend.db.models import CellNote, Image, Label, Project, ProjectClass, Round, Selection, User, utcnow
-from backend.errors import Conflict, Invalid, NotFound
-from backend.services.projects import count_labeled, project_image
+from backend.errors import Conflict, Invalid
+from backend.services.projects import count_labeled, image_of_project, project_image
 from backend.settings import get_settings
 
 
@@ -229,9 +229,8 @@ def _image_and_current_label(session: Session, project: Project, image_id: int) 
     row = session.execute(
         select(Image, Label).outerjoin(Label, and_(Label.image_id == Image.id, is_current())).where(Image.id == image_id)
     ).first()
-    if row is None or row[0].project_id != project.id:
-        raise NotFound(f"project {project.name!r} has no image {image_id}")
-    return row[0], row[1]
+    image, label = row if row is not None else (None, None)
+    return image_of_project(project, image_id, image), label
 
 
 def _queued_selection(

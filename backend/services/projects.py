@@ -78,7 +78,11 @@ def find_project(session: Session, ref: str | int) -> Project:
 
 
 def project_image(session: Session, project: Project, image_id: int) -> Image:
-    image = session.get(Image, image_id)
+    return image_of_project(project, image_id, session.get(Image, image_id))
+
+
+def image_of_project(project: Project, image_id: int, image: Image | None) -> Image:
+    """`image` (image `image_id` as loaded, or None), or NotFound unless it is the project's."""
     if image is None or image.project_id != project.id:
         raise NotFound(f"project {project.name!r} has no image {image_id}")
     return image
