@@ -96,10 +96,12 @@ class Split:
     pool: np.ndarray  # indices into the cells
     test: np.ndarray
     pretrain: np.ndarray
+    validation: np.ndarray | None = None  # fixed early-stopping cells shared by every case (else a holdout of the labels)
 
     @property
     def sizes(self) -> dict:
-        return {"pool": len(self.pool), "test": len(self.test), "pretrain": len(self.pretrain)}
+        sizes = {"pool": len(self.pool), "test": len(self.test), "pretrain": len(self.pretrain)}
+        return sizes if self.validation is None else {**sizes, "validation": len(self.validation)}
 
 
 def split_cells(cells: LabeledCells, seed: int, settings: SimulationSettings) -> Split:
@@ -117,6 +119,22 @@ def split_cells(cells: LabeledCells, seed: int, settings: SimulationSettings) ->
     if settings.test_size:
         test = test[np.sort(stratified_sample(cells.labels[test], settings.test_size, rng))]
     return Split(pool, test, pretrain_part)
+
+
+def split_by_hash(cells: LabeledCells, test_fraction: float, validation_fraction: float) -> Split:
+    """A split that no seed changes: within each class the cells ordered by their content hash,
+    the first `test_fraction` the test split, the next `validation_fraction` the validation
+    set, the rest the pool (held in Split.pretrain's place: `validation`)."""
+    test, validation = [], []
+    for c in range(len(cells.class_names)):
+        members = sorted(np.flatnonzero(cells.labels == c), key=lambda i: cells.hashes[i])
+        n_test, n_validation = round(test_fraction * len(members)), round(validation_fraction * len(members))
+        test += members[:n_test]
+        validation += members[n_test : n_test + n_validation]
+    held = set(test) | set(validation)
+    pool = [i for i in range(len(cells.labels)) if i not in held]
+    return Split(np.array(pool, dtype=np.int64), np.sort(np.array(test, dtype=np.int64)),
+                 np.zeros(0, dtype=np.int64), np.sort(np.array(validation, dtype=np.int64)))
 
 
 def _half_up(x: float) -> int:

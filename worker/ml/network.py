@@ -110,11 +110,15 @@ class ParallelResidualNet(nn.Module):
         self.flatten = nn.Flatten()
         self.head = nn.Linear(FEATURES, n_classes)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, 2, 56, 56) wavelet coefficients -> (N, n_classes) logits."""
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, 2, 56, 56) wavelet coefficients -> (N, 128) pooled features: what the head sees."""
         features = torch.cat([self.branch_a(x[:, 0:1]), self.branch_d(x[:, 1:2])], dim=1)
         fused = self.fusion_relu(self.fusion_bn(self.fusion_conv(features)))
-        return self.head(self.flatten(self.pool(self.fusion_block(fused))))
+        return self.flatten(self.pool(self.fusion_block(fused)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, 2, 56, 56) wavelet coefficients -> (N, n_classes) logits."""
+        return self.head(self.embed(x))
 
     def early_modules(self) -> list[nn.Module]:
         return [self.get_submodule(name) for name in EARLY_LAYERS]

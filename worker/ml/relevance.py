@@ -37,7 +37,7 @@ import torch
 
 from .images import INPUT_SIZE
 from .network import FEATURES, INPUT_CONVS, LAST_BLOCK
-from .training import _as_tensor
+from .training import as_image_tensor
 from .wavelets import haar_torch
 from .zennit_compat import zennit  # noqa: F401 - registers the torchvision stand-in first
 from zennit.canonizers import SequentialMergeBatchNorm
@@ -136,7 +136,7 @@ def relevance_maps(
     bit-identical). Like `predict_proba`, the model is left on `device`.
     """
     composite = composite_for(method, epsilon)
-    tensor = _as_tensor(images)
+    tensor = as_image_tensor(images)
     if target is not None:
         target = np.asarray(target, dtype=np.int64)
         if target.shape != (len(tensor),) or (len(target) and (target.min() < 0 or target.max() >= model.n_classes)):

@@ -102,7 +102,7 @@ def rotate_batch(images: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
-def _as_tensor(images: np.ndarray) -> torch.Tensor:
+def as_image_tensor(images: np.ndarray) -> torch.Tensor:
     images = np.asarray(images, dtype=np.float32)
     if images.ndim != 3 or images.shape[1:] != (INPUT_SIZE, INPUT_SIZE):
         raise ValueError(f"expected (N, {INPUT_SIZE}, {INPUT_SIZE}) images, got shape {images.shape}")
@@ -157,7 +157,7 @@ def train_classifier(
     epoch with the lowest validation loss (in eval mode)."""
     started = time.perf_counter()
     labels = np.asarray(labels, dtype=np.int64)
-    all_images = _as_tensor(images)
+    all_images = as_image_tensor(images)
     if len(all_images) != len(labels) or len(labels) == 0:
         raise ValueError(f"need as many labels as images, and at least one: {len(all_images)} images, {len(labels)} labels")
     if labels.min() < 0 or labels.max() >= model.n_classes:
@@ -237,7 +237,7 @@ def train_classifier(
 
 def predict_proba(model: ParallelResidualNet, images: np.ndarray, device: torch.device, batch_size: int = 128) -> np.ndarray:
     """(N, 112, 112) images -> (N, n_classes) softmax probabilities (float64), in eval mode."""
-    tensor = _as_tensor(images)
+    tensor = as_image_tensor(images)
     model.to(device)
     model.eval()
     chunks = []
