@@ -137,11 +137,28 @@ def _simulate(args) -> None:
     def listed(values: list[str], convert=str) -> list:  # `--x a b`, `--x a,b` or a mix, as one list
         return [convert(item) for value in values for item in value.split(",") if item]
 
+    if args.curve:
+        from worker.simulate_curve import CURVE_CASES, CurveSettings, curve
+
+        settings = CurveSettings(
+            data=str(Path(args.data).resolve()), test_data=str(Path(args.test_data).resolve()) if args.test_data else None,
+            test_fraction=args.test_fraction, validation_fraction=args.validation_fraction,
+            max_epochs=args.max_epochs or 20, patience=args.patience or 4, batch_size=args.batch_size, precision=args.precision,
+            class_weighting=args.class_weighting, pretext_epochs=args.pretext_epochs,
+        )
+        cases = listed(args.cases)
+        curve(settings, Path(args.out), list(CURVE_CASES) if cases == ["all"] else cases, listed(args.seeds, int), args.to,
+              Path(args.cache) if args.cache else None)
+        print(f"curves up to {args.to:g}% of the pool; tables and plot in {args.out}")
+        return
+    if args.test_data:
+        raise SystemExit("--test-data is for --curve runs")
+
     settings = SimulationSettings(
         data=str(Path(args.data).resolve()), labels=str(Path(args.labels).resolve()) if args.labels else None,
         test_fraction=args.test_fraction, pool_size=args.pool_size, test_size=args.test_size,
         pretrain_size=args.pretrain_size, pretrain_exclude=args.pretrain_exclude,
-        max_epochs=args.max_epochs, single_training_epochs=args.single_training_epochs, patience=args.patience,
+        max_epochs=args.max_epochs or 30, single_training_epochs=args.single_training_epochs, patience=args.patience or 5,
         batch_size=args.batch_size,
     )
     cases = listed(args.cases)
@@ -245,14 +262,24 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--test-fraction", type=float, default=0.2)
     simulate.add_argument("--pool-size", type=int, help="stratified subsample of the pool (default: all of it)")
     simulate.add_argument("--test-size", type=int, help="stratified subsample of the test split (default: all of it)")
-    simulate.add_argument("--max-epochs", type=int, default=30)
+    simulate.add_argument("--max-epochs", type=int, help="default 30 (--curve: 20)")
     simulate.add_argument("--single-training-epochs", type=int, help="max epochs of the pretraining and of the 100%% "
                           "ceiling, trained once rather than round after round (default: --max-epochs)")
-    simulate.add_argument("--patience", type=int, default=5)
+    simulate.add_argument("--patience", type=int, help="default 5 (--curve: 4)")
     simulate.add_argument("--batch-size", type=int, default=128)
     simulate.add_argument("--pretrain-size", type=int, default=1000, help="cells of the in-* cases' pretraining part")
     simulate.add_argument("--pretrain-exclude", nargs="*", default=["Golgi"], metavar="CLASS",
                           help="classes the pretraining part leaves out (default Golgi)")
+    simulate.add_argument("--curve", action="store_true",
+                          help="one run per case and seed, step by step up to --to %% of the pool (worker/simulate_curve.py); "
+                               "its own defaults: --max-epochs 20 --patience 4, bf16, class-balanced loss")
+    simulate.add_argument("--to", type=float, default=10.0, help="--curve: label up to this %% of the pool (at most 20)")
+    simulate.add_argument("--test-data", help="--curve: a separate labeled folder as the test set")
+    simulate.add_argument("--validation-fraction", type=float, default=0.03,
+                          help="--curve: fixed validation cells, this share of each class by content hash")
+    simulate.add_argument("--precision", choices=["bf16", "fp32"], default="bf16", help="--curve")
+    simulate.add_argument("--class-weighting", choices=["balanced", "none"], default="balanced", help="--curve")
+    simulate.add_argument("--pretext-epochs", type=int, default=20, help="--curve: contrastive pretraining on the pool")
     simulate.set_defaults(run=_simulate)
 
     pretrain = sub.add_parser("pretrain", help="train a start model on a labeled folder and store it as a model version")

@@ -44,8 +44,11 @@ class ScoringJob:
 
 
 def needs_chunks(inputs: RoundInputs) -> bool:
-    """Only a round with a model scores the pool cell by cell; round 0 just draws."""
-    return inputs.number > 0 and inputs.batch_size > 0 and len(inputs.pool_ids) > get_settings().scoring_chunk_size
+    """Only a round with a model and a strategy that reads the pool's cells scores them one by one."""
+    from worker.ml.strategies import NEEDS
+
+    return (inputs.number > 0 and inputs.batch_size > 0 and bool(NEEDS.get(inputs.strategy))
+            and len(inputs.pool_ids) > get_settings().scoring_chunk_size)
 
 
 def score_in_chunks(round_id: int, attempt: int, inputs: RoundInputs) -> str:
@@ -76,7 +79,7 @@ def merge_chunks(round_id: int, attempt: int) -> str:
 
 
 def _merge(round_id: int, attempt: int, folder: Path) -> str:
-    from worker.ml.strategies import concatenate_pool_outputs
+    from worker.ml.strategies import PoolOutputs, concatenate_pool_outputs
     from worker.ml.training import load_checkpoint, resolve_device
 
     try:
@@ -86,7 +89,7 @@ def _merge(round_id: int, attempt: int, folder: Path) -> str:
         checkpoint = get_blob_store().get(job.checkpoint_key)
         model = load_checkpoint(checkpoint, map_location=device)
         parts = [dict(np.load(chunk_path(folder, index))) for index in range(len(job.chunks))]
-        outputs = concatenate_pool_outputs([_outputs_from(part) for part in parts])
+        outputs = concatenate_pool_outputs([PoolOutputs.from_arrays(part) for part in parts])
         result = {**job.result, "checkpoint": checkpoint}
         labeled = load_cells(job.inputs.labeled_hashes, job.inputs.channel)
         # score_s: from sending the chunks to the end of the ranking, like an unchunked round's
@@ -115,22 +118,6 @@ def _chunk_outputs(job: ScoringJob, folder: Path, index: int) -> bytes:
     model = load_checkpoint(get_blob_store().get(job.checkpoint_key), map_location=device)
     start, stop = job.chunks[index]
     cells = load_cells(inputs.pool_hashes[start:stop], inputs.channel)
-    outputs = compute_pool_outputs(model, cells, inputs.strategy, inputs.strategy_options, device, scoring_batch_size(inputs))
-    arrays = {"probabilities": outputs.probabilities}
-    if outputs.relevance is not None:
-        relevance = outputs.relevance
-        arrays.update(concept=relevance.concept, logits=relevance.logits, predicted=relevance.predicted, target=relevance.target)
-        if relevance.input_maps is not None:
-            arrays["input_maps"] = relevance.input_maps
-    return chunk_file(arrays, started)
-
-
-def _outputs_from(part):
-    from worker.ml.relevance import RelevanceMaps
-    from worker.ml.strategies import PoolOutputs
-
-    relevance = None
-    if "concept" in part:
-        relevance = RelevanceMaps(input_maps=part["input_maps"] if "input_maps" in part else None,
-                                  **{name: part[name] for name in ("concept", "logits", "predicted", "target")})
-    return PoolOutputs(probabilities=part["probabilities"], relevance=relevance)
+    outputs = compute_pool_outputs(model, cells, inputs.strategy, inputs.strategy_options, device,
+                                   scoring_batch_size(inputs), inputs.model_settings.get("precision", "fp32"))
+    return chunk_file(outputs.arrays(), started)

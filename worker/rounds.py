@@ -8,7 +8,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 import numpy as np
@@ -68,6 +68,10 @@ class RoundInputs:
     cold_start_note: str | None = None  # why a requested cold start fell back to random
     # the next-ranked cells queued beyond the step, served while the next round is computed
     reserve_size: int = 0
+    # fixed cells to stop the training on and choose its checkpoint by (the simulator's
+    # validation set); empty: a stratified holdout of the labels
+    validation_hashes: list[str] = field(default_factory=list)
+    validation_classes: np.ndarray | None = None
 
 
 def _gather(session, round_: Round) -> RoundInputs:
@@ -201,12 +205,28 @@ def compute_round(inputs: RoundInputs, report: Callable[..., None] = lambda **pr
     if inputs.batch_size > 0:
         report(phase="scoring", pool=len(inputs.pool_ids))
         started = time.perf_counter()
+        selector = model if model is not None else _cold_start_model(inputs, device)
         outputs = None
-        if model is not None:
+        if selector is not None:
             pool = load_cells(inputs.pool_hashes, inputs.channel)
-            outputs = compute_pool_outputs(model, pool, inputs.strategy, inputs.strategy_options, device, scoring_batch_size(inputs))
-        select_batch(inputs, model, device, labeled, outputs, result, report, started)
+            outputs = compute_pool_outputs(selector, pool, inputs.strategy, inputs.strategy_options, device,
+                                           scoring_batch_size(inputs), precision(inputs))
+        select_batch(inputs, selector, device, labeled, outputs, result, report, started)
     return result
+
+
+def _cold_start_model(inputs: RoundInputs, device):
+    """Round 0 has no trained model; a strategy that works in the model's feature space (e.g.
+    coverage-entropy) reads the start model's, such as one pretrained on the pool without labels."""
+    from worker.ml.strategies import NEEDS
+
+    if inputs.parent_checkpoint is None or "embeddings" not in NEEDS.get(inputs.strategy, ()):
+        return None
+    return _model_for(inputs, device)
+
+
+def precision(inputs: RoundInputs) -> str:
+    return inputs.model_settings.get("precision", "fp32")
 
 
 def scoring_batch_size(inputs: RoundInputs) -> int:
@@ -233,22 +253,26 @@ def train_and_evaluate(inputs: RoundInputs, device, report: Callable[..., None])
     config = TrainingConfig(**{k: v for k, v in settings.items() if k in TrainingConfig.__dataclass_fields__})
     config.freeze_early = getattr(model, "early_layers_frozen", False)
     report(phase="training", epoch=0, max_epochs=config.max_epochs)
+    validation = None
+    if inputs.validation_hashes:
+        validation = (load_cells(inputs.validation_hashes, inputs.channel), inputs.validation_classes)
     trained = train_classifier(
         model, labeled, inputs.labeled_classes, config, device,
-        progress=lambda epoch, total: report(phase="training", epoch=epoch, max_epochs=total),
+        progress=lambda epoch, total: report(phase="training", epoch=epoch, max_epochs=total), validation=validation,
     )
     model = trained.model
     timings["train_s"] = trained.seconds
     result["training"] = {
         "epochs_run": trained.epochs_run, "best_epoch": trained.best_epoch,
         "best_val_loss": trained.best_val_loss, "history": trained.history, "n_labels": len(labeled),
+        "val_acc": trained.history[trained.best_epoch - 1]["val_acc"],
     }
     result["checkpoint"] = save_checkpoint(model)
     if inputs.test_hashes:
         report(phase="evaluating")
         started = time.perf_counter()
         test = load_cells(inputs.test_hashes, inputs.channel)
-        predicted = predict_proba(model, test, device, config.batch_size).argmax(1)
+        predicted = predict_proba(model, test, device, config.batch_size, config.precision).argmax(1)
         result["metrics"] = classification_metrics(inputs.test_classes, predicted, len(inputs.class_names))
         result["metrics"]["class_names"] = inputs.class_names
         timings["evaluate_s"] = time.perf_counter() - started
@@ -257,13 +281,18 @@ def train_and_evaluate(inputs: RoundInputs, device, report: Callable[..., None])
 
 def select_batch(inputs: RoundInputs, model, device, labeled: np.ndarray, outputs, result: dict,
                  report: Callable[..., None], started: float) -> None:
-    """Rank the pool once from its per-cell outputs (worker.ml.strategies.PoolOutputs; None for
-    round 0), queue the first batch_size cells with what explains each, render their maps.
-    `started` is when scoring began: score_s runs from there to the end of the ranking."""
+    """Rank the pool once from its per-cell outputs (worker.ml.strategies.PoolOutputs, or None:
+    random needs none), queue the first batch_size cells with what explains each, render their
+    maps. `model` is the round's trained model, or in round 0 a start model that a strategy reads
+    features from (the cold start; it explains nothing yet), or None. `started` is when scoring
+    began: score_s runs from there to the end of the ranking."""
     from worker.ml.strategies import SelectionContext, cluster_spread_ranking, rank_pool
+    from worker.ml.training import model_outputs
 
     rng = np.random.default_rng([inputs.project_id, inputs.number, inputs.model_settings.get("seed", 0)])
-    # Round 0 has no model yet: its k cells are random (thesis Table 2, step 2).
+    trained = inputs.number > 0 and model is not None
+    # Round 0 has no trained model: its k cells are random (thesis Table 2, step 2), unless a
+    # strategy can read a start model's features.
     strategy = inputs.strategy if model is not None else "random"
     context = SelectionContext(
         model=model, device=device, labeled_images=labeled, labeled_labels=inputs.labeled_classes,
@@ -271,6 +300,9 @@ def select_batch(inputs: RoundInputs, model, device, labeled: np.ndarray, output
         rng=rng, batch_size=scoring_batch_size(inputs), options=inputs.strategy_options,
         cached_pool_probabilities=outputs.probabilities if outputs is not None else None,
         cached_pool_relevance=outputs.relevance if outputs is not None else None,
+        cached_pool_embeddings=outputs.embeddings if outputs is not None else None,
+        batch_cells=inputs.batch_size, precision=precision(inputs),
+        model_accuracy=(result.get("training") or {}).get("val_acc") if trained else None,
     )
     if model is None and inputs.pool_clusters is not None:
         strategy = "cluster-spread"
@@ -281,23 +313,29 @@ def select_batch(inputs: RoundInputs, model, device, labeled: np.ndarray, output
     result["summary"] = ranking.summary
     if inputs.cold_start_note is not None:
         result["summary"]["cold_start"] = inputs.cold_start_note
-    probabilities = outputs.probabilities if outputs is not None else None
     for medoid in result["summary"].get("centre_medoids", []):
         _name_labeled_cell(medoid, inputs)
     picked = [int(index) for index in ranking.order[: inputs.batch_size + inputs.reserve_size]]
+    pool_probabilities = outputs.probabilities if outputs is not None and trained else None
+    picked_probabilities = None  # every strategy's pick shows what the trained model thought of it
+    if pool_probabilities is not None:
+        picked_probabilities = pool_probabilities[picked]
+    elif trained and picked:  # a strategy that read nothing of the pool: the picks alone
+        picked_cells = load_cells([inputs.pool_hashes[i] for i in picked], inputs.channel)
+        picked_probabilities = model_outputs(model, picked_cells, device, scoring_batch_size(inputs), precision(inputs))[0]
     for rank, index in enumerate(picked):
         details = {"strategy": strategy, **ranking.details[rank]}
-        if probabilities is not None:  # every strategy's pick shows what the model thought of it
-            details.setdefault("probabilities", [float(p) for p in probabilities[index]])
-            details.setdefault("predicted", int(probabilities[index].argmax()))
+        if picked_probabilities is not None:
+            details.setdefault("probabilities", [float(p) for p in picked_probabilities[rank]])
+            details.setdefault("predicted", int(picked_probabilities[rank].argmax()))
         for nearest in details.get("nearest", []):
             _name_labeled_cell(nearest, inputs)
         result["selected"].append((inputs.pool_ids[index], float(ranking.scores[rank]), details))
-    if probabilities is not None:
-        result["pool_predicted"] = probabilities.argmax(1)
-        result["summary"]["pool_expected_error"] = float(np.mean(1 - probabilities.max(1)))
+    if pool_probabilities is not None:
+        result["pool_predicted"] = pool_probabilities.argmax(1)
+        result["summary"]["pool_expected_error"] = float(np.mean(1 - pool_probabilities.max(1)))
     result["timings"]["score_s"] = time.perf_counter() - started
-    if model is not None and inputs.render_maps:
+    if trained and inputs.render_maps:
         report(phase="maps")
         started = time.perf_counter()
         result["maps"] = _render_maps(model, device, inputs, picked, labeled, result["selected"])

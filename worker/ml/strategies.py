@@ -18,8 +18,9 @@ import numpy as np
 import torch
 
 from .chunking import batch_aligned_chunks
+from .coverage import coverage_entropy, parse_options as parse_coverage_options
 from .relevance import RelevanceMaps
-from .training import predict_proba
+from .training import model_outputs
 from .xal import RELEVANCE_BATCH_SIZE, cell_relevance, parse_options as parse_xal_options, xal_entropy, xal_least, xal_margin
 
 
@@ -43,6 +44,10 @@ class SelectionContext:
     # from chunks); otherwise filled on first use by pool_probabilities() / pool_relevance().
     cached_pool_probabilities: Optional[np.ndarray] = field(default=None, repr=False)
     cached_pool_relevance: Optional[RelevanceMaps] = field(default=None, repr=False)
+    cached_pool_embeddings: Optional[np.ndarray] = field(default=None, repr=False)
+    batch_cells: int = 1  # cells this round queues (its step), for strategies that pick a batch as a whole
+    model_accuracy: Optional[float] = None  # the trained model's accuracy on its validation cells; None before any
+    precision: str = "fp32"
 
     @cached_property
     def pool_images(self) -> np.ndarray:
@@ -54,8 +59,18 @@ class SelectionContext:
     def pool_probabilities(self) -> np.ndarray:
         """(N_U, C) softmax outputs of the model on the pool, computed once."""
         if self.cached_pool_probabilities is None:
-            self.cached_pool_probabilities = predict_proba(self.model, self.pool_images, self.device, self.batch_size)
+            self.cached_pool_probabilities, self.cached_pool_embeddings = model_outputs(
+                self.model, self.pool_images, self.device, self.batch_size, self.precision)
         return self.cached_pool_probabilities
+
+    def pool_embeddings(self) -> np.ndarray:
+        """(N_U, 128) features of the model's trunk on the pool, computed once."""
+        if self.cached_pool_embeddings is None:
+            self.pool_probabilities()
+        return self.cached_pool_embeddings
+
+    def labeled_embeddings(self) -> np.ndarray:
+        return model_outputs(self.model, self.labeled_images, self.device, self.batch_size, self.precision)[1]
 
     def pool_relevance(self) -> RelevanceMaps:
         """The pool's relevance as the project's xal options ask for it, computed once."""
@@ -70,25 +85,57 @@ class PoolOutputs:
 
     probabilities: np.ndarray  # (N, C) softmax outputs
     relevance: Optional[RelevanceMaps] = None  # the xal-* strategies' relevance of each cell
+    embeddings: Optional[np.ndarray] = None  # (N, 128) trunk features, for the strategies that need them
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """Flat named arrays (a chunk file); `from_arrays` reads them back."""
+        arrays = {"probabilities": self.probabilities}
+        if self.embeddings is not None:
+            arrays["embeddings"] = self.embeddings
+        if self.relevance is not None:
+            arrays.update({name: getattr(self.relevance, name) for name in RELEVANCE_ARRAYS})
+            if self.relevance.input_maps is not None:
+                arrays["input_maps"] = self.relevance.input_maps
+        return arrays
+
+    @classmethod
+    def from_arrays(cls, arrays) -> "PoolOutputs":
+        relevance = None
+        if "concept" in arrays:
+            relevance = RelevanceMaps(input_maps=arrays["input_maps"] if "input_maps" in arrays else None,
+                                      **{name: arrays[name] for name in RELEVANCE_ARRAYS})
+        return cls(probabilities=arrays["probabilities"], relevance=relevance,
+                   embeddings=arrays["embeddings"] if "embeddings" in arrays else None)
+
+
+RELEVANCE_ARRAYS = ("concept", "logits", "predicted", "target")
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    logits = np.asarray(logits, dtype=np.float64)
+    exp = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return exp / exp.sum(axis=1, keepdims=True)
 
 
 def compute_pool_outputs(model, images: np.ndarray, strategy: str, options: dict, device: torch.device,
-                         batch_size: int = 128) -> PoolOutputs:
-    """The per-cell work of ranking `images` (the pool, or a chunk of it) with `strategy`."""
-    relevance = cell_relevance(model, images, parse_xal_options(options), device) if strategy.startswith("xal-") else None
-    return PoolOutputs(probabilities=predict_proba(model, images, device, batch_size), relevance=relevance)
+                         batch_size: int = 128, precision: str = "fp32") -> Optional[PoolOutputs]:
+    """The per-cell work of ranking `images` (the pool, or a chunk of it) with `strategy`; None for
+    a strategy that reads nothing of the pool's cells (random). The xal-* strategies take the
+    softmax outputs from the logits of their relevance pass, not from a second forward pass."""
+    needs = NEEDS[strategy]
+    if not needs:
+        return None
+    if "relevance" in needs:
+        relevance = cell_relevance(model, images, parse_xal_options(options), device)
+        return PoolOutputs(probabilities=_softmax(relevance.logits), relevance=relevance)
+    probabilities, embeddings = model_outputs(model, images, device, batch_size, precision)
+    return PoolOutputs(probabilities=probabilities, embeddings=embeddings if "embeddings" in needs else None)
 
 
 def concatenate_pool_outputs(chunks: list[PoolOutputs]) -> PoolOutputs:
     """The outputs of consecutive chunks of the pool, in order, as one PoolOutputs."""
-    relevance = None
-    if chunks[0].relevance is not None:
-        maps = [chunk.relevance for chunk in chunks]
-        relevance = RelevanceMaps(
-            input_maps=None if maps[0].input_maps is None else np.concatenate([m.input_maps for m in maps]),
-            **{name: np.concatenate([getattr(m, name) for m in maps]) for name in ("concept", "logits", "predicted", "target")},
-        )
-    return PoolOutputs(probabilities=np.concatenate([chunk.probabilities for chunk in chunks]), relevance=relevance)
+    arrays = [chunk.arrays() for chunk in chunks]
+    return PoolOutputs.from_arrays({name: np.concatenate([a[name] for a in arrays]) for name in arrays[0]})
 
 
 def pool_chunks(pool_size: int, chunk_size: int, batch_size: int) -> list[tuple[int, int]]:
@@ -197,6 +244,15 @@ STRATEGIES: dict[str, Strategy] = {
     "xal-entropy": xal_entropy,
     "xal-margin": xal_margin,
     "xal-least": xal_least,
+    "coverage-entropy": coverage_entropy,
+}
+
+# What each strategy reads of every pool cell (compute_pool_outputs computes just that).
+NEEDS: dict[str, frozenset[str]] = {
+    "random": frozenset(),
+    **{name: frozenset({"probabilities"}) for name in ("entropy", "least_confidence", "margin")},
+    **{name: frozenset({"probabilities", "relevance"}) for name in ("xal-entropy", "xal-margin", "xal-least")},
+    "coverage-entropy": frozenset({"probabilities", "embeddings"}),
 }
 
 
@@ -207,7 +263,8 @@ def _no_options(options: dict) -> None:
 
 # How each strategy checks a project's options (a ValueError says what is wrong).
 OPTION_PARSERS: dict[str, Callable[[dict], object]] = {
-    name: parse_xal_options if name.startswith("xal-") else _no_options for name in STRATEGIES
+    **{name: parse_xal_options if "relevance" in NEEDS[name] else _no_options for name in STRATEGIES},
+    "coverage-entropy": parse_coverage_options,
 }
 
 

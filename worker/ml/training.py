@@ -15,11 +15,13 @@ import torch
 import torch.nn.functional as F
 
 from .images import INPUT_SIZE
-from .network import ARCHITECTURE, ARCHITECTURE_VERSION, ParallelResidualNet, freeze_early_layers
+from .network import ARCHITECTURE, ARCHITECTURE_VERSION, FEATURES, ParallelResidualNet, freeze_early_layers
 from .wavelets import haar_torch
 
 ROTATION_STEP_DEGREES = 18
 LR_DECAYS = ("cosine", "none")
+CLASS_WEIGHTINGS = ("balanced", "none")
+PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass
@@ -40,6 +42,12 @@ class TrainingConfig:
     augment: bool = True  # a random multiple of 18 degrees per sample per epoch
     seed: int = 0
     freeze_early: bool = False
+    # "balanced": cross-entropy weighted by n / (classes x n_class) of the training labels, so
+    # that a strategy's class-skewed picks (or a rare class such as Golgi) do not tilt the model
+    # towards the classes it was shown most; "none": plain cross-entropy
+    class_weighting: str = "balanced"
+    # "bf16": bfloat16 autocast for the forward passes (CPU and GPU); "fp32": none
+    precision: str = "fp32"
 
 
 @dataclass
@@ -109,7 +117,7 @@ def as_image_tensor(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(images).unsqueeze(1)
 
 
-def recompute_batch_norm_statistics(model, images: torch.Tensor, device, batch_size: int) -> None:
+def recompute_batch_norm_statistics(model, images: torch.Tensor, device, batch_size: int, precision: str = "fp32") -> None:
     """Set the running statistics of every trainable BN to their average over `images`.
 
     With the few batches per epoch of small labeled sets, the running averages
@@ -125,24 +133,45 @@ def recompute_batch_norm_statistics(model, images: torch.Tensor, device, batch_s
     for module in batch_norms:
         module.reset_running_stats()
         module.momentum = None  # cumulative average over the batches below
-    with torch.no_grad():
+    with torch.no_grad(), autocast(device, precision):
         for start in range(0, len(images), batch_size):
             model(haar_torch(images[start : start + batch_size].to(device)))
     for module, momentum in zip(batch_norms, momenta):
         module.momentum = momentum
 
 
-def _evaluate(model, images: torch.Tensor, labels: torch.Tensor, device, batch_size: int) -> tuple[float, float]:
+def autocast(device, precision: str):
+    """The context the forward passes run in: bfloat16 autocast for "bf16", nothing for "fp32"."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
+    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+def class_weights(labels: np.ndarray, n_classes: int) -> torch.Tensor:
+    """n / (classes present x n_class) for each class present, 0 for a class absent."""
+    counts = np.bincount(labels, minlength=n_classes).astype(np.float64)
+    present = counts > 0
+    weights = np.zeros(n_classes)
+    weights[present] = len(labels) / (present.sum() * counts[present])
+    return torch.tensor(weights, dtype=torch.float32)
+
+
+def _evaluate(model, images: torch.Tensor, labels: torch.Tensor, device, batch_size: int,
+              weight: Optional[torch.Tensor], precision: str) -> tuple[float, float]:
+    """(loss, accuracy) in eval mode; with `weight`, each class's cells weigh alike in the loss."""
     model.eval()
-    total_loss, correct = 0.0, 0
-    with torch.no_grad():
+    total_loss, total_weight, correct = 0.0, 0.0, 0
+    with torch.no_grad(), autocast(device, precision):
         for start in range(0, len(images), batch_size):
             batch = images[start : start + batch_size].to(device)
             target = labels[start : start + batch_size].to(device)
-            logits = model(haar_torch(batch))
-            total_loss += F.cross_entropy(logits, target, reduction="sum").item()
+            logits = model(haar_torch(batch)).float()
+            losses = F.cross_entropy(logits, target, reduction="none")
+            weights = torch.ones_like(losses) if weight is None else weight.to(device)[target]
+            total_loss += (losses * weights).sum().item()
+            total_weight += weights.sum().item()
             correct += (logits.argmax(1) == target).sum().item()
-    return total_loss / len(images), correct / len(images)
+    return total_loss / max(total_weight, 1e-12), correct / len(images)
 
 
 def train_classifier(
@@ -152,9 +181,13 @@ def train_classifier(
     config: TrainingConfig,
     device: torch.device,
     progress: Optional[Callable[[int, int], None]] = None,
+    validation: Optional[tuple[np.ndarray, np.ndarray]] = None,
 ) -> TrainingResult:
     """Train `model` in place with Adam and cross-entropy, and return it at the
-    epoch with the lowest validation loss (in eval mode)."""
+    epoch with the lowest validation loss (in eval mode).
+
+    `validation` (images, labels): a fixed set to stop on and choose the checkpoint by, the
+    same whatever was labeled; without it, a stratified `val_fraction` of the labels."""
     started = time.perf_counter()
     labels = np.asarray(labels, dtype=np.int64)
     all_images = as_image_tensor(images)
@@ -164,16 +197,26 @@ def train_classifier(
         raise ValueError(f"labels must lie in [0, {model.n_classes}), got [{labels.min()}, {labels.max()}]")
     if config.lr_decay not in LR_DECAYS:
         raise ValueError(f"unknown lr_decay {config.lr_decay!r}; expected one of {', '.join(LR_DECAYS)}")
+    if config.class_weighting not in CLASS_WEIGHTINGS:
+        raise ValueError(f"unknown class_weighting {config.class_weighting!r}; expected one of {', '.join(CLASS_WEIGHTINGS)}")
 
     rng = np.random.default_rng(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
-    train_idx, val_idx = stratified_holdout(labels, config.val_fraction, rng)
-    if len(val_idx) == 0:
-        # Too few labels to hold any out: validate on the training set itself.
-        # Early stopping and checkpoint choice then follow the training fit.
-        val_idx = train_idx
+    if validation is not None:
+        train_idx = np.arange(len(labels))
+        val_images, val_labels = as_image_tensor(validation[0]), torch.from_numpy(np.asarray(validation[1], dtype=np.int64))
+    else:
+        train_idx, val_idx = stratified_holdout(labels, config.val_fraction, rng)
+        if len(val_idx) == 0:
+            # Too few labels to hold any out: validate on the training set itself.
+            # Early stopping and checkpoint choice then follow the training fit.
+            val_idx = train_idx
+        val_images, val_labels = all_images[val_idx], torch.from_numpy(labels[val_idx])
     train_images, train_labels = all_images[train_idx], torch.from_numpy(labels[train_idx])
-    val_images, val_labels = all_images[val_idx], torch.from_numpy(labels[val_idx])
+    weight = val_weight = None
+    if config.class_weighting == "balanced":
+        weight = class_weights(labels[train_idx], model.n_classes)
+        val_weight = class_weights(val_labels.numpy(), model.n_classes)
 
     model.to(device)
     if config.freeze_early:
@@ -200,16 +243,18 @@ def train_classifier(
             if config.augment:
                 batch = rotate_batch(batch, steps[batch_idx].to(device))
             target = train_labels[batch_idx].to(device)
-            loss = F.cross_entropy(model(haar_torch(batch)), target)
+            with autocast(device, config.precision):
+                logits = model(haar_torch(batch)).float()
+            loss = F.cross_entropy(logits, target, weight=None if weight is None else weight.to(device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             total_loss += loss.item() * len(batch_idx)
         if scheduler is not None:
             scheduler.step()
-        recompute_batch_norm_statistics(model, train_images, device, config.batch_size)
+        recompute_batch_norm_statistics(model, train_images, device, config.batch_size, config.precision)
 
-        val_loss, val_acc = _evaluate(model, val_images, val_labels, device, config.batch_size)
+        val_loss, val_acc = _evaluate(model, val_images, val_labels, device, config.batch_size, val_weight, config.precision)
         history.append(
             {"epoch": epoch, "train_loss": total_loss / len(order), "val_loss": val_loss, "val_acc": val_acc, "lr": lr}
         )
@@ -235,19 +280,27 @@ def train_classifier(
     )
 
 
-def predict_proba(model: ParallelResidualNet, images: np.ndarray, device: torch.device, batch_size: int = 128) -> np.ndarray:
+def predict_proba(model: ParallelResidualNet, images: np.ndarray, device: torch.device, batch_size: int = 128,
+                  precision: str = "fp32") -> np.ndarray:
     """(N, 112, 112) images -> (N, n_classes) softmax probabilities (float64), in eval mode."""
+    return model_outputs(model, images, device, batch_size, precision)[0]
+
+
+def model_outputs(model: ParallelResidualNet, images: np.ndarray, device: torch.device, batch_size: int = 128,
+                  precision: str = "fp32") -> tuple[np.ndarray, np.ndarray]:
+    """(softmax probabilities (N, n_classes) float64, trunk features (N, 128) float32) in one pass."""
     tensor = as_image_tensor(images)
     model.to(device)
     model.eval()
-    chunks = []
-    with torch.no_grad():
+    probabilities, features = [], []
+    with torch.no_grad(), autocast(device, precision):
         for start in range(0, len(tensor), batch_size):
-            logits = model(haar_torch(tensor[start : start + batch_size].to(device)))
-            chunks.append(torch.softmax(logits.double(), dim=1).cpu().numpy())
-    if not chunks:
-        return np.zeros((0, model.n_classes))
-    return np.concatenate(chunks)
+            embedded = model.embed(haar_torch(tensor[start : start + batch_size].to(device)))
+            probabilities.append(torch.softmax(model.head(embedded).double(), dim=1).cpu().numpy())
+            features.append(embedded.float().cpu().numpy())
+    if not probabilities:
+        return np.zeros((0, model.n_classes)), np.zeros((0, FEATURES), np.float32)
+    return np.concatenate(probabilities), np.concatenate(features)
 
 
 def save_checkpoint(model: ParallelResidualNet) -> bytes:
