@@ -99,10 +99,10 @@ def step_sizes(pool_size: int) -> tuple[int, int]:
 
 
 def step_plan(pool_size: int, to_pct: float) -> list[int]:
-    """The labels each step trains on, up to `to_pct` of the pool."""
+    """The labels each step trains on, up to the step nearest to `to_pct` of the pool."""
     first, step = step_sizes(pool_size)
-    limit = round(pool_size * to_pct / 100)
-    return list(range(first, max(first, limit) + 1, step))
+    limit = pool_size * to_pct / 100 + step / 2
+    return list(range(first, max(first, int(limit)) + 1, step))
 
 
 def curve_split(cells: LabeledCells, test_cells: LabeledCells | None, settings: CurveSettings) -> Split:
