@@ -147,3 +147,17 @@ def test_cluster_spread_is_fixed_by_the_seed():
     first = cluster_spread_ranking(clusters, np.random.default_rng(7)).order
     assert np.array_equal(first, cluster_spread_ranking(clusters, np.random.default_rng(7)).order)
     assert not np.array_equal(first, cluster_spread_ranking(clusters, np.random.default_rng(8)).order)
+
+
+def test_every_strategy_says_what_it_reads_of_the_pool_and_how_to_check_its_options():
+    from worker.ml.strategies import NEEDS, OPTION_PARSERS, compute_pool_outputs
+
+    assert set(NEEDS) == set(STRATEGIES) == set(OPTION_PARSERS)
+    assert compute_pool_outputs(None, np.zeros((3, 112, 112), np.float32), "random", {}, torch.device("cpu")) is None
+    model = ParallelResidualNet(3)
+    images = np.random.default_rng(0).random((4, 112, 112)).astype(np.float32)
+    outputs = compute_pool_outputs(model, images, "coverage-entropy", {}, torch.device("cpu"))
+    assert outputs.probabilities.shape == (4, 3) and outputs.embeddings.shape == (4, 128)
+    # the xal strategies' probabilities come from their relevance pass's logits: the model's own
+    xal = compute_pool_outputs(model, images, "xal-entropy", {}, torch.device("cpu"))
+    assert np.allclose(xal.probabilities, outputs.probabilities, atol=1e-4)

@@ -139,3 +139,31 @@ def test_checkpoint_of_another_architecture_version_is_refused():
     torch.save({"architecture": "parallel-residual-net", "architecture_version": 999, "n_classes": 2, "state_dict": {}}, buffer)
     with pytest.raises(ValueError, match="version 999"):
         load_checkpoint(buffer.getvalue())
+
+
+def test_class_weights_make_each_present_class_weigh_alike():
+    from worker.ml.training import class_weights
+
+    weights = class_weights(np.array([0, 0, 0, 1]), 3).numpy()
+    assert np.allclose(weights, [4 / 6, 2.0, 0.0])  # 3 x 4/6 = 1 x 2: equal totals; class 2 absent
+
+
+def test_a_fixed_validation_set_is_used_whole_and_no_label_is_held_out():
+    images, labels = bright_or_dark_cells(20)
+    validation = bright_or_dark_cells(12, seed=1)
+    torch.manual_seed(0)
+    trained = train_classifier(ParallelResidualNet(2), images, labels, TrainingConfig(max_epochs=2, batch_size=8), CPU,
+                               validation=validation)
+    accuracies = [h["val_acc"] for h in trained.history]
+    assert all(round(a * 12) == a * 12 for a in accuracies)  # twelfths: judged on the 12 validation cells
+
+
+def test_bf16_training_learns_the_same_task():
+    images, labels = bright_or_dark_cells(40)
+    torch.manual_seed(0)
+    config = TrainingConfig(max_epochs=6, batch_size=8, precision="bf16", lr_decay="none")
+    trained = train_classifier(ParallelResidualNet(2), images, labels, config, CPU)
+    test_images, test_labels = bright_or_dark_cells(40, seed=3)
+    assert (predict_proba(trained.model, test_images, CPU, precision="bf16").argmax(1) == test_labels).mean() > 0.9
+    with pytest.raises(ValueError):
+        train_classifier(ParallelResidualNet(2), images, labels, TrainingConfig(precision="fp16"), CPU)
