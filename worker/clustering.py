@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 from sqlalchemy import delete, select
 
-from backend.db.models import Image, ImageCluster, PoolClustering, Project, utcnow
+from backend.blobs import get_blob_store
+from backend.db.models import Image, ImageCluster, ModelVersion, PoolClustering, Project, Round, utcnow
 from backend.db.session import new_session
 from backend.settings import get_settings
 from worker.jobs import (
@@ -41,42 +42,102 @@ def training_sample(n_cells: int, config: dict) -> np.ndarray:
     return np.sort(rng.choice(n_cells, min(n_cells, config["max_cells"]), replace=False))
 
 
-def train_clustering(config: dict, cells: np.ndarray, report=lambda **progress: None):
-    """(the autoencoder, worker.ml.deep_clustering's DeepClusteringResult) trained on `cells`."""
+def representation(config: dict) -> str:
+    return config.get("representation", "autoencoder")  # clusterings stored before there was a choice
+
+
+def train_clustering(config: dict, cells: np.ndarray, report=lambda **progress: None) -> tuple:
+    """(model, latent of `cells`, centroids, training metrics) trained on `cells`: the
+    contrastively pretrained network and k-means of its features, or the thesis's autoencoder
+    with its clustering layer."""
     import torch
 
-    from worker.ml.deep_clustering import DeepClusteringAutoencoder, DeepClusteringConfig, train_deep_clustering
     from worker.ml.training import resolve_device
+
+    device = resolve_device(get_settings().device)
+    torch.manual_seed(config.get("seed", 0))
+    if representation(config) == "contrastive":
+        from sklearn.cluster import KMeans
+
+        from worker.ml.pretext import PretextConfig, pretrain_contrastive
+
+        report(phase="training", epoch=0, epochs=config["pretext_epochs"])
+        pretrained = pretrain_contrastive(
+            cells, PretextConfig(epochs=config["pretext_epochs"], seed=config.get("seed", 0), bf16=True), device,
+            n_classes=max(2, config["n_clusters"]),
+            progress=lambda epoch, epochs, _loss: report(phase="training", epoch=epoch, epochs=epochs))
+        latent = encode_cells(config, pretrained.model, cells)
+        kmeans = KMeans(config["n_clusters"], n_init=10, random_state=config.get("seed", 0)).fit(latent)
+        metrics = {"pretext_loss": pretrained.history[-1]["loss"], "n_trained": len(cells), "seconds": pretrained.seconds}
+        return pretrained.model, latent, kmeans.cluster_centers_, metrics
+
+    from worker.ml.deep_clustering import DeepClusteringAutoencoder, train_deep_clustering
 
     if config.get("standardise"):
         from worker.ml.deep_clustering import standardise_cells
 
         cells = standardise_cells(cells)
-    torch.manual_seed(config.get("seed", 0))
     model = DeepClusteringAutoencoder(config["case"])
     training = _training_config(config)
     report(phase="training", epoch=0, epochs=training.pretrain_epochs + training.cluster_epochs)
     trained = train_deep_clustering(
-        model, cells, config["n_clusters"], training, resolve_device(get_settings().device),
+        model, cells, config["n_clusters"], training, device,
         progress=lambda epoch, epochs: report(phase="training", epoch=epoch, epochs=epochs),
     )
-    return model, trained
+    metrics = {"recon_mse": float(trained.recon_mse), "pretrained_recon_mse": float(trained.pretrained_recon_mse),
+               "n_trained": len(cells), "seconds": trained.seconds}
+    return model, trained.latent, trained.centroids, metrics
 
 
 def encode_cells(config: dict, model, cells: np.ndarray) -> np.ndarray:
-    """(N, 512) latents of pool cells, in batches of the training's batch size."""
-    from worker.ml.deep_clustering import encode, standardise_cells
+    """The latent of pool cells: the pretrained network's features, L2-normalised (contrastive),
+    or the autoencoder's (N, 512), in batches of its training's batch size."""
     from worker.ml.training import resolve_device
+
+    device = resolve_device(get_settings().device)
+    if representation(config) == "contrastive":
+        from worker.ml.pretext import embed_cells
+
+        features = embed_cells(model, cells, device).astype(np.float64)
+        return features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
+    from worker.ml.deep_clustering import encode, standardise_cells
 
     if config.get("standardise"):
         cells = standardise_cells(cells)
-    return encode(model, cells, resolve_device(get_settings().device), _training_config(config).batch_size)
+    return encode(model, cells, device, _training_config(config).batch_size)
+
+
+def model_bytes(config: dict, model) -> bytes:
+    """The trained model as bytes (a checkpoint a project can start from, for contrastive)."""
+    import torch
+
+    if representation(config) == "contrastive":
+        from worker.ml.training import save_checkpoint
+
+        return save_checkpoint(model)
+    weights = io.BytesIO()
+    torch.save({name: value.cpu() for name, value in model.state_dict().items()}, weights)
+    return weights.getvalue()
+
+
+def model_from_bytes(config: dict, data: bytes):
+    import torch
+
+    if representation(config) == "contrastive":
+        from worker.ml.training import load_checkpoint
+
+        return load_checkpoint(data)
+    from worker.ml.deep_clustering import DeepClusteringAutoencoder
+
+    model = DeepClusteringAutoencoder(config["case"])
+    model.load_state_dict(torch.load(io.BytesIO(data), map_location="cpu"))
+    return model
 
 
 def assign_clusters(config: dict, latent: np.ndarray, centroids: np.ndarray, training: dict, reference: np.ndarray) -> dict:
     """The clustering of the pool from every cell's latent: (clusters (N,), coordinates (N, 2),
-    metrics). `training` is training_metrics's; `reference` holds each cell's reference class
-    position, -1 where unknown."""
+    metrics). `training` is train_clustering's metrics; `reference` holds each cell's reference
+    class position, -1 where unknown."""
     from worker.ml.cluster_metrics import clustering_scores, pca_2d
 
     clusters = np.concatenate([
@@ -84,11 +145,8 @@ def assign_clusters(config: dict, latent: np.ndarray, centroids: np.ndarray, tra
         for start in range(0, len(latent), ASSIGN_BLOCK)])
     coordinates, explained = pca_2d(latent)
     metrics = {
-        "sizes": np.bincount(clusters, minlength=config["n_clusters"]).tolist(),
-        "recon_mse": training["recon_mse"], "pretrained_recon_mse": training["pretrained_recon_mse"],
-        "n_cells": len(latent), "n_trained": training["n_trained"],
+        "sizes": np.bincount(clusters, minlength=config["n_clusters"]).tolist(), **training, "n_cells": len(latent),
         "pca_explained_variance": [float(v) for v in explained],
-        "seconds": training["seconds"],
     }
     known = reference >= 0
     if known.any():
@@ -97,25 +155,21 @@ def assign_clusters(config: dict, latent: np.ndarray, centroids: np.ndarray, tra
     return {"clusters": clusters, "coordinates": coordinates, "metrics": metrics}
 
 
-def training_metrics(trained, n_trained: int) -> dict:
-    return {"recon_mse": float(trained.recon_mse), "pretrained_recon_mse": float(trained.pretrained_recon_mse),
-            "n_trained": n_trained, "seconds": trained.seconds}
-
-
 def compute_clustering(config: dict, cells: np.ndarray, reference: np.ndarray, report=lambda **progress: None) -> dict:
-    """The whole clustering in one pass, no database: assign_clusters's result."""
+    """The whole clustering in one pass, no database: assign_clusters's result, with the
+    trained model's bytes under "model"."""
     sample = training_sample(len(cells), config)
-    model, trained = train_clustering(config, cells[sample], report)
-    epochs = config["pretrain_epochs"] + config["cluster_epochs"]
-    report(phase="assigning", epoch=epochs, epochs=epochs)
-    latent = trained.latent if len(sample) == len(cells) else encode_cells(config, model, cells)
-    return assign_clusters(config, latent, trained.centroids, training_metrics(trained, len(sample)), reference)
+    model, latent, centroids, training = train_clustering(config, cells[sample], report)
+    report(phase="assigning")
+    if len(sample) != len(cells):
+        latent = encode_cells(config, model, cells)
+    return {**assign_clusters(config, latent, centroids, training, reference), "model": model_bytes(config, model)}
 
 
 @dataclass
 class EncodingJob:
     """What the chunk and merge tasks of one attempt of a clustering share (job.pkl); the
-    trained autoencoder's weights are beside it (model.pt)."""
+    trained model is beside it (model.pt, model_bytes)."""
 
     config: dict
     channel: str
@@ -123,7 +177,7 @@ class EncodingJob:
     content_hashes: list[str]
     reference: np.ndarray
     centroids: np.ndarray
-    training: dict  # training_metrics's
+    training: dict  # train_clustering's metrics
     chunks: list[tuple[int, int]]  # [start, stop) of each chunk of the pool
     dispatched_at: float  # time.time() when the chunks were sent
 
@@ -163,16 +217,12 @@ def run_clustering(clustering_id: int) -> str:
 def _encode_in_chunks(clustering_id: int, attempt: int, config: dict, channel: str, image_ids: list[int],
                       hashes: list[str], reference: np.ndarray, report) -> str:
     """In the clustering task: train on the sample, then hand the pool's encoding to the chunk tasks."""
-    import torch
-
     sample = training_sample(len(hashes), config)
-    model, trained = train_clustering(config, load_cells([hashes[i] for i in sample], channel), report)
+    model, _, centroids, training = train_clustering(config, load_cells([hashes[i] for i in sample], channel), report)
     folder = job_folder(PoolClustering, clustering_id, attempt)
     folder.mkdir(parents=True, exist_ok=True)
-    weights = io.BytesIO()
-    torch.save({name: value.cpu() for name, value in model.state_dict().items()}, weights)
-    write_atomically(folder / "model.pt", weights.getvalue())
-    job = EncodingJob(config, channel, image_ids, hashes, reference, trained.centroids, training_metrics(trained, len(sample)),
+    write_atomically(folder / "model.pt", model_bytes(config, model))
+    job = EncodingJob(config, channel, image_ids, hashes, reference, centroids, training,
                       _pool_chunks(len(hashes), config), time.time())
     send_chunks(PoolClustering, clustering_id, attempt, job, "xal.encode_chunk", phase="encoding", pool=len(hashes))
     return "encoding in chunks"
@@ -193,6 +243,7 @@ def merge_clustering(clustering_id: int, attempt: int) -> str:
             parts = [dict(np.load(chunk_path(folder, index))) for index in range(len(job.chunks))]
             latent = np.concatenate([part["latent"] for part in parts])
             result = assign_clusters(job.config, latent, job.centroids, job.training, job.reference)
+            result["model"] = (folder / "model.pt").read_bytes()
             result["metrics"]["chunks"] = {**chunks_summary(job.chunks, parts), "merge_s": time.perf_counter() - started,
                                            "encode_s": time.time() - job.dispatched_at}
         except Exception as error:
@@ -206,13 +257,8 @@ def merge_clustering(clustering_id: int, attempt: int) -> str:
 
 def _encoded_chunk(job: EncodingJob, folder: Path, index: int) -> bytes:
     """The chunk's latents as a chunk file."""
-    import torch
-
-    from worker.ml.deep_clustering import DeepClusteringAutoencoder
-
     started = time.perf_counter()
-    model = DeepClusteringAutoencoder(job.config["case"])
-    model.load_state_dict(torch.load(folder / "model.pt", map_location="cpu"))
+    model = model_from_bytes(job.config, (folder / "model.pt").read_bytes())
     start, stop = job.chunks[index]
     return chunk_file({"latent": encode_cells(job.config, model, load_cells(job.content_hashes[start:stop], job.channel))},
                       started)
@@ -230,10 +276,28 @@ def _store(clustering_id: int, attempt: int, image_ids: list[int], result: dict)
             for image_id, cluster, (x, y) in zip(image_ids, result["clusters"], result["coordinates"])
         )
         clustering.metrics = result["metrics"]
+        if representation(clustering.config) == "contrastive" and clustering.config.get("start_model"):
+            _offer_start_model(session, clustering, result["model"])
         clustering.progress = {"phase": "done"}
         clustering.state, clustering.finished_at = "done", utcnow()
         session.commit()
     return "done"
+
+
+def _offer_start_model(session, clustering: PoolClustering, checkpoint: bytes) -> None:
+    """The network pretrained on the pool as a model version, and the project's start model while
+    no round has trained one (a later round already builds on its own)."""
+    project = session.get(Project, clustering.project_id)
+    model = ModelVersion(project_id=project.id, name=f"pretrained on the pool (clustering {clustering.id}, no labels)",
+                         checkpoint_key=get_blob_store().put(checkpoint), class_names=[c.name for c in project.classes],
+                         metrics={}, training={"pretext": clustering.config, "pretext_loss": clustering.metrics.get("pretext_loss")})
+    session.add(model)
+    session.flush()
+    clustering.metrics = {**clustering.metrics, "model_version_id": model.id}
+    trained = session.scalar(select(Round.id).where(Round.project_id == project.id, Round.model_version_id.is_not(None)).limit(1))
+    if trained is None:
+        project.start_model_id = model.id
+        clustering.metrics = {**clustering.metrics, "start_model": True}
 
 
 def _training_config(config: dict):

@@ -490,10 +490,19 @@ async function loadPool() {
 
 function setUpClustering() {
   const form = $("#cluster-form");
+  const showFields = () => {
+    const contrastive = form.elements.representation.value === "contrastive";
+    form.querySelectorAll(".contrastive-only").forEach((el) => { el.hidden = !contrastive; });
+    form.querySelectorAll(".autoencoder-only").forEach((el) => { el.hidden = contrastive; });
+  };
+  form.elements.representation.addEventListener("change", showFields);
+  showFields();
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
     const f = form.elements;
-    const body = { case: Number(f.case.value), pretrain_epochs: Number(f.pretrain_epochs.value), cluster_epochs: Number(f.cluster_epochs.value) };
+    const body = f.representation.value === "contrastive"
+      ? { representation: "contrastive", pretext_epochs: Number(f.pretext_epochs.value) }
+      : { representation: "autoencoder", case: Number(f.case.value), pretrain_epochs: Number(f.pretrain_epochs.value), cluster_epochs: Number(f.cluster_epochs.value) };
     if (f.n_clusters.value) body.n_clusters = Number(f.n_clusters.value);
     const error = $("#cluster-error");
     error.hidden = true;
@@ -532,8 +541,12 @@ function drawClustering() {
   } else {
     const m = clustering.metrics || {};
     const scores = m.acc !== undefined ? ` Against the reference classes of ${m.n_reference} cells: ACC ${percent(m.acc)}, NMI ${m.nmi.toFixed(2)}, ARI ${m.ari.toFixed(2)}.` : "";
-    replace(status, h("p", {}, `${m.n_cells} cells in ${clustering.config.n_clusters} clusters (decoder case ${clustering.config.case}, ` +
-      `${clustering.config.pretrain_epochs} + ${clustering.config.cluster_epochs} epochs, reconstruction MSE ${Number(m.recon_mse).toPrecision(3)}).${scores}`));
+    const c = clustering.config;
+    const how = (c.representation || "autoencoder") === "contrastive"
+      ? `network pretrained on the pool without labels, ${c.pretext_epochs} epochs, k-means of its features` +
+        (m.start_model ? "; it is the project's start model" : "")
+      : `autoencoder, decoder case ${c.case}, ${c.pretrain_epochs} + ${c.cluster_epochs} epochs, reconstruction MSE ${Number(m.recon_mse).toPrecision(3)}`;
+    replace(status, h("p", {}, `${m.n_cells} cells in ${c.n_clusters} clusters (${how}).${scores}`));
   }
   if (clustering.state !== "done") return;
   const names = (c) => `cluster ${c + 1}`;

@@ -35,7 +35,8 @@ def test_a_pool_encoded_in_chunks_on_two_workers_is_clustered_as_in_one_pass(
     _upload_pool_with_classes(client, admin_headers, project_id, balanced_sample(i3a_rows, per_class=45, offset=60), i3a_dir)
     url = f"/api/projects/{project_id}/clustering"
     response = client.post(url, headers=admin_headers,
-                           json={"case": 1, "pretrain_epochs": 1, "cluster_epochs": 1, "max_cells": 48})
+                           json={"representation": "autoencoder", "case": 1, "pretrain_epochs": 1, "cluster_epochs": 1,
+                                 "max_cells": 48})
     assert response.status_code == 202, response.text
 
     def finished():

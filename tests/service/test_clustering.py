@@ -38,11 +38,13 @@ def test_a_clustered_pool_gives_a_cold_start_spread_over_its_clusters(app_client
     assert len(pool_ids) == 36
 
     assert client.get(url, headers=admin_headers).json() == {"clustering": None, "clusters": [], "points": []}
-    for bad in ({"case": 4}, {"n_clusters": 1}, {"pretrain_epochs": -1}, {"unknown": 1}):
+    for bad in ({"case": 4}, {"n_clusters": 1}, {"pretrain_epochs": -1}, {"pretext_epochs": 0}, {"representation": "pixels"},
+                {"unknown": 1}):
         assert client.post(url, headers=admin_headers, json=bad).status_code == 422, bad
     assert client.get(url, headers=admin_headers).json()["clustering"] is None  # nothing stored
 
-    response = client.post(url, headers=admin_headers, json={"case": 1, "pretrain_epochs": 1, "cluster_epochs": 1})
+    response = client.post(url, headers=admin_headers,
+                           json={"representation": "autoencoder", "case": 1, "pretrain_epochs": 1, "cluster_epochs": 1})
     assert response.status_code == 202, response.text
     assert response.json()["state"] == "queued" and response.json()["config"]["n_clusters"] == 6
     # the worker needs seconds for even one epoch, so the first request is still queued or running
@@ -91,3 +93,36 @@ def test_a_cluster_cold_start_without_a_clustering_falls_back_to_random(app_clie
     assert round_["selection_summary"]["cold_start"] == "random (no finished clustering)"
     selections = client.get(f"/api/projects/{project_id}/rounds/0/selections", headers=admin_headers).json()
     assert len(selections) == 9 and all(s["details"]["strategy"] == "random" for s in selections)  # k + reserve
+
+
+def test_a_contrastive_clustering_pretrains_the_start_model_and_coverage_picks_from_its_features(
+        app_client, admin_headers, worker, i3a_dir, i3a_rows):
+    client = app_client
+    response = client.post("/api/projects", headers=admin_headers, json={
+        "name": "contrastive-start", "classes": [{"name": c} for c in CLASSES], "strategy": "coverage-entropy",
+        "budget": 12, "initial_size": 6, "step_size": 6,
+    })
+    project_id = response.json()["id"]
+    url = f"/api/projects/{project_id}/clustering"
+    _upload_pool_with_classes(client, admin_headers, project_id, balanced_sample(i3a_rows, per_class=6, offset=12), i3a_dir)
+    response = client.post(url, headers=admin_headers, json={"pretext_epochs": 1})
+    assert response.status_code == 202 and response.json()["config"]["representation"] == "contrastive"
+
+    def finished():
+        overview = client.get(url, headers=admin_headers).json()
+        return overview if overview["clustering"]["state"] in ("done", "failed") else None
+
+    clustering = wait_for(finished, timeout=240, interval=1, message="the contrastive clustering")["clustering"]
+    assert clustering["state"] == "done", clustering["error"]
+    metrics = clustering["metrics"]
+    assert metrics["pretext_loss"] > 0 and metrics["start_model"] is True and sum(metrics["sizes"]) == 36
+    project = client.get(f"/api/projects/{project_id}", headers=admin_headers).json()
+    assert project["start_model_id"] == metrics["model_version_id"]
+
+    assert client.post(f"/api/projects/{project_id}/start", headers=admin_headers).status_code == 202
+    round_ = wait_for_round(client, admin_headers, project_id, 0, timeout=120)
+    assert round_["selection_summary"]["phase"] == "coverage"  # round 0 read the pretrained network's features
+    selections = client.get(f"/api/projects/{project_id}/rounds/0/selections", headers=admin_headers).json()
+    first = [s for s in selections if not s["reserve"]]
+    assert len(first) == 6 and all(s["details"]["strategy"] == "coverage-entropy" for s in first)
+    assert all("probabilities" not in s["details"] for s in first)  # no trained model has judged them yet

@@ -389,7 +389,7 @@ def test_a_pool_clustering_whose_worker_is_killed_runs_again_once(
     files = [("files", (f"{row['image_id']}.png", (i3a_dir / row["image_path"]).read_bytes(), "image/png")) for row in rows]
     assert client.post(f"/api/projects/{project_id}/images", files=files).status_code == 201
     url = f"/api/projects/{project_id}/clustering"
-    assert client.post(url, json={"pretrain_epochs": 20, "cluster_epochs": 5}).status_code == 202
+    assert client.post(url, json={"representation": "autoencoder", "pretrain_epochs": 20, "cluster_epochs": 5}).status_code == 202
 
     def clustering() -> dict:
         return client.get(url).json()["clustering"]
