@@ -34,6 +34,10 @@ class ModelSettings(BaseModel):
     val_fraction: float = Field(default=0.2, ge=0, lt=1)
     augment: bool = True
     seed: int = 0
+    class_weighting: Literal["balanced", "none"] = Field(
+        default="balanced", description="balanced: each class weighs alike in the loss, however many of it were labeled")
+    precision: Literal["fp32", "bf16"] = Field(
+        default="fp32", description="bf16: bfloat16 autocast, ~2x faster training on CPUs with bf16 support and GPUs")
 
 
 class ProjectCreate(BaseModel):

@@ -43,7 +43,7 @@ def main() -> None:
         rows = list(csv.DictReader(f))
     classes = sorted({r["pattern"] for r in rows})
     order = np.random.default_rng(0).permutation(len(rows))
-    # a pool larger than the data set reuses cells, as DESIGN allows for timing
+    # a pool larger than the data set reuses cells, which is fine for timing
     picked = [rows[order[i % len(rows)]] for i in range(args.labeled + args.pool)]
     images = np.stack([load_cell((I3A / r["image_path"]).read_bytes()) for r in picked])
     labels = np.array([classes.index(r["pattern"]) for r in picked])

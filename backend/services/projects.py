@@ -1,4 +1,4 @@
-"""Projects: creation, settings, and the budget defaults (thesis Table 2, DESIGN.md)."""
+"""Projects: creation, settings, and the budget defaults (thesis Table 2, docs/method.md)."""
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 

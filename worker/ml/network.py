@@ -3,7 +3,7 @@
 Input: one (N, 2, 56, 56) tensor, channel 0 the Haar approximation A and
 channel 1 the detail sum D (see `wavelets`); `forward` slices it, so relevance
 is taken w.r.t. a single input. Departures from the thesis table, all for
-explainability (DESIGN.md, "Method, precisely"):
+explainability (docs/method.md):
 
 - each `conv, maxpool, BN, ReLU` is written `conv, BN, ReLU, maxpool` (the same
   function while BN scales are positive) and every conv, including the last

@@ -1,4 +1,4 @@
-"""Relevance maps of ParallelResidualNet with zennit (thesis 2.3.2; DESIGN.md, "zennit here, measured").
+"""Relevance maps of ParallelResidualNet with zennit (thesis 2.3.2; docs/method.md, "Relevance").
 
 `relevance_maps` explains one class per cell (the predicted one unless told)
 with one of METHODS and returns, from a single modified backward pass:

@@ -32,7 +32,7 @@ class TrainingConfig:
     lr: float = 1e-3
     # "cosine": lr follows a cosine from `lr` down to 0 over max_epochs, stepped
     # once per epoch. At a constant lr the validation accuracy swung by up to 10
-    # points between epochs (DESIGN.md); a decay fixed in advance settles it
+    # points between epochs (measured on I3A); a decay fixed in advance settles it
     # without a second knob, and does not key on the validation loss, which on
     # the small labeled sets of early active-learning rounds is noisy (a
     # ReduceLROnPlateau would have to react to that same noise, with a patience

@@ -1,4 +1,4 @@
-"""Explainable active learning: the `xal-*` strategies (thesis 3.2.4, Table 3; DESIGN.md, "Method, precisely").
+"""Explainable active learning: the `xal-*` strategies (thesis 3.2.4, Table 3; docs/method.md).
 
 Each cell of the labeled set L (a class-balanced sample of at most
 `max_reference`) and of the pool U is represented in relevance space, L2-normalised:
@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 REPRESENTATIONS = ("pixel", "concept")
 CENTRES = ("clusters", "classes")
 OPTION_CHOICES = {"relevance_method": METHODS, "representation": REPRESENTATIONS, "centres": CENTRES}
-# DESIGN.md measured batch 32 fastest on CPU; 128 was slower and took ~2.4 GB.
+# Measured here: batch 32 fastest on CPU; 128 was slower and took ~2.4 GB.
 RELEVANCE_BATCH_SIZE = 32
 NEAREST_SHOWN = 3
 TOP_CHANNELS = 5
@@ -95,7 +95,7 @@ def xal_entropy_scores(distances: np.ndarray) -> np.ndarray:
 def xal_margin_scores(distances: np.ndarray) -> np.ndarray:
     """-(d_(2) - d_(1)) / sum(d), d_(1) <= d_(2) the two smallest (thesis eq. 18).
 
-    DESIGN.md ranks by (d_(2) - d_(1)) / sum(d) ascending; its negation orders
+    docs/method.md ranks by (d_(2) - d_(1)) / sum(d) ascending; its negation orders
     the same way with "higher = more informative"."""
     d = np.sort(np.asarray(distances, dtype=np.float64), axis=1)
     q = _distance_shares(d)
@@ -103,7 +103,7 @@ def xal_margin_scores(distances: np.ndarray) -> np.ndarray:
 
 
 def xal_least_scores(distances: np.ndarray) -> np.ndarray:
-    """min_k q_k: the nearest centre is relatively far (the DESIGN.md reading of thesis eq. 17)."""
+    """min_k q_k: the nearest centre is relatively far (this project's reading of thesis eq. 17)."""
     return _distance_shares(distances).min(axis=1)
 
 

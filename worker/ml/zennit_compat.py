@@ -3,7 +3,7 @@
 `import zennit` imports `zennit.torchvision`, which imports
 `torchvision.models.resnet` only to recognise torchvision's ResNet blocks in
 its ResNet canonizers. No torchvision wheel works beside the CPU torch these
-machines use (see DESIGN.md, "zennit here, measured"), and ParallelResidualNet
+machines use (see docs/method.md, "Relevance"), and ParallelResidualNet
 does not use those canonizers. So, only where `import torchvision` fails, we
 register a stand-in package that holds two empty placeholder classes; the
 ResNet canonizers then match nothing, and everything else in zennit is
