@@ -122,7 +122,7 @@ def _measure(pool_size, n_workers, args, rows, classes, env, workers, logs) -> l
         project_id = client.post("/api/projects", headers=headers, json={
             "name": "latency", "classes": [{"name": c} for c in classes], "strategy": args.strategy,
             "budget": budget, "initial_size": args.initial, "step_size": args.step,
-            "model_settings": {"max_epochs": args.max_epochs, "patience": args.patience},
+            "model_settings": {"max_epochs": args.max_epochs, "patience": args.patience, "precision": args.precision},
         }).json()["id"]
 
         started = time.perf_counter()
@@ -231,6 +231,7 @@ def main() -> None:
     parser.add_argument("--strategy", default="entropy")
     parser.add_argument("--max-epochs", type=int, default=10)
     parser.add_argument("--patience", type=int, default=3)
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=0, help="torch threads per worker (0: cores / workers)")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "round-latency.json"))

@@ -70,6 +70,7 @@ def test_runs_resume_and_extend_step_by_step(tmp_path, folders):
     assert {(r["case"], r["pct_of_pool"]) for r in summary} >= {("rs-scratch", "2"), ("rs-scratch", "5"), ("rs-scratch", "10")}
     assert len(_rows(out / "steps.csv")) == 2 * len(step_plan(pool, 10))
     assert (out / "label_efficiency.png").stat().st_size > 0 and _rows(out / "reach.csv")
+    assert not (out / "training_curves.png").exists()  # drawn for the `rs` case, not run here
 
     with pytest.raises(Exception, match="other settings"):
         curve(CurveSettings(data=str(data), test_data=str(test), **{**SETTINGS, "max_epochs": 2}), out, ["rs-scratch"], [0], 10,

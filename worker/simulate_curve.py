@@ -306,6 +306,37 @@ def write_curve_outputs(out: Path) -> None:
     _write_csv(out / "summary.csv", header, rows)
     _write_reach(out / "reach.csv", by_case, pool_size)
     _plot(out / "label_efficiency.png", by_case, pool_size)
+    if by_case.get("rs"):
+        _plot_trainings(out / "training_curves.png", by_case["rs"][min(by_case["rs"])], pool_size)
+
+
+def _plot_trainings(path: Path, record: dict, pool_size: int) -> None:
+    """One run's trainings, step after step (warm started): validation loss and accuracy per epoch,
+    the checkpoint kept marked, and the test ACA of each step's model."""
+    plt = _pyplot()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.2))
+    epoch = 0
+    for step in record["steps"]:
+        history = step["history"]
+        x = [epoch + h["epoch"] for h in history]
+        left.plot(x, [h["val_loss"] for h in history], color="tab:blue", lw=1)
+        left.plot(x, [h["train_loss"] for h in history], color="tab:grey", lw=1, alpha=0.6)
+        right.plot(x, [100 * h["val_acc"] for h in history], color="tab:blue", lw=1)
+        right.plot(epoch + step["best_epoch"], 100 * step["aca"], "o", color="tab:red", ms=4)
+        left.axvline(epoch + 0.5, color="black", alpha=0.1)
+        epoch += len(history)
+    left.set_ylabel("loss")
+    left.set_title("validation (blue) and training (grey) loss", fontsize=9)
+    right.set_ylabel("accuracy (%)")
+    right.set_title("validation accuracy (line), test ACA of each step's kept checkpoint (dots)", fontsize=9)
+    for ax in (left, right):
+        ax.set_xlabel("epoch, over all steps (a new step at each grey line)")
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"{record['case']} seed {record['seed']}, {record['steps'][0]['n_labels']} to {record['steps'][-1]['n_labels']} "
+                 f"labels of {pool_size}: each step fine-tunes the previous step's model", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def _mean_curve(runs: dict[int, dict]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
