@@ -12,11 +12,11 @@ def _serve(args) -> None:
     import uvicorn
     from sqlalchemy import func, select
 
-    from backend.db.migrate import upgrade_database
-    from backend.db.models import User
-    from backend.db.session import new_session
+    from backend.core.db.migrate import upgrade_database
+    from backend.core.db.models import User
+    from backend.core.db.session import new_session
     from backend.services.users import create_user, issue_token
-    from backend.settings import get_settings
+    from backend.core.settings import get_settings
 
     settings = get_settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -53,7 +53,7 @@ def _die_with_parent() -> None:
 
 
 def _worker(args) -> None:
-    from backend.settings import get_settings
+    from backend.core.settings import get_settings
     from worker.celery_app import celery_app
 
     argv = ["worker", "--loglevel", args.loglevel, "-Q", get_settings().queue, "--hostname", f"xal-{os.getpid()}@%h"]
@@ -63,15 +63,15 @@ def _worker(args) -> None:
 
 
 def _migrate(_args) -> None:
-    from backend.db.migrate import upgrade_database
+    from backend.core.db.migrate import upgrade_database
 
     upgrade_database()
     print("database is at the latest schema")
 
 
 def _create_user(args) -> None:
-    from backend.db.migrate import upgrade_database
-    from backend.db.session import new_session
+    from backend.core.db.migrate import upgrade_database
+    from backend.core.db.session import new_session
     from backend.services.members import add_member
     from backend.services.projects import find_project
     from backend.services.users import create_user, issue_token
@@ -90,8 +90,8 @@ def _create_user(args) -> None:
 def _token(args) -> None:
     from sqlalchemy import select
 
-    from backend.db.models import User
-    from backend.db.session import new_session
+    from backend.core.db.models import User
+    from backend.core.db.session import new_session
     from backend.services.users import issue_token
 
     with new_session() as session:
@@ -104,7 +104,7 @@ def _token(args) -> None:
 
 
 def _roar(args) -> None:
-    from backend.settings import get_settings
+    from backend.core.settings import get_settings
     from worker.ml.training import resolve_device
     from worker.roar import RoarSettings, run_roar
 
@@ -170,11 +170,11 @@ def _simulate(args) -> None:
 def _pretrain(args) -> None:
     import numpy as np
 
-    from backend.blobs import get_blob_store
-    from backend.db.migrate import upgrade_database
-    from backend.db.models import ModelVersion
-    from backend.db.session import new_session
-    from backend.settings import get_settings
+    from backend.core.blobs import get_blob_store
+    from backend.core.db.migrate import upgrade_database
+    from backend.core.db.models import ModelVersion
+    from backend.core.db.session import new_session
+    from backend.core.settings import get_settings
     from worker.ml.training import TrainingConfig, resolve_device
     from worker.pretrain import CHANNEL, pretrain, read_labeled_folder, stratified_sample
     from worker.rounds import load_cells
@@ -297,7 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
-    from backend.errors import DomainError
+    from backend.core.errors import DomainError
 
     try:
         args.run(args)

@@ -6,8 +6,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from backend.db.session import new_session
-from backend.services.imports import ImportReport, IncomingFile, files_from_folder, import_images
+from backend.core.db.session import new_session
+from backend.core.readers import IncomingFile, files_from_folder
+from backend.services.imports import ImportReport, import_images
 from backend.services.projects import find_project
 
 BATCH_SIZE = 500  # files decoded, stored and flushed together; bounds memory, not atomicity

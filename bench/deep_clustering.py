@@ -51,7 +51,7 @@ def cpu_seconds() -> float:
 
 
 def load_sample(n_cells: int, seed: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    from worker.ml.images import load_cell
+    from backend.core.images import load_cell
 
     with open(I3A / "labels.csv", newline="") as f:
         rows = list(csv.DictReader(f))

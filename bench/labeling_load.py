@@ -78,7 +78,7 @@ def main() -> None:
     os.environ.update(env)
     worker = None
     try:
-        from backend.db.migrate import upgrade_database
+        from backend.core.db.migrate import upgrade_database
 
         upgrade_database()
         admin = {"Authorization": f"Bearer {_admin_token()}"}
@@ -129,7 +129,7 @@ def main() -> None:
     finally:
         if worker is not None:
             _stop(worker)
-        from backend.db.session import get_engine
+        from backend.core.db.session import get_engine
 
         get_engine().dispose()
         with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as conn:
@@ -140,7 +140,7 @@ def main() -> None:
 
 
 def _admin_token() -> str:
-    from backend.db.session import new_session
+    from backend.core.db.session import new_session
     from backend.services.users import create_user, issue_token
 
     with new_session() as session:
@@ -186,8 +186,9 @@ def _annotator(client: httpx.Client, index: int) -> dict:
 
 def _queued_project(client: httpx.Client, cells: list[tuple[str, bytes]], annotators: list[dict]) -> int:
     """A started project whose round 0 queued every one of `cells`, the annotators its members."""
-    from backend.db.session import new_session
-    from backend.services.imports import IncomingFile, import_images
+    from backend.core.db.session import new_session
+    from backend.core.readers import IncomingFile
+    from backend.services.imports import import_images
     from backend.services.projects import find_project
 
     n = len(cells)
@@ -383,8 +384,8 @@ def _percentiles(values: list[float]) -> dict:
 def _labels_in_database(project_id: int) -> int:
     from sqlalchemy import func, select
 
-    from backend.db.models import Label
-    from backend.db.session import new_session
+    from backend.core.db.models import Label
+    from backend.core.db.session import new_session
 
     with new_session() as session:
         return session.scalar(select(func.count(Label.id)).where(Label.project_id == project_id))

@@ -76,7 +76,7 @@ def run_configuration(pool_size: int, n_workers: int, args, rows: list[dict], cl
         "XAL_BROKER_URL": REDIS, "XAL_QUEUE": f"xal-bench-{database}", "XAL_DATA_DIR": data_dir, "XAL_DEVICE": args.device,
     }
     os.environ.update(env)
-    from backend.settings import get_settings
+    from backend.core.settings import get_settings
 
     get_settings.cache_clear()
     workers, logs = [], []
@@ -91,7 +91,7 @@ def run_configuration(pool_size: int, n_workers: int, args, rows: list[dict], cl
                 worker.kill()
         for log in logs:
             log.close()
-        from backend.db.session import get_engine
+        from backend.core.db.session import get_engine
 
         get_engine().dispose()
         with psycopg.connect(POSTGRES, autocommit=True) as conn:
@@ -106,10 +106,11 @@ def _measure(pool_size, n_workers, args, rows, classes, env, workers, logs) -> l
     from fastapi.testclient import TestClient
 
     from backend.api.app import create_app
-    from backend.db.migrate import upgrade_database
-    from backend.db.models import Project
-    from backend.db.session import new_session
-    from backend.services.imports import IncomingFile, import_images
+    from backend.core.db.migrate import upgrade_database
+    from backend.core.db.models import Project
+    from backend.core.db.session import new_session
+    from backend.core.readers import IncomingFile
+    from backend.services.imports import import_images
     from backend.services.users import create_user, issue_token
 
     upgrade_database()

@@ -33,7 +33,7 @@ def main() -> None:
 
     import torch
 
-    from worker.ml.images import load_cell
+    from backend.core.images import load_cell
     from worker.ml.network import ParallelResidualNet
     from worker.ml.relevance import METHODS, relevance_maps
     from worker.ml.strategies import SelectionContext, rank_pool

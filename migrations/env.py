@@ -1,8 +1,8 @@
 from alembic import context
 
-from backend.db.models import Base
-from backend.db.session import engine_for
-from backend.settings import get_settings
+from backend.core.db.models import Base
+from backend.core.db.session import engine_for
+from backend.core.settings import get_settings
 
 target_metadata = Base.metadata
 

@@ -91,11 +91,11 @@ def service_env(tmp_path_factory) -> Iterator[dict[str, str]]:
     saved = {key: os.environ.get(key) for key in env}
     os.environ.update(env)
     _clear_cached_settings()
-    from backend.db.migrate import upgrade_database
+    from backend.core.db.migrate import upgrade_database
 
     upgrade_database()
     yield env
-    from backend.db.session import get_engine
+    from backend.core.db.session import get_engine
 
     get_engine().dispose()
     for key, value in saved.items():
@@ -113,7 +113,7 @@ def service_env(tmp_path_factory) -> Iterator[dict[str, str]]:
 
 
 def _clear_cached_settings() -> None:
-    from backend.settings import get_settings
+    from backend.core.settings import get_settings
 
     get_settings.cache_clear()
 
@@ -127,7 +127,7 @@ def app_client(service_env) -> TestClient:
 
 @pytest.fixture
 def db(service_env):
-    from backend.db.session import new_session
+    from backend.core.db.session import new_session
 
     with new_session() as session:
         yield session
@@ -135,8 +135,8 @@ def db(service_env):
 
 def make_user(role: str, username: str | None = None, project_ids=()) -> tuple[str, dict[str, str]]:
     """Creates a user, a member of the projects `project_ids`, and returns (username, Authorization headers)."""
-    from backend.db.models import Project
-    from backend.db.session import new_session
+    from backend.core.db.models import Project
+    from backend.core.db.session import new_session
     from backend.services.members import add_member
     from backend.services.users import create_user, issue_token
 
@@ -195,14 +195,15 @@ def wait_for(predicate, timeout: float, interval: float = 0.5, message: str = "c
 def started_project(client, headers: dict, i3a_dir: Path, rows: list[dict], spec: dict) -> int:
     """A project (`spec`, the body of POST /api/projects; a unique name added) whose pool holds
     `rows` (real I3A cells, read in place), started, its round 0 done: computed in this process
-    (worker.rounds.run_round) or, where the session's worker took it first, by that worker."""
+    (worker.round_job.run_round) or, where the session's worker took it first, by that worker."""
     from sqlalchemy import select
 
-    from backend.db.models import Round
-    from backend.db.session import new_session
-    from backend.services.imports import IncomingFile, import_images
+    from backend.core.db.models import Round
+    from backend.core.db.session import new_session
+    from backend.core.readers import IncomingFile
+    from backend.services.imports import import_images
     from backend.services.projects import find_project
-    from worker.rounds import run_round
+    from worker.round_job import run_round
 
     response = client.post("/api/projects", headers=headers, json={"name": f"test-{uuid.uuid4().hex[:8]}", **spec})
     assert response.status_code == 201, response.text
@@ -237,9 +238,9 @@ def mislabeled_selections(project_id: int) -> list[tuple[int, int, bool]]:
     disagrees with the labels table (the queue reads the flag; the labels are the truth)."""
     from sqlalchemy import select
 
-    from backend.db.models import Round, Selection
-    from backend.db.session import new_session
-    from backend.services.labeling import current_label_exists
+    from backend.core.db.models import Round, Selection
+    from backend.core.db.session import new_session
+    from backend.core.queries import current_label_exists
 
     with new_session() as session:
         return [tuple(row) for row in session.execute(

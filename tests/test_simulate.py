@@ -111,7 +111,7 @@ def test_a_rerun_skips_finished_runs(simulated):
 
 def test_a_rerun_with_other_settings_into_the_same_folder_is_refused(simulated):
     settings, out, _ = simulated
-    from backend.errors import Invalid
+    from backend.core.errors import Invalid
 
     with pytest.raises(Invalid, match="pool_size"):
         simulate(SimulationSettings(**{**settings.__dict__, "pool_size": 40}), out, ["rs"], [20], [0])

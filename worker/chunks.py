@@ -6,10 +6,11 @@ to the shared data dir and sends one `xal.score_chunk` task per chunk of the poo
 task loads the checkpoint, computes its cells' outputs (worker.ml.strategies.compute_pool_outputs)
 and writes them beside the job; the one whose file completes the set sends `xal.merge_chunks`,
 which concatenates the outputs in pool order, ranks the pool once and stores the round as an
-unchunked round is stored (worker.rounds.select_batch, _store). The chunk boundaries keep every
+unchunked round is stored (worker.rounds.select_batch, store_round). The chunk boundaries keep every
 batch's cells as in one pass, so the merged outputs are those of an unchunked run, bit for bit.
 The job folder, the counting of chunks and the dropping of stale ones are worker.jobs's, shared
 with a clustering encoded in chunks (worker.clustering)."""
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -17,16 +18,17 @@ from pathlib import Path
 
 import numpy as np
 
-from backend.blobs import get_blob_store
-from backend.db.models import Round
-from backend.settings import get_settings
+from backend.core.blobs import get_blob_store
+from backend.core.db.models import Round
+from backend.core.jobs import Task
+from backend.core.settings import get_settings
 from worker.celery_app import celery_app
 from worker.jobs import (
     chunk_file, chunk_path, chunks_summary, compute_chunk, holding_lease, job_folder, mark_failed, read_job,
     remove_job_folders, send_chunks, set_progress, take_up,
 )
 from worker.rounds import (
-    RoundInputs, _store, load_cells, scoring_batch_size, select_batch, train_and_evaluate,
+    RoundInputs, RoundResult, load_cells, store_round, scoring_batch_size, select_batch, train_and_evaluate,
 )
 
 log = logging.getLogger(__name__)
@@ -37,7 +39,7 @@ class ScoringJob:
     """What the chunk and merge tasks of one attempt of a round share (job.pkl)."""
 
     inputs: RoundInputs
-    result: dict  # train_and_evaluate's, its checkpoint replaced by checkpoint_key
+    result: RoundResult  # train_and_evaluate's, its checkpoint in the blob store (checkpoint_key)
     checkpoint_key: str
     chunks: list[tuple[int, int]]  # [start, stop) of each chunk in inputs.pool_ids
     dispatched_at: float  # time.time() when the chunks were sent
@@ -58,19 +60,20 @@ def score_in_chunks(round_id: int, attempt: int, inputs: RoundInputs) -> str:
 
     report = lambda **progress: set_progress(Round, round_id, **progress)  # noqa: E731
     _, _, result = train_and_evaluate(inputs, resolve_device(get_settings().device), report)
-    checkpoint_key = get_blob_store().put(result.pop("checkpoint"))
+    checkpoint_key = get_blob_store().put(result.checkpoint)
+    result.checkpoint = None
     chunks = pool_chunks(len(inputs.pool_ids), get_settings().scoring_chunk_size, scoring_batch_size(inputs))
-    send_chunks(Round, round_id, attempt, ScoringJob(inputs, result, checkpoint_key, chunks, time.time()), "xal.score_chunk",
+    send_chunks(Round, round_id, attempt, ScoringJob(inputs, result, checkpoint_key, chunks, time.time()), Task.SCORE_CHUNK,
                 phase="scoring", pool=len(inputs.pool_ids))
     return "scoring in chunks"
 
 
-@celery_app.task(name="xal.score_chunk")
+@celery_app.task(name=Task.SCORE_CHUNK)
 def score_chunk(round_id: int, attempt: int, index: int) -> str:
-    return compute_chunk(Round, round_id, attempt, index, "scoring", _chunk_outputs, "xal.merge_chunks")
+    return compute_chunk(Round, round_id, attempt, index, "scoring", _chunk_outputs, Task.MERGE_CHUNKS)
 
 
-@celery_app.task(name="xal.merge_chunks")
+@celery_app.task(name=Task.MERGE_CHUNKS)
 def merge_chunks(round_id: int, attempt: int) -> str:
     if not take_up(Round, round_id, attempt):
         return "dropped"
@@ -90,19 +93,19 @@ def _merge(round_id: int, attempt: int, folder: Path) -> str:
         model = load_checkpoint(checkpoint, map_location=device)
         parts = [dict(np.load(chunk_path(folder, index))) for index in range(len(job.chunks))]
         outputs = concatenate_pool_outputs([PoolOutputs.from_arrays(part) for part in parts])
-        result = {**job.result, "checkpoint": checkpoint}
+        result = dataclasses.replace(job.result, checkpoint=checkpoint)
         labeled = load_cells(job.inputs.labeled_hashes, job.inputs.channel)
         # score_s: from sending the chunks to the end of the ranking, like an unchunked round's
         select_batch(job.inputs, model, device, labeled, outputs, result,
                      lambda **progress: set_progress(Round, round_id, **progress),
                      started - (time.time() - job.dispatched_at))
-        result["summary"]["chunks"] = chunks_summary(job.chunks, parts)
-        result["timings"]["merge_s"] = time.perf_counter() - started
+        result.summary["chunks"] = chunks_summary(job.chunks, parts)
+        result.timings["merge_s"] = time.perf_counter() - started
     except Exception as error:
         log.exception("merging the chunks of round %s failed", round_id)
         mark_failed(Round, round_id, attempt, error)
         return "failed"
-    _store(round_id, job.inputs, result)
+    store_round(round_id, job.inputs, result)
     remove_job_folders(Round, round_id, attempt)
     return "done"
 

@@ -21,10 +21,11 @@ from pathlib import Path
 import numpy as np
 from sqlalchemy import delete, select
 
-from backend.blobs import get_blob_store
-from backend.db.models import Image, ImageCluster, ModelVersion, PoolClustering, Project, Round, utcnow
-from backend.db.session import new_session
-from backend.settings import get_settings
+from backend.core.blobs import get_blob_store
+from backend.core.db.models import Image, ImageCluster, ModelVersion, PoolClustering, Project, Round, utcnow
+from backend.core.db.session import new_session
+from backend.core.jobs import JobState, Task
+from backend.core.settings import get_settings
 from worker.jobs import (
     chunk_file, chunk_path, chunks_summary, claim, compute_chunk, holding_lease, job_folder, mark_failed, read_job,
     remove_job_folders, send_chunks, set_progress, take_up, write_atomically,
@@ -224,12 +225,12 @@ def _encode_in_chunks(clustering_id: int, attempt: int, config: dict, channel: s
     write_atomically(folder / "model.pt", model_bytes(config, model))
     job = EncodingJob(config, channel, image_ids, hashes, reference, centroids, training,
                       _pool_chunks(len(hashes), config), time.time())
-    send_chunks(PoolClustering, clustering_id, attempt, job, "xal.encode_chunk", phase="encoding", pool=len(hashes))
+    send_chunks(PoolClustering, clustering_id, attempt, job, Task.ENCODE_CHUNK, phase="encoding", pool=len(hashes))
     return "encoding in chunks"
 
 
 def encode_chunk(clustering_id: int, attempt: int, index: int) -> str:
-    return compute_chunk(PoolClustering, clustering_id, attempt, index, "encoding", _encoded_chunk, "xal.merge_clustering")
+    return compute_chunk(PoolClustering, clustering_id, attempt, index, "encoding", _encoded_chunk, Task.MERGE_CLUSTERING)
 
 
 def merge_clustering(clustering_id: int, attempt: int) -> str:
@@ -267,7 +268,7 @@ def _encoded_chunk(job: EncodingJob, folder: Path, index: int) -> bytes:
 def _store(clustering_id: int, attempt: int, image_ids: list[int], result: dict) -> str:
     with new_session() as session:
         clustering = session.scalar(select(PoolClustering).where(PoolClustering.id == clustering_id).with_for_update())
-        if clustering.state != "running" or clustering.attempts != attempt:
+        if clustering.state != JobState.RUNNING or clustering.attempts != attempt:
             log.info("clustering %s was finished or rerun elsewhere; dropping this result", clustering_id)
             return "skipped"
         session.execute(delete(ImageCluster).where(ImageCluster.clustering_id == clustering_id))
@@ -279,7 +280,7 @@ def _store(clustering_id: int, attempt: int, image_ids: list[int], result: dict)
         if representation(clustering.config) == "contrastive" and clustering.config.get("start_model"):
             _offer_start_model(session, clustering, result["model"])
         clustering.progress = {"phase": "done"}
-        clustering.state, clustering.finished_at = "done", utcnow()
+        clustering.state, clustering.finished_at = JobState.DONE, utcnow()
         session.commit()
     return "done"
 

@@ -27,9 +27,10 @@ from pathlib import Path
 import numpy as np
 from sqlalchemy import update
 
-from backend.db.models import utcnow
-from backend.db.session import new_session
-from backend.settings import get_settings
+from backend.core.jobs import JobState
+from backend.core.db.models import utcnow
+from backend.core.db.session import new_session
+from backend.core.settings import get_settings
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ def claim(session, model, row_id: int):
     a redelivery) one worker wins. A running job belongs to the worker renewing its lease."""
     now = utcnow()
     claimed = session.execute(
-        update(model).where(model.id == row_id, model.state == "queued")
+        update(model).where(model.id == row_id, model.state == JobState.QUEUED)
         .values(state="running", attempts=model.attempts + 1, error=None, started_at=now, progress={"phase": "loading"},
                 lease_expires_at=now + timedelta(seconds=get_settings().job_lease_seconds))
         .execution_options(synchronize_session=False)).rowcount
@@ -61,7 +62,7 @@ def holding_lease(model, row_id: int, attempt: int) -> Iterator[None]:
             try:
                 with new_session() as session:
                     session.execute(
-                        update(model).where(model.id == row_id, model.state == "running", model.attempts == attempt)
+                        update(model).where(model.id == row_id, model.state == JobState.RUNNING, model.attempts == attempt)
                         .values(lease_expires_at=utcnow() + timedelta(seconds=seconds))
                         .execution_options(synchronize_session=False))
                     session.commit()
@@ -88,8 +89,8 @@ def mark_failed(model, row_id: int, attempt: int, error: Exception) -> None:
     was queued again, and maybe is running again) fails nothing but its own, dropped, work."""
     with new_session() as session:
         session.execute(
-            update(model).where(model.id == row_id, model.state == "running", model.attempts == attempt)
-            .values(state="failed", error=f"{type(error).__name__}: {error}", finished_at=utcnow(),
+            update(model).where(model.id == row_id, model.state == JobState.RUNNING, model.attempts == attempt)
+            .values(state=JobState.FAILED, error=f"{type(error).__name__}: {error}", finished_at=utcnow(),
                     progress={"phase": "failed"})
             .execution_options(synchronize_session=False))
         session.commit()
@@ -102,7 +103,7 @@ def take_up(model, row_id: int, attempt: int) -> bool:
     lease: without this a job computed by one worker in many short chunks would be requeued."""
     with new_session() as session:
         renewed = session.execute(
-            update(model).where(model.id == row_id, model.state == "running", model.attempts == attempt)
+            update(model).where(model.id == row_id, model.state == JobState.RUNNING, model.attempts == attempt)
             .values(lease_expires_at=utcnow() + timedelta(seconds=get_settings().job_lease_seconds))
             .execution_options(synchronize_session=False)).rowcount
         session.commit()

@@ -2,7 +2,7 @@
 the simulator's IN-* cases, then start from (new head, early layers frozen: worker.rounds).
 
 Also the one reader of a labeled folder outside a project, shared by `xal pretrain` and
-`xal simulate`: it goes through the import code (backend.services.imports.files_from_folder),
+`xal simulate`: it goes through the import code (backend.core.readers.files_from_folder),
 so both understand exactly the layouts an import does. No database here."""
 import sys
 from collections.abc import Callable, Collection
@@ -13,9 +13,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from backend.blobs import BlobStore
-from backend.errors import Invalid
-from backend.services.imports import files_from_folder
+from backend.core.blobs import BlobStore
+from backend.core.errors import Invalid
+from backend.core.readers import files_from_folder
 from worker.ml.metrics import classification_metrics
 from worker.ml.network import ParallelResidualNet
 from worker.ml.training import TrainingConfig, predict_proba, save_checkpoint, stratified_holdout, train_classifier

@@ -33,10 +33,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from backend.errors import Invalid
-from backend.services.imports import files_from_folder
+from backend.core.errors import Invalid
+from backend.core.readers import files_from_folder
 from worker.ml import relevance
-from worker.ml.images import load_cell
+from backend.core.images import load_cell
 from worker.ml.metrics import classification_metrics
 from worker.ml.network import ParallelResidualNet
 from worker.ml.training import (

@@ -14,31 +14,45 @@ from functools import lru_cache
 import numpy as np
 from sqlalchemy import exists, select
 
-from backend.blobs import get_blob_store
-from backend.db.models import (
+from backend.core.jobs import JobState
+from backend.core.blobs import get_blob_store
+from backend.core.db.models import (
     Image, ImageCluster, Label, ModelVersion, PoolClustering, Project, RelevanceMap, Round, Selection, utcnow,
 )
-from backend.db.session import new_session
-from backend.services.labeling import current_label_exists, is_current, mark_labeled_cells
-from backend.settings import get_settings
-from worker.jobs import claim, holding_lease, mark_failed, set_progress
+from backend.core.db.session import new_session
+from backend.core.queries import current_label_exists, is_current, mark_labeled_cells
+from backend.core.settings import get_settings
 
 log = logging.getLogger(__name__)
 
 
 @lru_cache(maxsize=20_000)
 def _cell(content_hash: str, channel: str) -> np.ndarray:
-    from worker.ml.images import load_cell
+    from backend.core.images import load_cell
 
     return load_cell(get_blob_store().get(content_hash), channel)
 
 
 def load_cells(content_hashes: list[str], channel: str) -> np.ndarray:
-    from worker.ml.images import INPUT_SIZE
+    from backend.core.images import INPUT_SIZE
 
     if not content_hashes:
         return np.zeros((0, INPUT_SIZE, INPUT_SIZE), np.float32)
     return np.stack([_cell(h, channel) for h in content_hashes])
+
+
+@dataclass
+class RoundResult:
+    """What compute_round gives back, for store_round (or the simulator) to keep."""
+
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per phase
+    metrics: dict = field(default_factory=dict)  # on the test split (worker.ml.metrics.classification_metrics)
+    checkpoint: bytes | None = None  # the trained model; None in round 0
+    training: dict | None = None  # epochs, best epoch, history, val_acc
+    selected: list[tuple[int, float, dict]] = field(default_factory=list)  # (image id, score, details), rank order
+    summary: dict = field(default_factory=dict)  # about the whole ranking
+    pool_predicted: np.ndarray | None = None  # the model's class for each pool cell, where it read them all
+    maps: list[tuple] = field(default_factory=list)  # (image id, method, png, npy) of the queued cells
 
 
 @dataclass
@@ -74,7 +88,7 @@ class RoundInputs:
     validation_classes: np.ndarray | None = None
 
 
-def _gather(session, round_: Round) -> RoundInputs:
+def gather_round(session, round_: Round) -> RoundInputs:
     project = session.get(Project, round_.project_id)
     positions = {cls.id: cls.position for cls in project.classes}
     labeled = session.execute(
@@ -144,7 +158,7 @@ def _pool_clusters(session, project: Project, pool_ids: list[int]) -> list[int] 
     """Each pool cell's cluster under the project's latest finished clustering; None when
     there is none. A cell imported after that clustering gets a cluster of its own (-1)."""
     clustering_id = session.scalar(
-        select(PoolClustering.id).where(PoolClustering.project_id == project.id, PoolClustering.state == "done")
+        select(PoolClustering.id).where(PoolClustering.project_id == project.id, PoolClustering.state == JobState.DONE)
         .order_by(PoolClustering.id.desc()).limit(1))
     if clustering_id is None:
         return None
@@ -153,7 +167,7 @@ def _pool_clusters(session, project: Project, pool_ids: list[int]) -> list[int] 
     return [clusters.get(image_id, -1) for image_id in pool_ids]
 
 
-def _diagnose_previous_batch(session, round_: Round) -> None:
+def diagnose_previous_batch(session, round_: Round) -> None:
     """Now that the previous round's batch is labeled: how many of its cells had the model
     got wrong, against the error rate it expected on the pool (worker.ml.metrics)."""
     from worker.ml.metrics import selection_diagnostics
@@ -194,7 +208,7 @@ def _model_for(inputs: RoundInputs, device):
     return model.to(device)
 
 
-def compute_round(inputs: RoundInputs, report: Callable[..., None] = lambda **progress: None) -> dict:
+def compute_round(inputs: RoundInputs, report: Callable[..., None] = lambda **progress: None) -> RoundResult:
     """The heavy part: train, evaluate, rank. No database; `report(**progress)` is told the phase.
     (worker.chunks runs the same phases with the pool's outputs computed by many workers.)"""
     from worker.ml.strategies import compute_pool_outputs
@@ -240,8 +254,7 @@ def train_and_evaluate(inputs: RoundInputs, device, report: Callable[..., None])
     from worker.ml.training import TrainingConfig, predict_proba, save_checkpoint, train_classifier
 
     timings: dict[str, float] = {}
-    result = {"timings": timings, "metrics": {}, "checkpoint": None, "training": None, "selected": [],
-              "summary": {}, "pool_predicted": None, "maps": []}
+    result = RoundResult(timings=timings)
     started = time.perf_counter()
     labeled = load_cells(inputs.labeled_hashes, inputs.channel)
     timings["load_s"] = time.perf_counter() - started
@@ -262,24 +275,24 @@ def train_and_evaluate(inputs: RoundInputs, device, report: Callable[..., None])
     )
     model = trained.model
     timings["train_s"] = trained.seconds
-    result["training"] = {
+    result.training = {
         "epochs_run": trained.epochs_run, "best_epoch": trained.best_epoch,
         "best_val_loss": trained.best_val_loss, "history": trained.history, "n_labels": len(labeled),
         "val_acc": trained.history[trained.best_epoch - 1]["val_acc"],
     }
-    result["checkpoint"] = save_checkpoint(model)
+    result.checkpoint = save_checkpoint(model)
     if inputs.test_hashes:
         report(phase="evaluating")
         started = time.perf_counter()
         test = load_cells(inputs.test_hashes, inputs.channel)
         predicted = predict_proba(model, test, device, config.batch_size, config.precision).argmax(1)
-        result["metrics"] = classification_metrics(inputs.test_classes, predicted, len(inputs.class_names))
-        result["metrics"]["class_names"] = inputs.class_names
+        result.metrics = classification_metrics(inputs.test_classes, predicted, len(inputs.class_names))
+        result.metrics["class_names"] = inputs.class_names
         timings["evaluate_s"] = time.perf_counter() - started
     return model, labeled, result
 
 
-def select_batch(inputs: RoundInputs, model, device, labeled: np.ndarray, outputs, result: dict,
+def select_batch(inputs: RoundInputs, model, device, labeled: np.ndarray, outputs, result: RoundResult,
                  report: Callable[..., None], started: float) -> None:
     """Rank the pool once from its per-cell outputs (worker.ml.strategies.PoolOutputs, or None:
     random needs none), queue the first batch_size cells with what explains each, render their
@@ -302,7 +315,7 @@ def select_batch(inputs: RoundInputs, model, device, labeled: np.ndarray, output
         cached_pool_relevance=outputs.relevance if outputs is not None else None,
         cached_pool_embeddings=outputs.embeddings if outputs is not None else None,
         batch_cells=inputs.batch_size, precision=precision(inputs),
-        model_accuracy=(result.get("training") or {}).get("val_acc") if trained else None,
+        model_accuracy=result.training["val_acc"] if trained and result.training else None,
     )
     if model is None and inputs.pool_clusters is not None:
         strategy = "cluster-spread"
@@ -310,10 +323,10 @@ def select_batch(inputs: RoundInputs, model, device, labeled: np.ndarray, output
         ranking.summary = {"cold_start": "clusters"}
     else:
         ranking = rank_pool(strategy, context)
-    result["summary"] = ranking.summary
+    result.summary = ranking.summary
     if inputs.cold_start_note is not None:
-        result["summary"]["cold_start"] = inputs.cold_start_note
-    for medoid in result["summary"].get("centre_medoids", []):
+        result.summary["cold_start"] = inputs.cold_start_note
+    for medoid in result.summary.get("centre_medoids", []):
         _name_labeled_cell(medoid, inputs)
     picked = [int(index) for index in ranking.order[: inputs.batch_size + inputs.reserve_size]]
     pool_probabilities = outputs.probabilities if outputs is not None and trained else None
@@ -330,16 +343,16 @@ def select_batch(inputs: RoundInputs, model, device, labeled: np.ndarray, output
             details.setdefault("predicted", int(picked_probabilities[rank].argmax()))
         for nearest in details.get("nearest", []):
             _name_labeled_cell(nearest, inputs)
-        result["selected"].append((inputs.pool_ids[index], float(ranking.scores[rank]), details))
+        result.selected.append((inputs.pool_ids[index], float(ranking.scores[rank]), details))
     if pool_probabilities is not None:
-        result["pool_predicted"] = pool_probabilities.argmax(1)
-        result["summary"]["pool_expected_error"] = float(np.mean(1 - pool_probabilities.max(1)))
-    result["timings"]["score_s"] = time.perf_counter() - started
+        result.pool_predicted = pool_probabilities.argmax(1)
+        result.summary["pool_expected_error"] = float(np.mean(1 - pool_probabilities.max(1)))
+    result.timings["score_s"] = time.perf_counter() - started
     if trained and inputs.render_maps:
         report(phase="maps")
         started = time.perf_counter()
-        result["maps"] = _render_maps(model, device, inputs, picked, labeled, result["selected"])
-        result["timings"]["maps_s"] = time.perf_counter() - started
+        result.maps = _render_maps(model, device, inputs, picked, labeled, result.selected)
+        result.timings["maps_s"] = time.perf_counter() - started
 
 
 MAP_METHODS = ("deeptaylor", "lrp-epsilon")  # the two the pathologist sees beside each queued cell
@@ -368,58 +381,36 @@ def _render_maps(model, device, inputs: RoundInputs, picked, labeled_images, sel
     return rendered
 
 
-def _store(round_id: int, inputs: RoundInputs, result: dict) -> None:
+def store_round(round_id: int, inputs: RoundInputs, result: RoundResult) -> None:
     with new_session() as session:
         round_ = session.scalar(select(Round).where(Round.id == round_id).with_for_update(key_share=True))
-        if round_.state != "running" or session.scalar(select(Selection.id).where(Selection.round_id == round_id).limit(1)):
+        if round_.state != JobState.RUNNING or session.scalar(select(Selection.id).where(Selection.round_id == round_id).limit(1)):
             log.info("round %s was finished elsewhere; dropping this result", round_id)
             return
-        if result["checkpoint"] is not None:
+        if result.checkpoint is not None:
             model = ModelVersion(
                 project_id=inputs.project_id, parent_id=inputs.parent_model_id,
-                name=f"round {inputs.number}", checkpoint_key=get_blob_store().put(result["checkpoint"]),
-                class_names=inputs.class_names, metrics=result["metrics"], training=result["training"],
+                name=f"round {inputs.number}", checkpoint_key=get_blob_store().put(result.checkpoint),
+                class_names=inputs.class_names, metrics=result.metrics, training=result.training,
             )
             session.add(model)
             session.flush()
             round_.model_version_id = model.id
             store = get_blob_store()
-            for image_id, method, png, npy in result["maps"]:
+            for image_id, method, png, npy in result.maps:
                 session.add(RelevanceMap(image_id=image_id, model_version_id=model.id, method=method,
                                          png_key=store.put(png), npy_key=store.put(npy)))
-        for rank, (image_id, score, details) in enumerate(result["selected"]):
+        for rank, (image_id, score, details) in enumerate(result.selected):
             session.add(Selection(round_id=round_id, image_id=image_id, rank=rank, score=score, details=details))
         session.flush()
         mark_labeled_cells(session, round_)
         round_.n_labels = len(inputs.labeled_hashes)
-        round_.n_selected = min(len(result["selected"]), inputs.batch_size)  # the rest is the reserve
-        round_.metrics = result["metrics"]
-        round_.selection_summary = result["summary"]
-        round_.timings = {**result["timings"], "total_s": (utcnow() - round_.started_at).total_seconds()}
+        round_.n_selected = min(len(result.selected), inputs.batch_size)  # the rest is the reserve
+        round_.metrics = result.metrics
+        round_.selection_summary = result.summary
+        round_.timings = {**result.timings, "total_s": (utcnow() - round_.started_at).total_seconds()}
         round_.progress = {"phase": "done"}
-        round_.state, round_.finished_at = "done", utcnow()
-        if not result["selected"]:
+        round_.state, round_.finished_at = JobState.DONE, utcnow()
+        if not result.selected:
             session.get(Project, inputs.project_id).state = "finished"
         session.commit()
-
-
-def run_round(round_id: int) -> str:
-    with new_session() as session:
-        round_ = claim(session, Round, round_id)
-        if round_ is None:
-            return "skipped"
-        _diagnose_previous_batch(session, round_)
-        inputs = _gather(session, round_)
-    with holding_lease(Round, round_id, round_.attempts):
-        try:
-            from worker.chunks import needs_chunks, score_in_chunks
-
-            if needs_chunks(inputs):  # many workers score the pool; the last chunk's task stores the round
-                return score_in_chunks(round_id, round_.attempts, inputs)
-            result = compute_round(inputs, lambda **progress: set_progress(Round, round_id, **progress))
-        except Exception as error:
-            log.exception("round %s failed", round_id)
-            mark_failed(Round, round_id, round_.attempts, error)
-            return "failed"
-        _store(round_id, inputs, result)
-    return "done"

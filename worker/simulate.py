@@ -31,9 +31,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from backend.blobs import BlobStore, get_blob_store
-from backend.errors import Invalid
-from backend.settings import get_settings
+from backend.core.blobs import BlobStore, get_blob_store
+from backend.core.budget import budget_sizes, half_up
+from backend.core.errors import Invalid
+from backend.core.settings import get_settings
 from worker.ml.metrics import selection_diagnostics
 from worker.ml.strategies import STRATEGIES
 from worker.ml.training import TrainingConfig, resolve_device, stratified_holdout
@@ -137,18 +138,11 @@ def split_by_hash(cells: LabeledCells, test_fraction: float, validation_fraction
                  np.zeros(0, dtype=np.int64), np.sort(np.array(validation, dtype=np.int64)))
 
 
-def _half_up(x: float) -> int:
-    return int(x + 0.5)
-
-
 def budget_plan(pool_size: int, budget_pct: float, n_classes: int) -> list[int]:
-    """Cells each round queues: k, then m until the budget B is spent, then 0 (that round only trains).
-
-    k = 15% of B but at least one cell per class: fewer labeled cells than classes cannot seed
-    the xal-* centres (xal.py refuses them), and every case gets the same k to stay comparable."""
-    budget = min(pool_size, max(1, _half_up(pool_size * budget_pct / 100)))
-    initial = budget if budget_pct >= CEILING else min(budget, max(n_classes, _half_up(0.15 * budget)))
-    step = max(1, _half_up(0.10 * budget))
+    """Cells each round queues: k, then m until the budget B is spent, then 0 (that round only
+    trains). B is budget_pct of the pool; k and m as the product sets them (backend.core.budget)."""
+    budget = max(1, half_up(pool_size * budget_pct / 100))
+    budget, initial, step = budget_sizes(pool_size, n_classes, budget, budget if budget_pct >= CEILING else None)
     sizes = [initial]
     while sum(sizes) < budget:
         sizes.append(min(step, budget - sum(sizes)))
@@ -209,28 +203,28 @@ def run_case(cells: LabeledCells, split: Split, case_name: str, seed: int, budge
             test_hashes=[cells.hashes[i] for i in split.test], test_classes=cells.labels[split.test], render_maps=False,
             pool_clusters=pool_clusters if number == 0 else None,
         ))
-        if result["checkpoint"] is not None:
+        if result.checkpoint is not None:
             if parent is not None and not transfer:
                 store.delete(parent)  # needed by this round only; ~1.6 MB each adds up over hundreds
-            parent, transfer = store.put(result["checkpoint"]), False
-            metrics = result["metrics"]
+            parent, transfer = store.put(result.checkpoint), False
+            metrics = result.metrics
             final_metrics = metrics
             steps.append({
                 "step": number, "n_labels": len(labeled), "aca": metrics["aca"], "mca": metrics["mca"],
-                "per_class_accuracy": metrics["per_class_accuracy"], "epochs_run": result["training"]["epochs_run"],
-                "best_epoch": result["training"]["best_epoch"], "selection_summary": result["summary"],
-                "timings": {**result["timings"], "round_s": time.perf_counter() - round_started},
+                "per_class_accuracy": metrics["per_class_accuracy"], "epochs_run": result.training["epochs_run"],
+                "best_epoch": result.training["best_epoch"], "selection_summary": result.summary,
+                "timings": {**result.timings, "round_s": time.perf_counter() - round_started},
             })
-        picked = [pool_id for pool_id, _, _ in result["selected"]]
+        picked = [pool_id for pool_id, _, _ in result.selected]
         if number == 0:
-            first_batch_summary = result["summary"]  # round 0 trains nothing, so no step holds it
-        if result["pool_predicted"] is not None:
+            first_batch_summary = result.summary  # round 0 trains nothing, so no step holds it
+        if result.pool_predicted is not None:
             truth = cells.labels[unlabeled]
             batch = selection_diagnostics(
-                [score for _, score, _ in result["selected"]], [details["predicted"] for _, _, details in result["selected"]],
-                cells.labels[picked], result["summary"].get("pool_expected_error"))
+                [score for _, score, _ in result.selected], [details["predicted"] for _, _, details in result.selected],
+                cells.labels[picked], result.summary.get("pool_expected_error"))
             diagnostics.append({"step": number, "n_selected": len(picked), "hit_rate": batch["hit_rate"],
-                                "pool_error_rate": float(np.mean(result["pool_predicted"] != truth)),
+                                "pool_error_rate": float(np.mean(result.pool_predicted != truth)),
                                 "pool_expected_error": batch["pool_expected_error"], "error_auroc": batch["error_auroc"]})
         labeled += picked
         chosen = set(picked)
@@ -273,7 +267,7 @@ def _pool_clusters(cells: LabeledCells, split: Split, seed: int, store: BlobStor
     """The seed's deep clustering of its pool, as a project's worker computes it with the default
     settings (kept in the cache): each pool cell's cluster and the clustering's metrics (the
     labels only score it)."""
-    from backend.schemas import ClusteringConfig
+    from backend.core.jobs import ClusteringConfig
     from worker.clustering import compute_clustering
 
     config = {**ClusteringConfig().model_dump(), "n_clusters": len(cells.class_names), "seed": seed}
@@ -287,8 +281,8 @@ def _pool_clusters(cells: LabeledCells, split: Split, seed: int, store: BlobStor
     with bar:
         result = compute_clustering(config, load_cells([cells.hashes[i] for i in split.pool], CHANNEL),
                                     cells.labels[split.pool], lambda **progress: bar.update(progress.get("epoch", 0) - bar.n))
-    record = {"config": config, "pool": split.pool.tolist(), "clusters": result["clusters"].tolist(),
-              "metrics": result["metrics"]}
+    record = {"config": config, "pool": split.pool.tolist(), "clusters": result.clusters.tolist(),
+              "metrics": result.metrics}
     _write_json(path, record)
     return record
 

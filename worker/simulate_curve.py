@@ -24,7 +24,6 @@ there. Tables: steps.csv (every step), summary.csv (ACA/MCA at the read-off poin
 over seeds, and the paired difference to `rs` of the same start per seed), reach.csv and
 label_efficiency.png.
 """
-import csv
 import json
 import sys
 import time
@@ -35,8 +34,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from backend.blobs import BlobStore
-from backend.errors import Invalid
+from backend.core.blobs import BlobStore
+from backend.core.errors import Invalid
 from worker.ml.metrics import selection_diagnostics
 from worker.ml.pretext import PretextConfig, pretrain_contrastive
 from worker.ml.training import TrainingConfig, resolve_device, save_checkpoint
@@ -175,28 +174,28 @@ def run_curve(cells: LabeledCells, test: LabeledCells, split: Split, case_name: 
             labeled_classes=cells.labels[labeled], pool_ids=unlabeled, pool_hashes=[cells.hashes[i] for i in unlabeled],
             test_hashes=test.hashes, test_classes=test.labels, render_maps=False, **validation,
         ))
-        picked = [pool_id for pool_id, _, _ in result["selected"]]
-        if result["checkpoint"] is not None:
+        picked = [pool_id for pool_id, _, _ in result.selected]
+        if result.checkpoint is not None:
             if record["parent"] is not None:
                 store.delete(record["parent"])
-            record["parent"] = store.put(result["checkpoint"])
-            metrics, training = result["metrics"], result["training"]
+            record["parent"] = store.put(result.checkpoint)
+            metrics, training = result.metrics, result.training
             step = {"step": number, "n_labels": len(labeled), "aca": metrics["aca"], "mca": metrics["mca"],
                     "per_class_accuracy": metrics["per_class_accuracy"], "confusion": metrics["confusion"],
                     "epochs_run": training["epochs_run"], "best_epoch": training["best_epoch"],
                     "val_acc": training["val_acc"], "history": training["history"],
-                    "selection_summary": result["summary"], "timings": {**result["timings"], "round_s": time.perf_counter() - started},
+                    "selection_summary": result.summary, "timings": {**result.timings, "round_s": time.perf_counter() - started},
                     "picked_classes": np.bincount(cells.labels[picked], minlength=len(cells.class_names)).tolist()}
-            if result["pool_predicted"] is not None and picked:
+            if result.pool_predicted is not None and picked:
                 truth = cells.labels[unlabeled]
                 step["diagnostics"] = {
-                    **selection_diagnostics([score for _, score, _ in result["selected"]],
-                                            [details["predicted"] for _, _, details in result["selected"]], cells.labels[picked],
-                                            result["summary"].get("pool_expected_error")),
-                    "pool_error_rate": float(np.mean(result["pool_predicted"] != truth))}
+                    **selection_diagnostics([score for _, score, _ in result.selected],
+                                            [details["predicted"] for _, _, details in result.selected], cells.labels[picked],
+                                            result.summary.get("pool_expected_error")),
+                    "pool_error_rate": float(np.mean(result.pool_predicted != truth))}
             record["steps"].append(step)
         else:
-            record["first_batch"] = {"summary": result["summary"],
+            record["first_batch"] = {"summary": result.summary,
                                      "picked_classes": np.bincount(cells.labels[picked], minlength=len(cells.class_names)).tolist()}
         record["labeled"], record["queued"] = labeled, picked
         record["seconds"] += time.perf_counter() - started

@@ -12,9 +12,9 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DataError, InterfaceError, OperationalError, TimeoutError as PoolTimeoutError
 
 from backend.api import auth, clustering, images, labels, projects, rounds
-from backend.errors import DomainError
+from backend.core.errors import DomainError
 from backend.services.jobs import send_waiting_jobs
-from backend.settings import get_settings
+from backend.core.settings import get_settings
 
 FRONTEND = Path(__file__).resolve().parents[2] / "frontend"
 DATABASE_RETRY_AFTER_S = 5

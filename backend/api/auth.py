@@ -3,7 +3,7 @@ from fastapi import APIRouter, HTTPException, Request, status
 from sqlalchemy import select
 
 from backend.api.deps import Admin, AnyUser, SessionDep
-from backend.db.models import User
+from backend.core.db.models import User
 from backend.schemas import LoginIn, TokenOut, UserCreate, UserOut
 from backend.services import users
 

@@ -2,7 +2,8 @@
 from fastapi import APIRouter
 
 from backend.api.deps import Admin, AnyUser, ProjectDep, SessionDep
-from backend.schemas import ClusteringConfig, ClusteringOut, ClusteringOverview
+from backend.core.jobs import ClusteringConfig
+from backend.schemas import ClusteringOut, ClusteringOverview
 from backend.services import clustering
 
 router = APIRouter(tags=["clustering"])

@@ -15,9 +15,9 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
-from backend.db.models import Project, User
-from backend.db.session import new_session
-from backend.errors import NotFound
+from backend.core.db.models import Project, User
+from backend.core.db.session import new_session
+from backend.core.errors import NotFound
 from backend.services.members import find_visible_project
 from backend.services.users import user_for_token
 

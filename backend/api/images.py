@@ -12,14 +12,15 @@ from sqlalchemy.orm import aliased
 from starlette.responses import Response
 
 from backend.api.deps import Admin, AnyUser, ProjectDep, SessionDep
-from backend.blobs import get_blob_store
-from backend.db.models import Image, Label, Project, ProjectClass, RelevanceMap, User
-from backend.errors import Invalid, NotFound
+from backend.core.blobs import get_blob_store
+from backend.core.db.models import Image, Label, Project, ProjectClass, RelevanceMap, User
+from backend.core.errors import Invalid, NotFound
 from backend.schemas import ImageOut, ImagePage, ImportReportOut, RelevanceMapOut, Split
-from backend.services.imports import IncomingFile, files_from_zip, import_images
-from backend.services.labeling import is_current
+from backend.core.readers import IncomingFile, files_from_zip
+from backend.services.imports import import_images
+from backend.core.queries import is_current
 from backend.services.projects import project_image
-from backend.settings import get_settings
+from backend.core.settings import get_settings
 
 # Blobs are content-addressed: a URL's bytes never change. "private": the API needs a token.
 IMMUTABLE = "private, max-age=31536000, immutable"

@@ -7,11 +7,11 @@ import json
 from fastapi import APIRouter, Query
 from fastapi.responses import Response
 
+from backend.core.jobs import ACTIVE, JobState
 from backend.api.deps import Admin, Annotator, AnyUser, ProjectDep, SessionDep
-from backend.db.models import Label, User, utcnow
+from backend.core.db.models import Label, User, utcnow
 from backend.schemas import LabelIn, LabelOut, LeasedCell, NextCell, SelectionOut, SkipIn
 from backend.services import labeling, stats
-from backend.services.jobs import dispatch
 from backend.services.labeling import is_leased
 
 router = APIRouter(tags=["labeling"])
@@ -43,9 +43,9 @@ def next_cell(project: ProjectDep, session: SessionDep, user: Annotator):
     selection, queue = labeling.lease_next_cell(session, project, user)
     round_ = queue.latest
     if selection is None:
-        if round_ is not None and round_.state in ("queued", "running"):
+        if round_ is not None and round_.state in ACTIVE:
             message = f"round {round_.number} is being computed; the next cells arrive when it is done"
-        elif round_ is not None and round_.state == "failed":
+        elif round_ is not None and round_.state == JobState.FAILED:
             message = f"round {round_.number} failed: {round_.error}; an admin can retry it"
         else:
             message = "every queued cell is leased or labeled"
@@ -79,10 +79,8 @@ def _label_out(label: Label, project, session, hints: dict | None = None) -> Lab
 def submit_label(body: LabelIn, project: ProjectDep, session: SessionDep, user: Annotator):
     """Labels a queued cell (or relabels one's own labeled cell; the old label is kept).
     After a blind label of a "label first, then reveal" project the response carries the hints."""
-    label, new_round = labeling.submit_label(
+    label, _ = labeling.submit_label(
         session, project, user, body.image_id, body.class_name, body.duration_ms, body.after_reveal)
-    if new_round is not None:
-        dispatch(new_round)
     return _label_out(label, project, session, labeling.hints_for(session, label) if not label.hints_seen else None)
 
 

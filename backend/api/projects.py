@@ -5,9 +5,17 @@ from backend.api.deps import Admin, AnyUser, ProjectDep, SessionDep
 from backend.schemas import (
     MemberOut, ModelVersionOut, Progress, ProjectCreate, ProjectOut, ProjectUpdate, RoundOut,
 )
+from backend.core.strategies import catalogue_json
 from backend.services import members, projects, rounds
 
 router = APIRouter(tags=["projects"])
+
+
+@router.get("/strategies")
+def list_strategies(_user: AnyUser) -> list[dict]:
+    """The selection strategies: name, what each reads of the pool, its options (JSON schema) and what it does."""
+    default = ProjectCreate.model_fields["strategy"].default
+    return [{**entry, "default": entry["name"] == default} for entry in catalogue_json()]
 
 
 @router.post("/projects", response_model=ProjectOut, status_code=201)

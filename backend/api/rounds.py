@@ -3,10 +3,11 @@ from fastapi import APIRouter, HTTPException, status
 from sqlalchemy import select
 
 from backend.api.deps import Admin, ProjectDep, SessionDep
-from backend.db.models import Label, ProjectClass, Round, Selection, utcnow
+from backend.core.db.models import Label, ProjectClass, Round, Selection, utcnow
 from backend.schemas import RoundOut, SelectionOut
 from backend.services import rounds
-from backend.services.labeling import is_current, is_leased
+from backend.core.queries import is_current
+from backend.services.labeling import is_leased
 
 router = APIRouter(tags=["rounds"])
 

@@ -4,11 +4,11 @@ project to spread its first k cells over the clusters."""
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from backend.db.models import Image, ImageCluster, Label, PoolClustering, Project, ProjectClass
-from backend.errors import Conflict, Invalid
-from backend.schemas import ClusteringConfig
-from backend.services.jobs import dispatch
-from backend.services.labeling import is_current
+from backend.core.db.models import Image, ImageCluster, Label, PoolClustering, Project, ProjectClass
+from backend.core.errors import Conflict, Invalid
+from backend.core.jobs import ACTIVE, ClusteringConfig, JobState
+from backend.services.jobs import enqueue
+from backend.core.queries import is_current
 from backend.services.projects import count_pool
 
 EXAMPLES_PER_CLUSTER = 8
@@ -24,7 +24,7 @@ def latest_clustering(session: Session, project: Project, state: str | None = No
 def request_clustering(session: Session, project: Project, config: ClusteringConfig) -> PoolClustering:
     """Queues a clustering of the pool; one at a time per project."""
     busy = session.scalar(select(PoolClustering.id).where(
-        PoolClustering.project_id == project.id, PoolClustering.state.in_(("queued", "running"))).limit(1))
+        PoolClustering.project_id == project.id, PoolClustering.state.in_(ACTIVE)).limit(1))
     if busy is not None:
         raise Conflict("a clustering of this pool is already queued or running")
     settings = config.model_dump()
@@ -37,7 +37,7 @@ def request_clustering(session: Session, project: Project, config: ClusteringCon
     clustering = PoolClustering(project_id=project.id, config=settings, progress={"phase": "queued"})
     session.add(clustering)
     session.commit()
-    dispatch(clustering)
+    enqueue(clustering)
     return clustering
 
 
@@ -46,7 +46,7 @@ def clustering_overview(session: Session, project: Project, show_reference: bool
     and example cells, and every pool cell's point on the PCA plane with its label (or, for
     admins, its reference class) where known."""
     clustering = latest_clustering(session, project)
-    if clustering is None or clustering.state != "done":
+    if clustering is None or clustering.state != JobState.DONE:
         return {"clustering": clustering, "clusters": [], "points": []}
     label = select(ProjectClass.name).join(Label, Label.class_id == ProjectClass.id).where(
         Label.image_id == ImageCluster.image_id, is_current()).limit(1).scalar_subquery()

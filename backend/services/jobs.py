@@ -13,34 +13,35 @@ from datetime import timedelta
 
 from sqlalchemy import or_, select, update
 
-from backend.db.models import PoolClustering, Round, utcnow
-from backend.db.session import new_session
-from backend.settings import get_settings
+from backend.core.broker import sender
+from backend.core.db.models import PoolClustering, Round, utcnow
+from backend.core.db.session import new_session
+from backend.core.jobs import JobState, Task
+from backend.core.settings import get_settings
 
 log = logging.getLogger(__name__)
 
-TASKS = {Round: "xal.run_round", PoolClustering: "xal.cluster_pool"}
+TASKS = {Round: Task.RUN_ROUND, PoolClustering: Task.CLUSTER_POOL}
 
 
-def dispatch(job: Round | PoolClustering) -> bool:
-    """Sends the job to the workers unless someone holds its lease. The lease is taken first, by
+def enqueue(job: Round | PoolClustering) -> bool:
+    """Sends a committed job to the workers unless someone holds its lease (the one way the API
+    sends jobs; the sweeper is the outbox that sends again what this could not). The lease is taken first, by
     compare-and-set, so that API processes and the sweeper never send a job twice at once; when
     the broker is unreachable it is given back and the job stays queued for the sweeper. What
-    queued the job is committed either way, and publishing is bounded (worker.celery_app), so a
+    queued the job is committed either way, and publishing is bounded (backend.core.broker), so a
     dead broker never holds up a request for long."""
-    from worker.celery_app import celery_app
-
     model, settings, now = type(job), get_settings(), utcnow()
     lease = now + timedelta(seconds=settings.job_lease_seconds)
     with new_session() as session:
         taken = session.execute(
-            update(model).where(model.id == job.id, model.state == "queued", _lease_over(model, now))
+            update(model).where(model.id == job.id, model.state == JobState.QUEUED, _lease_over(model, now))
             .values(lease_expires_at=lease).execution_options(synchronize_session=False)).rowcount
         session.commit()
     if not taken:
         return False
     try:
-        celery_app.send_task(TASKS[model], args=[job.id], queue=settings.queue)
+        sender().send_task(TASKS[model], args=[job.id], queue=settings.queue)
     except Exception as error:  # noqa: BLE001 - any broker failure: keep the job queued, send it later
         log.warning("could not send %s id %s to the broker (%s); it stays queued", model.__name__, job.id, error)
         with new_session() as session:
@@ -58,16 +59,16 @@ def send_waiting_jobs() -> list[Round | PoolClustering]:
     with new_session() as session:
         for model in TASKS:
             abandoned = session.execute(
-                update(model).where(model.state == "running", _lease_over(model, now))
-                .values(state="queued", lease_expires_at=None, progress={"phase": "queued", "requeued": "worker lost"})
+                update(model).where(model.state == JobState.RUNNING, _lease_over(model, now))
+                .values(state=JobState.QUEUED, lease_expires_at=None, progress={"phase": "queued", "requeued": "worker lost"})
                 .returning(model.id, model.project_id).execution_options(synchronize_session=False)).all()
             for job_id, project_id in abandoned:
                 log.warning("%s id %s of project %s: its worker stopped renewing its lease; queued again",
                             model.__name__, job_id, project_id)
-            waiting += session.scalars(select(model).where(model.state == "queued", _lease_over(model, now))
+            waiting += session.scalars(select(model).where(model.state == JobState.QUEUED, _lease_over(model, now))
                                        .order_by(model.id)).all()
         session.commit()
-    return [job for job in waiting if dispatch(job)]
+    return [job for job in waiting if enqueue(job)]
 
 
 def _lease_over(model, now):

@@ -14,19 +14,13 @@ from sqlalchemy import and_, exists, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from backend.db.models import CellNote, Image, Label, Project, ProjectClass, Round, Selection, User, utcnow
-from backend.errors import Conflict, Invalid
+from backend.core.jobs import ACTIVE, JobState
+from backend.core.db.models import CellNote, Image, Label, Project, ProjectClass, Round, Selection, User, utcnow
+from backend.core.errors import Conflict, Invalid
+from backend.core.queries import is_current
+from backend.services.jobs import enqueue
 from backend.services.projects import count_labeled, image_of_project, project_image
-from backend.settings import get_settings
-
-
-def is_current(label=Label):
-    return and_(label.retracted_at.is_(None), label.superseded_at.is_(None))
-
-
-def current_label_exists(image_id=Image.id):
-    """SQL condition: the image (`image_id`, Image.id by default, of the outer query) has a current label."""
-    return exists(select(Label.id).where(Label.image_id == image_id, is_current()))
+from backend.core.settings import get_settings
 
 
 def is_leased(selection: Selection, now: datetime) -> bool:
@@ -40,7 +34,7 @@ def latest_round(session: Session, project: Project) -> Round | None:
 def open_round(session: Session, project: Project) -> Round | None:
     """The round whose step annotators are labeling now, if any."""
     round_ = latest_round(session, project)
-    return round_ if round_ is not None and round_.state == "done" and round_.n_selected else None
+    return round_ if round_ is not None and round_.state == JobState.DONE and round_.n_selected else None
 
 
 @dataclass
@@ -57,12 +51,12 @@ def queue_state(session: Session, project: Project) -> QueueState:
     latest = latest_round(session, project)
     if latest is None:
         return QueueState(None)
-    if latest.state == "done":
+    if latest.state == JobState.DONE:
         return QueueState(latest, latest if latest.n_selected else None)
-    if latest.state not in ("queued", "running") or latest.number == 0:
+    if latest.state not in ACTIVE or latest.number == 0:
         return QueueState(latest)
     previous = session.scalar(select(Round).where(Round.project_id == project.id, Round.number == latest.number - 1))
-    if previous is None or previous.state != "done":
+    if previous is None or previous.state != JobState.DONE:
         return QueueState(latest)
     if count_labeled(session, project) + (project.step_size or 0) >= (project.budget or 0):
         return QueueState(latest)
@@ -82,7 +76,7 @@ def unlabeled_selections(round_: Round, reserve: bool = False):
 def note_empty_queue(session: Session, latest: Round | None) -> None:
     """Marks when annotators first found nothing to label while the latest round was computed:
     the round's queue_empty_s, the time they waited for it."""
-    if latest is not None and latest.state in ("queued", "running") and latest.queue_empty_since is None:
+    if latest is not None and latest.state in ACTIVE and latest.queue_empty_since is None:
         session.execute(update(Round).where(Round.id == latest.id, Round.queue_empty_since.is_(None))
                         .values(queue_empty_since=utcnow()))
         session.commit()
@@ -179,7 +173,8 @@ def submit_label(
     session: Session, project: Project, user: User, image_id: int, class_name: str,
     duration_ms: int | None = None, after_reveal: bool = False,
 ) -> tuple[Label, Round | None]:
-    """Records a label and returns it with the round it opened, if it completed a step.
+    """Records a label and returns it with the round it opened (and sent to the workers), if it
+    completed a step.
     A cell must be queued (and not leased by someone else); a labeled cell may be
     relabeled by its annotator or an admin, which keeps the old label as history.
     In a "label first, then reveal" project the first label is blind (hints_seen False);
@@ -218,11 +213,33 @@ def submit_label(
     if previous is None:  # the cell leaves the queue: each of its selections is labeled, none leased
         session.execute(update(Selection).where(Selection.image_id == image.id).values(
             labeled=True, leased_by_id=None, leased_at=None, lease_expires_at=None))
-    from backend.services.rounds import open_next_round_if_step_done
-
     new_round = open_next_round_if_step_done(session, project, step_round) if step_round is not None else None
     session.commit()
+    if new_round is not None:
+        enqueue(new_round)
     return label, new_round
+
+
+def open_next_round_if_step_done(session: Session, project: Project, round_: Round) -> Round | None:
+    """Called after each new label in the step of `round_`, the open round: when its cells are
+    all labeled, adds the next round (once: a concurrent twin hits the unique (project, number)
+    key and backs off)."""
+    # Serialise step completion on the round row: two last labels committed at once would
+    # otherwise each miss the other's (uncommitted) label and neither would open the next
+    # round. NO KEY UPDATE, because each new label already holds a KEY SHARE lock on this row
+    # (its foreign key), which a plain FOR UPDATE would deadlock against.
+    session.execute(select(Round.id).where(Round.id == round_.id).with_for_update(key_share=True))
+    # Any one unlabeled cell keeps the step open; the queue is served in rank order, so looking
+    # from the last rank finds one at once instead of counting them all while holding the lock.
+    if session.scalar(unlabeled_selections(round_).with_only_columns(Selection.id).order_by(Selection.rank.desc()).limit(1)):
+        return None
+    try:
+        with session.begin_nested():
+            next_round = Round(project_id=project.id, number=round_.number + 1)
+            session.add(next_round)
+    except IntegrityError:
+        return None
+    return next_round
 
 
 def _image_and_current_label(session: Session, project: Project, image_id: int) -> tuple[Image, Label | None]:
@@ -255,23 +272,6 @@ def hints_for(session: Session, label: Label) -> dict | None:
     """What the strategy said about the labeled cell when it queued it."""
     return session.scalar(
         select(Selection.details).where(Selection.round_id == label.round_id, Selection.image_id == label.image_id))
-
-
-def mark_labeled_cells(session: Session, round_: Round) -> None:
-    """For a round being stored: sets `labeled` on its selections whose cell was labeled while
-    it was computed (from the previous round's reserve). The cells' unlabeled selections in
-    earlier rounds are locked first, so a label being submitted for one of them is committed
-    before the labels are read here, and one submitted later waits for this round to be stored
-    and then marks this round's selection itself (submit_label)."""
-    new_cells = select(Selection.image_id).where(Selection.round_id == round_.id)
-    session.execute(
-        select(Selection.id).join(Round, Round.id == Selection.round_id)
-        .where(Round.project_id == round_.project_id, Selection.round_id != round_.id, Selection.labeled.is_(False),
-               Selection.image_id.in_(new_cells))
-        .with_for_update(of=Selection)
-    ).all()
-    session.execute(update(Selection).where(Selection.round_id == round_.id, current_label_exists(Selection.image_id))
-                    .values(labeled=True).execution_options(synchronize_session=False))
 
 
 def skip_cell(session: Session, project: Project, user: User, image_id: int, kind: str, note: str) -> CellNote:

@@ -5,8 +5,8 @@ from sqlalchemy import Select, and_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, joinedload
 
-from backend.db.models import ModelVersion, Project, ProjectMember, User
-from backend.errors import NotFound
+from backend.core.db.models import ModelVersion, Project, ProjectMember, User
+from backend.core.errors import NotFound
 
 
 def visible_projects(user: User) -> Select[tuple[Project]]:

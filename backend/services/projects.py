@@ -2,26 +2,19 @@
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from backend.db.models import Image, Label, ModelVersion, Project, ProjectClass
-from backend.errors import Conflict, Invalid, NotFound
+from backend.core.db.models import Image, Label, ModelVersion, Project, ProjectClass
+from backend.core.budget import budget_sizes
+from backend.core.errors import Conflict, Invalid, NotFound
+from backend.core.strategies import check_strategy
 from backend.schemas import ProjectCreate, ProjectUpdate
 
 DEFAULT_KEYS = "123456789abcdefghijklmnopqrstuvwxyz0"
 
 
-def _check_strategy(name: str, options: dict) -> None:
-    from worker.ml.strategies import check_options  # the one registry; imports torch, so only here
-
-    try:
-        check_options(name, options)
-    except ValueError as error:
-        raise Invalid(f"strategy {name!r}: {error}") from None
-
-
 def create_project(session: Session, spec: ProjectCreate) -> Project:
     if session.scalar(select(Project).where(Project.name == spec.name)):
         raise Conflict(f"a project named {spec.name!r} exists already")
-    _check_strategy(spec.strategy, spec.strategy_options)
+    check_strategy(spec.strategy, spec.strategy_options)
     names = [c.name for c in spec.classes]
     if len(set(names)) != len(names):
         raise Invalid("class names must be unique")
@@ -56,7 +49,7 @@ def create_project(session: Session, spec: ProjectCreate) -> Project:
 def update_project(session: Session, project: Project, changes: ProjectUpdate) -> Project:
     fields = changes.model_dump(exclude_unset=True, exclude_none=True)  # null = leave as is
     if "strategy" in fields or "strategy_options" in fields:
-        _check_strategy(fields.get("strategy", project.strategy), fields.get("strategy_options", project.strategy_options))
+        check_strategy(fields.get("strategy", project.strategy), fields.get("strategy_options", project.strategy_options))
     if "budget" in fields and project.state != "draft":
         labeled = count_labeled(session, project)
         if fields["budget"] < labeled:
@@ -96,20 +89,12 @@ def count_labeled(session: Session, project: Project) -> int:
     """Pool cells with a current label. Labels come only from the queue, whose cells are pool
     cells, so this counts the project's current labels: it reads the labels, not the whole
     pool (the queue asks on every `next` while a round is computed)."""
-    from backend.services.labeling import is_current
+    from backend.core.queries import is_current
 
     return session.scalar(select(func.count(Label.id)).where(Label.project_id == project.id, is_current())) or 0
 
 
 def resolve_budget(project: Project, pool_size: int) -> None:
-    """Fills B, k and m where the project left them to the defaults: B = 20% of the pool,
-    k = 15% of B, m = 10% of B (at least one cell each). A default k is at least one cell per
-    class: the explainable strategies need that many labeled cells to form their centres."""
-    if project.budget is None:
-        project.budget = max(1, round(0.2 * pool_size))
-    project.budget = min(project.budget, pool_size)
-    if project.initial_size is None:
-        project.initial_size = max(len(project.classes), round(0.15 * project.budget))
-    if project.step_size is None:
-        project.step_size = max(1, round(0.1 * project.budget))
-    project.initial_size = min(project.initial_size, project.budget)
+    """Fills B, k and m where the project left them to the defaults (backend.core.budget)."""
+    project.budget, project.initial_size, project.step_size = budget_sizes(
+        pool_size, len(project.classes), project.budget, project.initial_size, project.step_size)

@@ -4,13 +4,14 @@ the budget B is spent. Rounds are computed by Celery workers; the API never wait
 import logging
 
 from sqlalchemy import func, select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from backend.db.models import Image, Label, Project, ProjectClass, Round, Selection
-from backend.errors import Conflict
-from backend.services.jobs import dispatch
-from backend.services.labeling import is_current, latest_round, open_round, unlabeled_selections
+from backend.core.jobs import ACTIVE, JobState
+from backend.core.db.models import Image, Label, Project, ProjectClass, Round
+from backend.core.errors import Conflict
+from backend.services.jobs import enqueue
+from backend.core.queries import is_current
+from backend.services.labeling import latest_round, open_round
 from backend.services.projects import count_labeled, count_pool, resolve_budget
 
 log = logging.getLogger(__name__)
@@ -27,40 +28,18 @@ def start_project(session: Session, project: Project) -> Round:
     round_ = Round(project_id=project.id, number=0)
     session.add(round_)
     session.commit()
-    dispatch(round_)
+    enqueue(round_)
     return round_
-
-
-def open_next_round_if_step_done(session: Session, project: Project, round_: Round) -> Round | None:
-    """Called after each new label in the step of `round_`, the open round: when its cells are
-    all labeled, adds the next round (once: a concurrent twin hits the unique (project, number)
-    key and backs off)."""
-    # Serialise step completion on the round row: two last labels committed at once would
-    # otherwise each miss the other's (uncommitted) label and neither would open the next
-    # round. NO KEY UPDATE, because each new label already holds a KEY SHARE lock on this row
-    # (its foreign key), which a plain FOR UPDATE would deadlock against.
-    session.execute(select(Round.id).where(Round.id == round_.id).with_for_update(key_share=True))
-    # Any one unlabeled cell keeps the step open; the queue is served in rank order, so looking
-    # from the last rank finds one at once instead of counting them all while holding the lock.
-    if session.scalar(unlabeled_selections(round_).with_only_columns(Selection.id).order_by(Selection.rank.desc()).limit(1)):
-        return None
-    try:
-        with session.begin_nested():
-            next_round = Round(project_id=project.id, number=round_.number + 1)
-            session.add(next_round)
-    except IntegrityError:
-        return None
-    return next_round
 
 
 def rerun_round(session: Session, project: Project) -> Round:
     """Admin's trigger: re-sends the latest round when it failed, was cancelled or is stuck in the queue."""
     round_ = latest_round(session, project)
-    if round_ is None or round_.state not in ("queued", "failed", "cancelled"):
+    if round_ is None or round_.state not in (JobState.QUEUED, JobState.FAILED, JobState.CANCELLED):
         raise Conflict("only a queued, failed or cancelled round can be triggered again")
-    round_.state, round_.error, round_.lease_expires_at = "queued", None, None
+    round_.state, round_.error, round_.lease_expires_at = JobState.QUEUED, None, None
     session.commit()
-    dispatch(round_)
+    enqueue(round_)
     return round_
 
 
@@ -70,7 +49,7 @@ def cancel_round(session: Session, project: Project) -> Round:
     round_ = session.scalar(
         select(Round).where(Round.project_id == project.id).order_by(Round.number.desc()).limit(1)
         .with_for_update(key_share=True))
-    if round_ is None or round_.state not in ("queued", "running"):
+    if round_ is None or round_.state not in ACTIVE:
         raise Conflict("only a queued or running round can be cancelled")
     round_.state, round_.progress = "cancelled", {"phase": "cancelled"}
     session.commit()

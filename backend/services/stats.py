@@ -6,7 +6,7 @@ from collections import defaultdict
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from backend.db.models import Label, Project, User
+from backend.core.db.models import Label, Project, User
 
 
 def annotator_stats(session: Session, project: Project) -> dict:

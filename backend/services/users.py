@@ -10,9 +10,9 @@ from argon2.exceptions import VerificationError
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session, joinedload
 
-from backend.db.models import ApiToken, LoginAttempt, User, utcnow
-from backend.errors import Conflict, Invalid, NotFound
-from backend.settings import get_settings
+from backend.core.db.models import ApiToken, LoginAttempt, User, utcnow
+from backend.core.errors import Conflict, Invalid, NotFound
+from backend.core.settings import get_settings
 
 ROLES = ("admin", "annotator", "client")
 _hasher = PasswordHasher()

@@ -54,8 +54,23 @@ function showNewProjectForm() {
   if (show) $("#create-form [name=name]").focus();
 }
 
+// the strategies as the server describes them (GET /api/strategies): names, needs, options
+async function loadStrategies() {
+  state.strategies = await api("/api/strategies");
+  for (const select of document.querySelectorAll("select.strategy-choice")) {
+    replace(select, state.strategies.map((s) => h("option", { value: s.name, title: s.description, selected: s.default }, s.name)));
+  }
+  const list = $("#strategies");
+  if (list) replace(list, state.strategies.map((s) => h("option", { value: s.name }, s.description)));
+}
+
+function readsRelevance(name) {
+  return (state.strategies || []).some((s) => s.name === name && s.needs.includes("relevance"));
+}
+
 async function setUpCreateForm() {
   const form = $("#create-form");
+  await loadStrategies();
   try {
     const models = await api("/api/models");
     form.elements.start_model_id.append(...models.map((m) => h("option", { value: m.id }, `${m.name} (${m.class_names.length} classes)`)));
@@ -74,7 +89,7 @@ async function setUpCreateForm() {
     const body = {
       name: f.name.value.trim(), description: f.description.value.trim(), classes, channel: f.channel.value,
       budget: number(f.budget), initial_size: number(f.initial_size), step_size: number(f.step_size), strategy,
-      strategy_options: strategy.startsWith("xal-") ? { relevance_method: f.relevance_method.value, representation: f.representation.value, centres: f.centres.value } : {},
+      strategy_options: readsRelevance(strategy) ? { relevance_method: f.relevance_method.value, representation: f.representation.value, centres: f.centres.value } : {},
       model_settings: { max_epochs: number(f.max_epochs) ?? 30 },
       start_model_id: number(f.start_model_id) ?? null,
       cold_start: f.cold_start.value,

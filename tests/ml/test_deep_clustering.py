@@ -17,7 +17,7 @@ from worker.ml.deep_clustering import (
     init_centroids_kmeans,
     train_deep_clustering,
 )
-from worker.ml.images import load_cell
+from backend.core.images import load_cell
 
 CPU = torch.device("cpu")
 

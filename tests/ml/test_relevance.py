@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from conftest import balanced_sample
-from worker.ml.images import load_cell
+from backend.core.images import load_cell
 from worker.ml.network import LAST_BLOCK, ParallelResidualNet
 from worker.ml.relevance import INPUT_BOUNDS, METHODS, project_to_image, relevance_maps
 from worker.ml.training import TrainingConfig, train_classifier

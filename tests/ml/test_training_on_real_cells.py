@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import balanced_sample
-from worker.ml.images import load_cell
+from backend.core.images import load_cell
 from worker.ml.metrics import classification_metrics
 from worker.ml.network import ParallelResidualNet
 from worker.ml.training import TrainingConfig, predict_proba, train_classifier

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import balanced_sample
-from worker.ml.images import load_cell
+from backend.core.images import load_cell
 from worker.ml.network import ParallelResidualNet
 from worker.ml.strategies import STRATEGIES, SelectionContext, rank_pool
 from worker.ml.training import TrainingConfig, train_classifier

@@ -15,7 +15,7 @@ from tests.conftest import ROOT, stop
 def private_queue(service_env):
     """The API and the workers of this test use a queue of their own, so that no other worker
     of the session (with the default chunk size) takes these jobs."""
-    from backend.settings import get_settings
+    from backend.core.settings import get_settings
 
     queue = f"{service_env['XAL_QUEUE']}-chunks-{uuid.uuid4().hex[:6]}"
     saved = os.environ["XAL_QUEUE"]

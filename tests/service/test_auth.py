@@ -42,7 +42,7 @@ def test_projects_reject_bad_settings_with_clear_messages(app_client, admin_head
     options = app_client.post("/api/projects", headers=admin_headers, json={
         "name": "bad-options", "classes": [{"name": "a"}, {"name": "b"}],
         "strategy": "xal-margin", "strategy_options": {"representation": "voxels"}})
-    assert options.status_code == 422 and "allowed: pixel, concept" in options.json()["detail"]
+    assert options.status_code == 422 and "representation: Input should be 'pixel' or 'concept'" in options.json()["detail"]
     softmax_options = app_client.post("/api/projects", headers=admin_headers, json={
         "name": "entropy-options", "classes": [{"name": "a"}, {"name": "b"}], "strategy_options": {"centres": "classes"}})
     assert softmax_options.status_code == 422 and "takes no options" in softmax_options.json()["detail"]
@@ -69,8 +69,8 @@ def test_a_null_in_a_project_update_changes_nothing(app_client, admin_headers):
 def test_a_tokens_last_use_is_noted_at_most_once_a_minute(app_client, service_env):
     from datetime import timedelta
 
-    from backend.db.models import ApiToken
-    from backend.db.session import new_session
+    from backend.core.db.models import ApiToken
+    from backend.core.db.session import new_session
 
     _, headers = make_user("client")
     secret = headers["Authorization"].removeprefix("Bearer ")

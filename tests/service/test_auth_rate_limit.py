@@ -14,7 +14,7 @@ LIMIT, IP_LIMIT, WINDOW = 3, 5, 600
 
 @pytest.fixture
 def limits(monkeypatch, service_env):
-    from backend.settings import get_settings
+    from backend.core.settings import get_settings
 
     settings = get_settings()
     monkeypatch.setattr(settings, "login_max_failures", LIMIT)
@@ -43,8 +43,8 @@ def sign_in(client, username, password):
 
 
 def attempts(**where) -> int:
-    from backend.db.models import LoginAttempt
-    from backend.db.session import new_session
+    from backend.core.db.models import LoginAttempt
+    from backend.core.db.session import new_session
 
     with new_session() as session:
         return session.scalar(select(func.count(LoginAttempt.id)).filter_by(**where))
@@ -52,8 +52,8 @@ def attempts(**where) -> int:
 
 def age_attempts(seconds: int, **where) -> None:
     """Moves the matching recorded attempts `seconds` into the past."""
-    from backend.db.models import LoginAttempt
-    from backend.db.session import new_session
+    from backend.core.db.models import LoginAttempt
+    from backend.core.db.session import new_session
 
     with new_session() as session:
         session.execute(update(LoginAttempt).filter_by(**where)

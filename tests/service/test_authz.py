@@ -30,6 +30,7 @@ MATRIX = {
     "POST /api/users/{user_id}/tokens":                (401, 403, 403, 403, 201),
     "DELETE /api/tokens/{token_id}":                   (401, 404, 404, 404, 204),  # others' tokens: admins only
     "GET /api/models":                                 (401, 200, 200, 200, 200),
+    "GET /api/strategies":                             (401, 200, 200, 200, 200),
     "POST /api/projects":                              (401, 403, 403, 403, 422),
     "GET /api/projects":                               (401, 200, 200, 200, 200),
     f"GET {P}":                                        (401, 200, 200, 404, 200),
@@ -90,10 +91,10 @@ def api_routes(app) -> set[str]:
 def authz_project(app_client, admin_headers, i3a_dir, i3a_rows):
     """A started project of 12 pool cells (with masks) and 6 test cells whose round 0 queued
     6 cells; its members; an outsider; a bystander user with a token to act on."""
-    from backend.db.models import Round, User
-    from backend.db.session import new_session
+    from backend.core.db.models import Round, User
+    from backend.core.db.session import new_session
     from backend.services.users import issue_token
-    from worker.rounds import run_round
+    from worker.round_job import run_round
 
     created = app_client.post("/api/projects", headers=admin_headers, json={
         "name": f"authz-{uuid.uuid4().hex[:6]}", "classes": [{"name": c} for c in CLASSES],
@@ -204,7 +205,7 @@ def test_membership_is_given_and_taken_by_admins_and_takes_effect_at_once(app_cl
 
 
 def test_memberships_go_with_their_user_or_project(db):
-    from backend.db.models import Project, ProjectClass, ProjectMember, User
+    from backend.core.db.models import Project, ProjectClass, ProjectMember, User
     from backend.services.members import add_member
 
     projects = [Project(name=f"cascade-{uuid.uuid4().hex[:6]}",

@@ -23,8 +23,8 @@ def test_a_pool_encoded_in_chunks_on_two_workers_is_clustered_as_in_one_pass(
     import torch
     from threadpoolctl import threadpool_limits
 
-    from backend.db.models import Image, ImageCluster, PoolClustering, Project
-    from backend.db.session import new_session
+    from backend.core.db.models import Image, ImageCluster, PoolClustering, Project
+    from backend.core.db.session import new_session
     from worker.clustering import compute_clustering, encode_chunk
     from worker.jobs import job_folder
     from worker.rounds import load_cells

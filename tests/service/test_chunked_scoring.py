@@ -22,12 +22,12 @@ def scoring_chunk_size():
 
 
 def test_chunks_on_two_workers_pick_what_one_pass_picks(app_client, admin_headers, two_chunking_workers, i3a_dir, i3a_rows):
-    from backend.blobs import get_blob_store
-    from backend.db.models import ModelVersion, Project, Round, Selection
-    from backend.db.session import new_session
+    from backend.core.blobs import get_blob_store
+    from backend.core.db.models import ModelVersion, Project, Round, Selection
+    from backend.core.db.session import new_session
     from worker.ml.strategies import compute_pool_outputs
     from worker.ml.training import load_checkpoint
-    from worker.rounds import _gather, load_cells, scoring_batch_size, select_batch
+    from worker.rounds import RoundResult, gather_round, load_cells, scoring_batch_size, select_batch
 
     client = app_client
     project = _project_with_a_labeled_first_batch(client, admin_headers, i3a_dir, i3a_rows, offset=200)
@@ -37,7 +37,7 @@ def test_chunks_on_two_workers_pick_what_one_pass_picks(app_client, admin_header
     # The reference: the same round inputs, the same trained model, the whole pool in one pass.
     with new_session() as session:
         round_ = session.scalar(select(Round).where(Round.project_id == project["id"], Round.number == 1))
-        inputs = _gather(session, round_)
+        inputs = gather_round(session, round_)
         checkpoint = session.get(ModelVersion, round_.model_version_id).checkpoint_key
         stored = session.execute(select(Selection.image_id, Selection.score, Selection.details)
                                  .where(Selection.round_id == round_.id).order_by(Selection.rank)).all()
@@ -49,18 +49,18 @@ def test_chunks_on_two_workers_pick_what_one_pass_picks(app_client, admin_header
     device = next(model.parameters()).device
     outputs = compute_pool_outputs(model, load_cells(inputs.pool_hashes, inputs.channel), inputs.strategy,
                                    inputs.strategy_options, device, scoring_batch_size(inputs))
-    reference = {"timings": {}, "summary": {}, "selected": [], "maps": []}
+    reference = RoundResult()
     select_batch(inputs, model, device, load_cells(inputs.labeled_hashes, inputs.channel), outputs, reference,
                  lambda **progress: None, time.perf_counter())
 
-    assert [image_id for image_id, _, _ in stored] == [image_id for image_id, _, _ in reference["selected"]]
-    np.testing.assert_allclose([score for _, score, _ in stored], [score for _, score, _ in reference["selected"]],
+    assert [image_id for image_id, _, _ in stored] == [image_id for image_id, _, _ in reference.selected]
+    np.testing.assert_allclose([score for _, score, _ in stored], [score for _, score, _ in reference.selected],
                                rtol=1e-6, atol=1e-9)
-    for (_, _, details), (_, _, expected) in zip(stored, reference["selected"]):
+    for (_, _, details), (_, _, expected) in zip(stored, reference.selected):
         np.testing.assert_allclose(details["distances"], expected["distances"], rtol=1e-6, atol=1e-9)
         np.testing.assert_allclose(details["probabilities"], expected["probabilities"], rtol=1e-6, atol=1e-9)
         assert details["predicted"] == expected["predicted"]
-    assert chunked["selection_summary"]["pool_expected_error"] == pytest.approx(reference["summary"]["pool_expected_error"])
+    assert chunked["selection_summary"]["pool_expected_error"] == pytest.approx(reference.summary["pool_expected_error"])
 
     # A chunk delivered again after the merge changes nothing.
     from worker.chunks import score_chunk
@@ -99,16 +99,16 @@ def _project_with_a_labeled_first_batch(client, headers, i3a_dir, i3a_rows, offs
 
 
 def _round_id(project_id: int, number: int) -> int:
-    from backend.db.models import Round
-    from backend.db.session import new_session
+    from backend.core.db.models import Round
+    from backend.core.db.session import new_session
 
     with new_session() as session:
         return session.scalar(select(Round.id).where(Round.project_id == project_id, Round.number == number))
 
 
 def _round_row(round_id: int):
-    from backend.db.models import Round
-    from backend.db.session import new_session
+    from backend.core.db.models import Round
+    from backend.core.db.session import new_session
 
     with new_session() as session:
         return session.get(Round, round_id)
@@ -118,11 +118,11 @@ def test_a_chunk_delivered_twice_is_counted_once_and_the_merge_is_sent_once(
         app_client, admin_headers, private_queue, i3a_dir, i3a_rows):
     """The tasks run here, in this process, in an order a broker may deliver them: chunk 0
     twice before the others, the last chunk twice after the set is complete, the merge twice."""
-    from backend.db.models import Round
-    from backend.settings import get_settings
+    from backend.core.db.models import Round
+    from backend.core.settings import get_settings
     from worker.chunks import merge_chunks, score_chunk
     from worker.jobs import job_folder, mark_failed
-    from worker.rounds import run_round
+    from worker.round_job import run_round
 
     os.environ["XAL_SCORING_CHUNK_SIZE"] = str(CHUNK_SIZE)
     get_settings.cache_clear()

@@ -122,8 +122,8 @@ def _annotate(base_url: str, project_id: int, username: str, headers: dict, hold
 
 
 def test_fifty_annotators_never_share_a_cell_and_no_label_is_lost_or_doubled(api_server, queued_project):
-    from backend.db.models import CellNote, Image, Label, ProjectClass, Round, Selection, User
-    from backend.db.session import new_session
+    from backend.core.db.models import CellNote, Image, Label, ProjectClass, Round, Selection, User
+    from backend.core.db.session import new_session
 
     project_id, n_cells = queued_project
     annotators = [make_user("annotator", project_ids=[project_id]) for _ in range(ANNOTATORS)]

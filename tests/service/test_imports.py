@@ -22,8 +22,8 @@ CLASSES = ["Homogeneous", "Speckled", "Nucleolar", "Centromere", "NuMem", "Golgi
 
 @pytest.fixture
 def project_id(service_env) -> int:
-    from backend.db.models import Project, ProjectClass
-    from backend.db.session import new_session
+    from backend.core.db.models import Project, ProjectClass
+    from backend.core.db.session import new_session
 
     with new_session() as session:
         project = Project(
@@ -53,8 +53,8 @@ def cells(i3a_dir, i3a_rows) -> list[dict]:
 
 
 def image_count(project_id: int, split: str | None = None) -> int:
-    from backend.db.models import Image
-    from backend.db.session import new_session
+    from backend.core.db.models import Image
+    from backend.core.db.session import new_session
 
     query = select(func.count(Image.id)).where(Image.project_id == project_id)
     if split:
@@ -64,16 +64,16 @@ def image_count(project_id: int, split: str | None = None) -> int:
 
 
 def stored_images(project_id: int) -> list:
-    from backend.db.models import Image
-    from backend.db.session import new_session
+    from backend.core.db.models import Image
+    from backend.core.db.session import new_session
 
     with new_session() as session:
         return session.scalars(select(Image).where(Image.project_id == project_id).order_by(Image.id)).all()
 
 
 def class_names_by_id(project_id: int) -> dict[int, str]:
-    from backend.db.models import ProjectClass
-    from backend.db.session import new_session
+    from backend.core.db.models import ProjectClass
+    from backend.core.db.session import new_session
 
     with new_session() as session:
         return dict(session.execute(
@@ -139,7 +139,7 @@ def test_folder_import_with_labels_csv_keeps_class_mask_and_metadata(
     project_id, i3a_dir, i3a_rows, tmp_path, monkeypatch
 ):
     from backend import cli_import
-    from backend.blobs import get_blob_store
+    from backend.core.blobs import get_blob_store
 
     monkeypatch.setattr(cli_import, "BATCH_SIZE", 7)  # several flushes in one transaction
     (tmp_path / "cells").symlink_to(i3a_dir)
@@ -174,7 +174,7 @@ def test_cli_import_by_project_name_is_all_or_nothing_across_batches(
     project_id, i3a_dir, i3a_rows, tmp_path, monkeypatch
 ):
     from backend import cli_import
-    from backend.errors import Invalid
+    from backend.core.errors import Invalid
 
     monkeypatch.setattr(cli_import, "BATCH_SIZE", 7)
     (tmp_path / "cells").symlink_to(i3a_dir)
@@ -195,8 +195,8 @@ def test_cli_import_by_project_name_is_all_or_nothing_across_batches(
 
 
 def stored_project_name(project_id: int) -> str:
-    from backend.db.models import Project
-    from backend.db.session import new_session
+    from backend.core.db.models import Project
+    from backend.core.db.session import new_session
 
     with new_session() as session:
         return session.get(Project, project_id).name
@@ -256,7 +256,7 @@ def test_flat_folder_imports_every_image_without_a_class(project_id, cells, tmp_
 )
 def test_a_bad_labels_csv_is_refused_with_the_row_and_reason(project_id, cells, tmp_path, rows, message):
     from backend.cli_import import run_import
-    from backend.errors import Invalid
+    from backend.core.errors import Invalid
 
     (tmp_path / "Golgi").mkdir()
     (tmp_path / "Golgi" / "cell.png").write_bytes(cells[0]["data"])
@@ -271,7 +271,7 @@ def test_a_bad_labels_csv_is_refused_with_the_row_and_reason(project_id, cells, 
 
 def test_reimporting_a_folder_with_skip_duplicates_adds_nothing(project_id, cells, tmp_path):
     from backend.cli_import import run_import
-    from backend.errors import Conflict
+    from backend.core.errors import Conflict
 
     for cell in cells:
         (tmp_path / cell["name"]).write_bytes(cell["data"])
@@ -486,7 +486,7 @@ def test_skipping_duplicates_alone_still_refuses_invalid_files(app_client, admin
 
 
 def test_limits_from_settings_are_enforced(app_client, admin_headers, project_id, cells, monkeypatch):
-    from backend.settings import get_settings
+    from backend.core.settings import get_settings
 
     settings = get_settings()
     monkeypatch.setattr(settings, "max_image_bytes", 1000)
@@ -529,8 +529,8 @@ def test_only_admins_upload(app_client, project_id, cells):
 def test_image_list_filters_and_hides_the_reference_class_from_annotators(
     app_client, admin_headers, project_id, cells
 ):
-    from backend.db.models import Label, ProjectClass, User, utcnow
-    from backend.db.session import new_session
+    from backend.core.db.models import Label, ProjectClass, User, utcnow
+    from backend.core.db.session import new_session
 
     archive = make_zip({f"{c['class']}/{c['name']}": c["data"] for c in cells})
     image_ids = upload(app_client, admin_headers, project_id, [("p.zip", archive)]).json()["image_ids"]
@@ -582,8 +582,8 @@ def test_image_list_filters_and_hides_the_reference_class_from_annotators(
 
 
 def test_an_image_of_another_project_is_not_found_there(app_client, admin_headers, project_id, cells, service_env):
-    from backend.db.models import Project, ProjectClass
-    from backend.db.session import new_session
+    from backend.core.db.models import Project, ProjectClass
+    from backend.core.db.session import new_session
 
     image_id = upload(app_client, admin_headers, project_id, [("a.png", cells[0]["data"])]).json()["image_ids"][0]
     with new_session() as session:

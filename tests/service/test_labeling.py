@@ -32,8 +32,8 @@ def _label(client, project_id, headers, image_id, class_name="Golgi"):
 
 
 def _label_rows(project_id):
-    from backend.db.models import Label
-    from backend.db.session import new_session
+    from backend.core.db.models import Label
+    from backend.core.db.session import new_session
 
     with new_session() as session:
         return session.scalar(select(func.count(Label.id)).where(Label.project_id == project_id))
@@ -115,7 +115,7 @@ def test_the_last_label_of_a_step_opens_the_next_round_once(app_client, open_pro
 
 
 def test_a_skipped_cell_goes_back_to_the_queue_and_its_annotator_gets_others_first(app_client, open_project, db):
-    from backend.db.models import CellNote
+    from backend.core.db.models import CellNote
 
     _, annotator = make_user("annotator", project_ids=[open_project])
     first = _next(app_client, open_project, annotator)

@@ -2,11 +2,11 @@
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
-from backend.db.models import Base
+from backend.core.db.models import Base
 
 
 def test_migrations_build_what_the_models_describe(service_env):
-    from backend.db.session import get_engine
+    from backend.core.db.session import get_engine
 
     with get_engine().connect() as connection:
         assert compare_metadata(MigrationContext.configure(connection), Base.metadata) == []
@@ -15,7 +15,7 @@ def test_migrations_build_what_the_models_describe(service_env):
 def test_migrations_run_up_and_down_on_the_embedded_sqlite(tmp_path):
     from alembic import command
 
-    from backend.db.migrate import alembic_config
+    from backend.core.db.migrate import alembic_config
 
     config = alembic_config(f"sqlite:///{tmp_path / 'xal.db'}")
     command.upgrade(config, "head")

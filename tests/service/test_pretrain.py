@@ -27,10 +27,10 @@ def labeled_folder(tmp_path_factory, i3a_dir, i3a_rows):
 
 
 def test_pretrain_stores_a_model_version_a_project_can_start_from(service_env, labeled_folder, app_client, admin_headers, capsys):
-    from backend.blobs import get_blob_store
+    from backend.core.blobs import get_blob_store
     from backend.cli import main
-    from backend.db.models import ModelVersion
-    from backend.db.session import new_session
+    from backend.core.db.models import ModelVersion
+    from backend.core.db.session import new_session
     from worker.rounds import RoundInputs, compute_round
     from worker.ml.training import load_checkpoint
 
@@ -66,5 +66,5 @@ def test_pretrain_stores_a_model_version_a_project_can_start_from(service_env, l
         labeled_classes=np.array([CLASSES.index(row["pattern"]) for row in rows]), pool_ids=[], pool_hashes=[],
         test_hashes=[], test_classes=np.zeros(0, dtype=np.int64), render_maps=False,
     ))
-    transferred = load_checkpoint(result["checkpoint"])
+    transferred = load_checkpoint(result.checkpoint)
     assert transferred.n_classes == 6 and transferred.early_layers_frozen

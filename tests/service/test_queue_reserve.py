@@ -1,6 +1,6 @@
 """Annotators do not wait for a round: each round queues reserve cells (the next-ranked after
 its step), served while the next round is computed, and the time the queue stood empty is
-recorded per round. Rounds are computed in-process (worker.rounds.run_round, the worker's own
+recorded per round. Rounds are computed in-process (worker.round_job.run_round, the worker's own
 code), and the API sends them to a queue no worker reads, so the test decides when a round ends."""
 import uuid
 
@@ -17,7 +17,7 @@ def unconsumed_queue(service_env, monkeypatch):
     """Rounds the API dispatches wait in a queue of their own (the session's worker ignores it)."""
     import redis
 
-    from backend.settings import get_settings
+    from backend.core.settings import get_settings
 
     queue = f"xal-test-unconsumed-{uuid.uuid4().hex[:8]}"
     monkeypatch.setenv("XAL_QUEUE", queue)
@@ -35,9 +35,9 @@ def _started_project(client, headers, i3a_dir, i3a_rows, budget: int, per_class:
 
 
 def _compute_round(project_id: int, number: int) -> None:
-    from backend.db.models import Round
-    from backend.db.session import new_session
-    from worker.rounds import run_round
+    from backend.core.db.models import Round
+    from backend.core.db.session import new_session
+    from worker.round_job import run_round
 
     with new_session() as session:
         round_id = session.scalar(select(Round.id).where(Round.project_id == project_id, Round.number == number))
@@ -115,14 +115,14 @@ def test_a_cell_labeled_while_the_round_was_computed_is_not_queued_again(
     """The round reads the unlabeled pool when it starts; a reserve cell labeled after that can
     be among the cells it picks. Storing the round marks that selection labeled, so the cell is
     not served a second time and the round's step still completes."""
-    import worker.rounds
+    import worker.round_job
 
     project_id = _started_project(app_client, admin_headers, i3a_dir, i3a_rows, budget=24, per_class=6)
     _, ann = make_user("annotator", project_ids=[project_id])
     for _ in range(6):
         _label(app_client, project_id, ann, _next(app_client, project_id, ann)["cell"]["image_id"])
     reserve_cell = app_client.get(f"/api/projects/{project_id}/queue", headers=admin_headers).json()[0]["image_id"]
-    gather = worker.rounds._gather
+    gather = worker.round_job.gather_round
 
     def gather_then_label_a_reserve_cell(session, round_):
         inputs = gather(session, round_)
@@ -134,7 +134,7 @@ def test_a_cell_labeled_while_the_round_was_computed_is_not_queued_again(
         inputs.pool_hashes = [inputs.pool_hashes[i] for i in keep]
         return inputs
 
-    monkeypatch.setattr(worker.rounds, "_gather", gather_then_label_a_reserve_cell)
+    monkeypatch.setattr(worker.round_job, "gather_round", gather_then_label_a_reserve_cell)
     _compute_round(project_id, 1)
     picked = app_client.get(f"/api/projects/{project_id}/rounds/1/selections", headers=admin_headers).json()
     assert reserve_cell in {selection["image_id"] for selection in picked}

@@ -21,14 +21,12 @@ normalised; in round 0 the start model's, e.g. one pretrained without labels on 
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy.spatial.distance import cdist
 from sklearn.cluster import KMeans
 
-if TYPE_CHECKING:
-    from .strategies import Ranking, SelectionContext
+from .ranking import Ranking, SelectionContext, entropy_scores
 
 PHASES = ("coverage", "uncertainty")
 KMEANS_ITERATIONS = 50  # a batch's clusters need not converge to the last decimal
@@ -124,8 +122,6 @@ def uncertainty_order(pool: np.ndarray, entropy: np.ndarray, batch: int, candida
 
 def coverage_entropy(context: SelectionContext) -> Ranking:
     """Coverage of the pool until the model is good enough, diverse uncertainty after (module doc)."""
-    from .strategies import Ranking, entropy_scores
-
     options = parse_options(context.options)
     pool = normalised(context.pool_embeddings())
     labeled = normalised(context.labeled_embeddings()) if len(context.labeled_labels) else np.zeros((0, pool.shape[1]))

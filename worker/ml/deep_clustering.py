@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from sklearn.cluster import KMeans
 from torch import nn
 
-from .images import INPUT_SIZE
+from .network import INPUT_SIZE
 from .training import ROTATION_STEP_DEGREES, rotate_batch
 
 LATENT_DIM = 512

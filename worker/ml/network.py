@@ -27,6 +27,7 @@ from torch import nn
 from .zennit_compat import zennit  # noqa: F401 - registers the torchvision stand-in first
 from zennit.layer import Sum
 
+INPUT_SIZE = 112  # cells are resized to INPUT_SIZE x INPUT_SIZE; the Haar transform halves it
 ARCHITECTURE = "parallel-residual-net"
 ARCHITECTURE_VERSION = 1
 FEATURES = 128

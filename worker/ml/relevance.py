@@ -35,8 +35,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from .images import INPUT_SIZE
-from .network import FEATURES, INPUT_CONVS, LAST_BLOCK
+from .network import FEATURES, INPUT_CONVS, INPUT_SIZE, LAST_BLOCK
 from .training import as_image_tensor
 from .wavelets import haar_torch
 from .zennit_compat import zennit  # noqa: F401 - registers the torchvision stand-in first

@@ -1,6 +1,6 @@
 """Training, prediction, devices and checkpoints for ParallelResidualNet.
 
-Images come in as (N, 112, 112) float32 arrays made by `images.load_cell`; the
+Images come in as (N, 112, 112) float32 arrays made by `backend.core.images.load_cell`; the
 Haar transform runs here, per batch, on the training device.
 """
 import copy
@@ -14,8 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .images import INPUT_SIZE
-from .network import ARCHITECTURE, ARCHITECTURE_VERSION, FEATURES, ParallelResidualNet, freeze_early_layers
+from .network import ARCHITECTURE, ARCHITECTURE_VERSION, FEATURES, INPUT_SIZE, ParallelResidualNet, freeze_early_layers
 from .wavelets import haar_torch
 
 ROTATION_STEP_DEGREES = 18

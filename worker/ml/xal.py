@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING, Callable, Optional
+from typing import Callable, Optional
 
 import fastcluster
 import numpy as np
@@ -25,10 +25,8 @@ from scipy.spatial.distance import cdist
 from sklearn.decomposition import PCA
 from sklearn.metrics import adjusted_rand_score
 
+from .ranking import Ranking, SelectionContext, rank_by_scores
 from .relevance import METHODS, RelevanceMaps, relevance_maps
-
-if TYPE_CHECKING:
-    from .strategies import Ranking, SelectionContext
 
 REPRESENTATIONS = ("pixel", "concept")
 CENTRES = ("clusters", "classes")
@@ -246,8 +244,6 @@ def _top_channels(concept: np.ndarray) -> list[dict]:
 
 def xal_ranking(context: SelectionContext, strategy: str, score: Callable[[np.ndarray], np.ndarray]) -> Ranking:
     """Rank the pool by `score` over its distances to the centres of L in relevance space."""
-    from .strategies import rank_by_scores  # strategies.py registers this module's strategies
-
     options = parse_options(context.options)
     labels = np.asarray(context.labeled_labels)
     n_clusters = options.n_clusters or context.model.n_classes
@@ -260,7 +256,9 @@ def xal_ranking(context: SelectionContext, strategy: str, score: Callable[[np.nd
 
     started = time.perf_counter()
     labeled_maps = cell_relevance(context.model, context.labeled_images[reference], options, context.device)
-    pool_maps = context.pool_relevance()
+    if context.cached_pool_relevance is None:
+        context.cached_pool_relevance = cell_relevance(context.model, context.pool_images, options, context.device)
+    pool_maps = context.cached_pool_relevance
     relevance_s = time.perf_counter() - started
 
     started = time.perf_counter()

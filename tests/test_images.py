@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from worker.ml.images import INPUT_SIZE, InvalidImage, decode_image, load_cell, resize_for_network
+from backend.core.images import INPUT_SIZE, InvalidImage, decode_image, load_cell, resize_for_network
 
 
 def encode(array_or_image, fmt: str, **options) -> bytes:
@@ -157,3 +157,9 @@ def test_load_cell_decodes_and_resizes():
     cell = load_cell(encode(gradient(57, 83), "PNG"))
     assert cell.shape == (INPUT_SIZE, INPUT_SIZE) and cell.dtype == np.float32
     assert cell[0, 0] < 0.05 and cell[-1, -1] > 0.95
+
+
+def test_cells_are_resized_to_the_network_input():
+    from worker.ml.network import INPUT_SIZE as NETWORK_INPUT_SIZE
+
+    assert INPUT_SIZE == NETWORK_INPUT_SIZE

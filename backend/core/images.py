@@ -1,7 +1,8 @@
 """The one place where an uploaded image becomes network input.
 
-Training, scoring, the API and the simulator all call `load_cell`, so a cell
-looks the same to the network wherever it comes from.
+The API checks uploads with `decode_image`; workers, the simulator and the benchmarks call
+`load_cell`, so a cell looks the same to the network wherever it comes from. INPUT_SIZE is the
+network's (worker.ml.network.INPUT_SIZE; a test keeps them equal).
 """
 import io
 

@@ -39,6 +39,6 @@ class BlobStore:
 
 
 def get_blob_store() -> BlobStore:
-    from backend.settings import get_settings
+    from backend.core.settings import get_settings
 
     return BlobStore(get_settings().blob_dir)

@@ -5,6 +5,8 @@ from typing import Any
 from sqlalchemy import JSON, ForeignKey, Index, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from backend.core.jobs import JobState
+
 
 def utcnow() -> datetime:
     """Naive UTC: stored and compared the same way on PostgreSQL and SQLite."""
@@ -140,7 +142,7 @@ class Round(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
     number: Mapped[int]
-    state: Mapped[str] = mapped_column(String(20), default="queued")  # queued | running | done | failed | cancelled
+    state: Mapped[str] = mapped_column(String(20), default=JobState.QUEUED)  # queued | running | done | failed | cancelled
     model_version_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"))
     n_labels: Mapped[int] = mapped_column(default=0)  # size of the training set
     n_selected: Mapped[int] = mapped_column(default=0)
@@ -261,7 +263,7 @@ class PoolClustering(Base):
     __tablename__ = "pool_clusterings"
     id: Mapped[int] = mapped_column(primary_key=True)
     project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
-    state: Mapped[str] = mapped_column(String(20), default="queued")  # queued | running | done | failed
+    state: Mapped[str] = mapped_column(String(20), default=JobState.QUEUED)  # queued | running | done | failed
     attempts: Mapped[int] = mapped_column(default=0)
     lease_expires_at: Mapped[datetime | None]  # as a round's (backend.services.jobs)
     config: Mapped[dict[str, Any]] = mapped_column(default=dict)  # case, epochs, n_clusters, max_cells

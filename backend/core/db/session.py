@@ -4,7 +4,7 @@ from functools import lru_cache
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
-from backend.settings import get_settings
+from backend.core.settings import get_settings
 
 
 @lru_cache

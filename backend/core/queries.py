@@ -1,0 +1,31 @@
+"""Query predicates and updates that the API's services and the workers both use."""
+from sqlalchemy import and_, exists, select, update
+from sqlalchemy.orm import Session
+
+from backend.core.db.models import Image, Label, Round, Selection
+
+
+def is_current(label=Label):
+    return and_(label.retracted_at.is_(None), label.superseded_at.is_(None))
+
+
+def current_label_exists(image_id=Image.id):
+    """SQL condition: the image (`image_id`, Image.id by default, of the outer query) has a current label."""
+    return exists(select(Label.id).where(Label.image_id == image_id, is_current()))
+
+
+def mark_labeled_cells(session: Session, round_: Round) -> None:
+    """For a round being stored: sets `labeled` on its selections whose cell was labeled while
+    it was computed (from the previous round's reserve). The cells' unlabeled selections in
+    earlier rounds are locked first, so a label being submitted for one of them is committed
+    before the labels are read here, and one submitted later waits for this round to be stored
+    and then marks this round's selection itself (submit_label)."""
+    new_cells = select(Selection.image_id).where(Selection.round_id == round_.id)
+    session.execute(
+        select(Selection.id).join(Round, Round.id == Selection.round_id)
+        .where(Round.project_id == round_.project_id, Selection.round_id != round_.id, Selection.labeled.is_(False),
+               Selection.image_id.in_(new_cells))
+        .with_for_update(of=Selection)
+    ).all()
+    session.execute(update(Selection).where(Selection.round_id == round_.id, current_label_exists(Selection.image_id))
+                    .values(labeled=True).execution_options(synchronize_session=False))
