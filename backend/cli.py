@@ -1,4 +1,5 @@
 """`xal`: the one command. xal serve | worker | migrate | create-user | token | import | pretrain | simulate | roar."""
+
 import argparse
 import logging
 import os
@@ -15,8 +16,8 @@ def _serve(args) -> None:
     from backend.core.db.migrate import upgrade_database
     from backend.core.db.models import User
     from backend.core.db.session import new_session
-    from backend.services.users import create_user, issue_token
     from backend.core.settings import get_settings
+    from backend.services.users import create_user, issue_token
 
     settings = get_settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -30,10 +31,16 @@ def _serve(args) -> None:
             print(f"First start: created user 'admin' with password {password}\nAPI token: {token}", flush=True)
     worker = None
     if not args.no_worker:
-        worker = subprocess.Popen([sys.executable, "-m", "backend.cli", "worker"], env=os.environ.copy(),
-                                  preexec_fn=_die_with_parent if sys.platform == "linux" else None)
-    print(f"XAL on http://{args.host}:{args.port}/  (API docs: /api/docs; database: "
-          f"{settings.resolved_database_url.split('@')[-1]}; broker: {settings.resolved_broker_url.split('@')[-1]})", flush=True)
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "backend.cli", "worker"],
+            env=os.environ.copy(),
+            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+        )
+    print(
+        f"XAL on http://{args.host}:{args.port}/  (API docs: /api/docs; database: "
+        f"{settings.resolved_database_url.split('@')[-1]}; broker: {settings.resolved_broker_url.split('@')[-1]})",
+        flush=True,
+    )
     try:
         uvicorn.run("backend.api.app:create_app", factory=True, host=args.host, port=args.port, log_level="info")
     finally:
@@ -109,8 +116,12 @@ def _roar(args) -> None:
     from worker.roar import RoarSettings, run_roar
 
     settings = RoarSettings(
-        data=str(Path(args.data).resolve()), labels=str(Path(args.labels).resolve()) if args.labels else None,
-        train_size=args.train_size, test_size=args.test_size, max_epochs=args.max_epochs, seed=args.seed,
+        data=str(Path(args.data).resolve()),
+        labels=str(Path(args.labels).resolve()) if args.labels else None,
+        train_size=args.train_size,
+        test_size=args.test_size,
+        max_epochs=args.max_epochs,
+        seed=args.seed,
     )
     methods = [m for m in args.methods.split(",") if m]
     fractions = [int(x) for x in args.fractions.split(",") if x]
@@ -122,11 +133,17 @@ def _import(args) -> None:
     from backend.cli_import import run_import
 
     report = run_import(
-        args.project, Path(args.folder), Path(args.labels) if args.labels else None, args.split,
-        "skip" if args.skip_duplicates else "error", "skip" if args.skip_invalid else "error",
+        args.project,
+        Path(args.folder),
+        Path(args.labels) if args.labels else None,
+        args.split,
+        "skip" if args.skip_duplicates else "error",
+        "skip" if args.skip_invalid else "error",
     )
-    print(f"imported {len(report.image_ids)} images into the {args.split} split; "
-          f"{len(report.duplicates)} duplicates and {len(report.invalid)} invalid files skipped")
+    print(
+        f"imported {len(report.image_ids)} images into the {args.split} split; "
+        f"{len(report.duplicates)} duplicates and {len(report.invalid)} invalid files skipped"
+    )
     for item in report.invalid[:20]:
         print(f"  invalid: {item['filename']}: {item['error']}")
 
@@ -141,29 +158,53 @@ def _simulate(args) -> None:
         from worker.simulate_curve import CURVE_CASES, CurveSettings, curve
 
         settings = CurveSettings(
-            data=str(Path(args.data).resolve()), test_data=str(Path(args.test_data).resolve()) if args.test_data else None,
-            test_fraction=args.test_fraction, validation_fraction=args.validation_fraction,
-            max_epochs=args.max_epochs or 20, patience=args.patience or 4, batch_size=args.batch_size, precision=args.precision,
-            class_weighting=args.class_weighting, pretext_epochs=args.pretext_epochs,
+            data=str(Path(args.data).resolve()),
+            test_data=str(Path(args.test_data).resolve()) if args.test_data else None,
+            test_fraction=args.test_fraction,
+            validation_fraction=args.validation_fraction,
+            max_epochs=args.max_epochs or 20,
+            patience=args.patience or 4,
+            batch_size=args.batch_size,
+            precision=args.precision,
+            class_weighting=args.class_weighting,
+            pretext_epochs=args.pretext_epochs,
         )
         cases = listed(args.cases)
-        curve(settings, Path(args.out), list(CURVE_CASES) if cases == ["all"] else cases, listed(args.seeds, int), args.to,
-              Path(args.cache) if args.cache else None)
+        curve(
+            settings,
+            Path(args.out),
+            list(CURVE_CASES) if cases == ["all"] else cases,
+            listed(args.seeds, int),
+            args.to,
+            Path(args.cache) if args.cache else None,
+        )
         print(f"curves up to {args.to:g}% of the pool; tables and plot in {args.out}")
         return
     if args.test_data:
         raise SystemExit("--test-data is for --curve runs")
 
     settings = SimulationSettings(
-        data=str(Path(args.data).resolve()), labels=str(Path(args.labels).resolve()) if args.labels else None,
-        test_fraction=args.test_fraction, pool_size=args.pool_size, test_size=args.test_size,
-        pretrain_size=args.pretrain_size, pretrain_exclude=args.pretrain_exclude,
-        max_epochs=args.max_epochs or 30, single_training_epochs=args.single_training_epochs, patience=args.patience or 5,
+        data=str(Path(args.data).resolve()),
+        labels=str(Path(args.labels).resolve()) if args.labels else None,
+        test_fraction=args.test_fraction,
+        pool_size=args.pool_size,
+        test_size=args.test_size,
+        pretrain_size=args.pretrain_size,
+        pretrain_exclude=args.pretrain_exclude,
+        max_epochs=args.max_epochs or 30,
+        single_training_epochs=args.single_training_epochs,
+        patience=args.patience or 5,
         batch_size=args.batch_size,
     )
     cases = listed(args.cases)
-    computed = simulate(settings, Path(args.out), list(CASES) if cases == ["all"] else cases,
-                        listed(args.budgets, float), listed(args.seeds, int), Path(args.cache) if args.cache else None)
+    computed = simulate(
+        settings,
+        Path(args.out),
+        list(CASES) if cases == ["all"] else cases,
+        listed(args.budgets, float),
+        listed(args.seeds, int),
+        Path(args.cache) if args.cache else None,
+    )
     print(f"{len(computed)} runs computed, the others were done already; tables and plots in {args.out}")
 
 
@@ -186,15 +227,25 @@ def _pretrain(args) -> None:
     if args.limit:
         cells = cells.subset(np.sort(stratified_sample(cells.labels, args.limit, np.random.default_rng(args.seed))))
     config = TrainingConfig(max_epochs=args.max_epochs, seed=args.seed)
-    trained = pretrain(load_cells(cells.hashes, CHANNEL), cells.labels, cells.class_names, config,
-                       resolve_device(get_settings().device))
+    trained = pretrain(
+        load_cells(cells.hashes, CHANNEL), cells.labels, cells.class_names, config, resolve_device(get_settings().device)
+    )
     with new_session() as session:
-        model = ModelVersion(project_id=None, name=args.name, checkpoint_key=store.put(trained.checkpoint),
-                             class_names=trained.class_names, metrics=trained.metrics, training=trained.training)
+        model = ModelVersion(
+            project_id=None,
+            name=args.name,
+            checkpoint_key=store.put(trained.checkpoint),
+            class_names=trained.class_names,
+            metrics=trained.metrics,
+            training=trained.training,
+        )
         session.add(model)
         session.commit()
-    print(f"model version {model.id} ({args.name!r}): {len(cells.hashes)} cells of {', '.join(trained.class_names)}; "
-          f"held-out accuracy {trained.metrics.get('aca', float('nan')):.3f}", file=sys.stderr)
+    print(
+        f"model version {model.id} ({args.name!r}): {len(cells.hashes)} cells of {', '.join(trained.class_names)}; "
+        f"held-out accuracy {trained.metrics.get('aca', float('nan')):.3f}",
+        file=sys.stderr,
+    )
     print(model.id)
 
 
@@ -219,8 +270,13 @@ def build_parser() -> argparse.ArgumentParser:
     user.add_argument("username")
     user.add_argument("--role", choices=["admin", "annotator", "client"], required=True)
     user.add_argument("--password")
-    user.add_argument("--project", action="append", default=[], metavar="NAME_OR_ID",
-                      help="make the user a member of this project (repeatable); admins see every project")
+    user.add_argument(
+        "--project",
+        action="append",
+        default=[],
+        metavar="NAME_OR_ID",
+        help="make the user a member of this project (repeatable); admins see every project",
+    )
     user.set_defaults(run=_create_user)
 
     token = sub.add_parser("token", help="print a new API token for a user")
@@ -228,8 +284,9 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--name", default="cli")
     token.set_defaults(run=_token)
 
-    roar = sub.add_parser("roar", help="rank the relevance methods by remove-and-retrain / keep-and-retrain "
-                                       "on a labeled folder (resumable)")
+    roar = sub.add_parser(
+        "roar", help="rank the relevance methods by remove-and-retrain / keep-and-retrain on a labeled folder (resumable)"
+    )
     roar.add_argument("--data", required=True, help="labeled folder (a labels.csv, or one folder per class)")
     roar.add_argument("--labels", help="CSV with an image-path column and a class column")
     roar.add_argument("--out", required=True, help="results folder; a rerun into it skips finished rows")
@@ -250,8 +307,10 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--skip-invalid", action="store_true")
     imp.set_defaults(run=_import)
 
-    simulate = sub.add_parser("simulate", help="replay the active-learning experiment on a labeled folder, "
-                                               "the ground truth as the oracle (resumable)")
+    simulate = sub.add_parser(
+        "simulate",
+        help="replay the active-learning experiment on a labeled folder, the ground truth as the oracle (resumable)",
+    )
     simulate.add_argument("--data", required=True, help="labeled folder (a labels.csv, or one folder per class)")
     simulate.add_argument("--labels", help="CSV with an image-path column and a class column")
     simulate.add_argument("--out", required=True, help="results folder; a rerun into it skips finished runs")
@@ -263,20 +322,36 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--pool-size", type=int, help="stratified subsample of the pool (default: all of it)")
     simulate.add_argument("--test-size", type=int, help="stratified subsample of the test split (default: all of it)")
     simulate.add_argument("--max-epochs", type=int, help="default 30 (--curve: 20)")
-    simulate.add_argument("--single-training-epochs", type=int, help="max epochs of the pretraining and of the 100%% "
-                          "ceiling, trained once rather than round after round (default: --max-epochs)")
+    simulate.add_argument(
+        "--single-training-epochs",
+        type=int,
+        help="max epochs of the pretraining and of the 100%% "
+        "ceiling, trained once rather than round after round (default: --max-epochs)",
+    )
     simulate.add_argument("--patience", type=int, help="default 5 (--curve: 4)")
     simulate.add_argument("--batch-size", type=int, default=128)
     simulate.add_argument("--pretrain-size", type=int, default=1000, help="cells of the in-* cases' pretraining part")
-    simulate.add_argument("--pretrain-exclude", nargs="*", default=["Golgi"], metavar="CLASS",
-                          help="classes the pretraining part leaves out (default Golgi)")
-    simulate.add_argument("--curve", action="store_true",
-                          help="one run per case and seed, step by step up to --to %% of the pool (worker/simulate_curve.py); "
-                               "its own defaults: --max-epochs 20 --patience 4, bf16, class-balanced loss")
+    simulate.add_argument(
+        "--pretrain-exclude",
+        nargs="*",
+        default=["Golgi"],
+        metavar="CLASS",
+        help="classes the pretraining part leaves out (default Golgi)",
+    )
+    simulate.add_argument(
+        "--curve",
+        action="store_true",
+        help="one run per case and seed, step by step up to --to %% of the pool (worker/simulate_curve.py); "
+        "its own defaults: --max-epochs 20 --patience 4, bf16, class-balanced loss",
+    )
     simulate.add_argument("--to", type=float, default=10.0, help="--curve: label up to this %% of the pool (at most 20)")
     simulate.add_argument("--test-data", help="--curve: a separate labeled folder as the test set")
-    simulate.add_argument("--validation-fraction", type=float, default=0.03,
-                          help="--curve: fixed validation cells, this share of each class by content hash")
+    simulate.add_argument(
+        "--validation-fraction",
+        type=float,
+        default=0.03,
+        help="--curve: fixed validation cells, this share of each class by content hash",
+    )
     simulate.add_argument("--precision", choices=["bf16", "fp32"], default="bf16", help="--curve")
     simulate.add_argument("--class-weighting", choices=["balanced", "none"], default="balanced", help="--curve")
     simulate.add_argument("--pretext-epochs", type=int, default=20, help="--curve: contrastive pretraining on the pool")

@@ -1,4 +1,5 @@
 """`xal import PROJECT DIR`: a folder of cells into a project, all in one transaction."""
+
 import sys
 from collections.abc import Iterable, Iterator
 from itertools import islice

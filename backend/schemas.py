@@ -1,4 +1,5 @@
 """Pydantic schemas of the public REST API."""
+
 from datetime import datetime
 from typing import Any, Literal
 
@@ -35,9 +36,11 @@ class ModelSettings(BaseModel):
     augment: bool = True
     seed: int = 0
     class_weighting: Literal["balanced", "none"] = Field(
-        default="balanced", description="balanced: each class weighs alike in the loss, however many of it were labeled")
+        default="balanced", description="balanced: each class weighs alike in the loss, however many of it were labeled"
+    )
     precision: Literal["fp32", "bf16"] = Field(
-        default="fp32", description="bf16: bfloat16 autocast, ~2x faster training on CPUs with bf16 support and GPUs")
+        default="fp32", description="bf16: bfloat16 autocast, ~2x faster training on CPUs with bf16 support and GPUs"
+    )
 
 
 class ProjectCreate(BaseModel):
@@ -51,9 +54,13 @@ class ProjectCreate(BaseModel):
     step_size: int | None = Field(default=None, ge=1, description="m; default 10% of B")
     # random: the AL experiment (README, bench/results/al-i3a) found no strategy above it yet
     strategy: str = "random"
-    strategy_options: dict[str, Any] = Field(default_factory=dict, description="settings of the strategy, e.g. representation")
+    strategy_options: dict[str, Any] = Field(
+        default_factory=dict, description="settings of the strategy, e.g. representation"
+    )
     reveal_after_label: bool = False
-    cold_start: ColdStart = Field(default="random", description="round 0: random cells, or spread evenly over the pool's clusters")
+    cold_start: ColdStart = Field(
+        default="random", description="round 0: random cells, or spread evenly over the pool's clusters"
+    )
     model_settings: ModelSettings = ModelSettings()
     start_model_id: int | None = None
 
@@ -199,7 +206,8 @@ class RoundOut(ORM):
     started_at: datetime | None
     finished_at: datetime | None
     queue_empty_s: float | None = Field(
-        default=None, description="seconds annotators found the queue empty while this round was computed")
+        default=None, description="seconds annotators found the queue empty while this round was computed"
+    )
 
 
 class Progress(BaseModel):

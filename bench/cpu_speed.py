@@ -1,6 +1,7 @@
 """How fast this machine's CPU runs Python right now. The development machines are shared VMs
 whose speed changes by up to 2x within an hour (seen: 13.8 and 25.1 us for the same loop), so
 each benchmark run records this beside its figures: compare runs at similar speeds, or scale."""
+
 import timeit
 
 

@@ -27,6 +27,7 @@ Writes, under --out-dir (bench/results):
 - deep-clustering-i3a-pca.png: PC1/PC2 of each latent (of the pixels for k-means),
   coloured by cluster and by true class.
 - deep-clustering-i3a.json: the settings, the machine and every case's history."""
+
 import argparse
 import csv
 import json
@@ -83,8 +84,14 @@ def plot_pca(path: Path, views: list[tuple[str, np.ndarray, np.ndarray]], labels
         points, explained = pca_2d(features)
         matched = match_clusters_to_classes(labels, clusters)
         groups = (
-            [(clusters == c, f"cluster {c} -> {classes[matched[c]]}" if c in matched else f"cluster {c}",
-              colours(matched.get(c, len(classes) + c))) for c in np.unique(clusters)],
+            [
+                (
+                    clusters == c,
+                    f"cluster {c} -> {classes[matched[c]]}" if c in matched else f"cluster {c}",
+                    colours(matched.get(c, len(classes) + c)),
+                )
+                for c in np.unique(clusters)
+            ],
             [(labels == k, cls, colours(k)) for k, cls in enumerate(classes)],
         )
         for ax, group, title in zip(row, groups, ("by cluster (Hungarian match)", "by true class")):
@@ -109,8 +116,11 @@ def main() -> None:
     parser.add_argument("--cases", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--standardise", action="store_true",
-                        help="each cell to zero mean, unit variance first (worker.ml.deep_clustering.standardise_cells)")
+    parser.add_argument(
+        "--standardise",
+        action="store_true",
+        help="each cell to zero mean, unit variance first (worker.ml.deep_clustering.standardise_cells)",
+    )
     parser.add_argument("--out-dir", default=str(ROOT / "bench" / "results"))
     args = parser.parse_args()
 
@@ -118,8 +128,12 @@ def main() -> None:
     from sklearn.cluster import KMeans
 
     from worker.ml.cluster_metrics import clustering_scores
-    from worker.ml.deep_clustering import (DeepClusteringAutoencoder, DeepClusteringConfig, standardise_cells,
-                                           train_deep_clustering)
+    from worker.ml.deep_clustering import (
+        DeepClusteringAutoencoder,
+        DeepClusteringConfig,
+        standardise_cells,
+        train_deep_clustering,
+    )
     from worker.ml.training import resolve_device
 
     device = resolve_device(args.device)
@@ -130,21 +144,32 @@ def main() -> None:
     if args.standardise:
         images = standardise_cells(images)
     n_clusters = len(classes)
-    print(f"{len(images)} cells loaded in {time.perf_counter() - started:.1f} s; "
-          f"classes {dict(zip(classes, np.bincount(labels, minlength=n_clusters).tolist()))}", flush=True)
+    print(
+        f"{len(images)} cells loaded in {time.perf_counter() - started:.1f} s; "
+        f"classes {dict(zip(classes, np.bincount(labels, minlength=n_clusters).tolist()))}",
+        flush=True,
+    )
 
     rows, views, histories = [], [], {}
     started, cpu = time.perf_counter(), cpu_seconds()
     pixels = images.reshape(len(images), -1)
     kmeans = KMeans(n_clusters=n_clusters, n_init=10, random_state=args.seed).fit(pixels)
-    rows.append({"case": "kmeans-raw-pixels", **clustering_scores(labels, kmeans.labels_),
-                 "recon_mse": float(kmeans.inertia_ / pixels.size), "epochs": "", "wall_s": time.perf_counter() - started})
+    rows.append(
+        {
+            "case": "kmeans-raw-pixels",
+            **clustering_scores(labels, kmeans.labels_),
+            "recon_mse": float(kmeans.inertia_ / pixels.size),
+            "epochs": "",
+            "wall_s": time.perf_counter() - started,
+        }
+    )
     views.append(("k-means on raw pixels", pixels, kmeans.labels_))
     print(f"{rows[-1]} cpu {cpu_seconds() - cpu:.0f} s", flush=True)
     write_csv(out / "deep-clustering-i3a.csv", rows)  # after every case: a late failure keeps the rest
 
-    config = DeepClusteringConfig(pretrain_epochs=args.pretrain_epochs, cluster_epochs=args.cluster_epochs,
-                                  batch_size=args.batch_size, seed=args.seed)
+    config = DeepClusteringConfig(
+        pretrain_epochs=args.pretrain_epochs, cluster_epochs=args.cluster_epochs, batch_size=args.batch_size, seed=args.seed
+    )
     for case in args.cases:
         torch.manual_seed(args.seed)
         model = DeepClusteringAutoencoder(case)
@@ -155,24 +180,53 @@ def main() -> None:
 
         result = train_deep_clustering(model, images, n_clusters, config, device, progress)
         pretrain_s = sum(row["seconds"] for row in result.history if row["phase"] == "pretrain")
-        rows.append({"case": f"case{case}-pretrained", **clustering_scores(labels, result.initial_assignments),
-                     "recon_mse": result.pretrained_recon_mse, "epochs": args.pretrain_epochs, "wall_s": pretrain_s})
-        rows.append({"case": f"case{case}", **clustering_scores(labels, result.assignments), "recon_mse": result.recon_mse,
-                     "epochs": args.pretrain_epochs + args.cluster_epochs, "wall_s": result.seconds})
+        rows.append(
+            {
+                "case": f"case{case}-pretrained",
+                **clustering_scores(labels, result.initial_assignments),
+                "recon_mse": result.pretrained_recon_mse,
+                "epochs": args.pretrain_epochs,
+                "wall_s": pretrain_s,
+            }
+        )
+        rows.append(
+            {
+                "case": f"case{case}",
+                **clustering_scores(labels, result.assignments),
+                "recon_mse": result.recon_mse,
+                "epochs": args.pretrain_epochs + args.cluster_epochs,
+                "wall_s": result.seconds,
+            }
+        )
         views.append((f"case {case}", result.latent, result.assignments))
         histories[f"case{case}"] = result.history
         per_epoch = [row["seconds"] for row in result.history]
-        print(f"{rows[-2]}\n{rows[-1]}\ncase {case}: {result.seconds:.0f} s wall, {cpu_seconds() - cpu:.0f} s cpu; "
-              f"epochs {min(per_epoch):.1f}-{max(per_epoch):.1f} s = {1000 * np.median(per_epoch) / len(images):.0f} ms/cell (median)",
-              flush=True)
+        print(
+            f"{rows[-2]}\n{rows[-1]}\ncase {case}: {result.seconds:.0f} s wall, {cpu_seconds() - cpu:.0f} s cpu; "
+            f"epochs {min(per_epoch):.1f}-{max(per_epoch):.1f} s = "
+            f"{1000 * np.median(per_epoch) / len(images):.0f} ms/cell (median)",
+            flush=True,
+        )
         write_csv(out / "deep-clustering-i3a.csv", rows)
 
     plot_pca(out / "deep-clustering-i3a-pca.png", views, labels, classes)
-    machine = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-               f"{torch.get_num_threads()} threads, device {device}")
-    (out / "deep-clustering-i3a.json").write_text(json.dumps(
-        {"command": " ".join(sys.argv), "machine": machine, "cells": len(images), "config": config.__dict__,
-         "rows": rows, "histories": histories}, indent=1))
+    machine = (
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads, device {device}"
+    )
+    (out / "deep-clustering-i3a.json").write_text(
+        json.dumps(
+            {
+                "command": " ".join(sys.argv),
+                "machine": machine,
+                "cells": len(images),
+                "config": config.__dict__,
+                "rows": rows,
+                "histories": histories,
+            },
+            indent=1,
+        )
+    )
     print(f"machine: {machine}\nwrote {out / 'deep-clustering-i3a.csv'}")
 
 

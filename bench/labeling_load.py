@@ -17,6 +17,7 @@ The load comes from this process (an asyncio httpx client), the API runs in its 
 process(es); all share the machine's cores. Prints p50/p90/p99/max latency of next and submit,
 labels per second and CPU time per label per run, and writes everything to
 bench/results/labeling-load.json."""
+
 import argparse
 import asyncio
 import csv
@@ -53,8 +54,13 @@ def main() -> None:
     parser.add_argument("--annotators", type=int, default=50)
     parser.add_argument("--duration", type=float, default=30, help="seconds of load per run")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="uvicorn worker processes to try")
-    parser.add_argument("--rates", type=float, nargs="+", default=[0],
-                        help="labels/s the annotators aim at together; 0: no pause (saturation)")
+    parser.add_argument(
+        "--rates",
+        type=float,
+        nargs="+",
+        default=[0],
+        help="labels/s the annotators aim at together; 0: no pause (saturation)",
+    )
     parser.add_argument("--repeats", type=int, default=3, help="runs per worker count and rate")
     parser.add_argument("--pool", type=int, default=3000, help="cells queued per run (one fresh project per run)")
     parser.add_argument("--port", type=int, default=8765)
@@ -82,8 +88,11 @@ def main() -> None:
 
         upgrade_database()
         admin = {"Authorization": f"Bearer {_admin_token()}"}
-        worker = subprocess.Popen([sys.executable, "-m", "backend.cli", "worker", "--concurrency", "1",
-                                   "--loglevel", "WARNING"], cwd=ROOT, env=os.environ.copy())
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "backend.cli", "worker", "--concurrency", "1", "--loglevel", "WARNING"],
+            cwd=ROOT,
+            env=os.environ.copy(),
+        )
         with open(I3A / "labels.csv", newline="") as f:
             rows = list(csv.DictReader(f))[: args.pool]
         cells = [(f"{row['image_id']}.png", (I3A / row["image_path"]).read_bytes()) for row in rows]
@@ -102,13 +111,17 @@ def main() -> None:
                         load_before, cpu_speed = os.getloadavg(), python_loop_us()
                         with CpuMeter(server, database) as cpu:
                             run = asyncio.run(_load(base_url, project_id, annotators, args.duration, rate))
-                        run.update(workers=n_workers, rate=rate, repeat=repeat, project_id=project_id,
-                                   python_loop_us=round(cpu_speed, 1),
-                                   loadavg_before=load_before, loadavg_after=os.getloadavg(),
-                                   database_connections={"opened": cpu.backends_started,
-                                                         "most_at_once": cpu.most_backends_at_once},
-                                   cpu_ms_per_label={k: round(v * 1000 / max(run["labels"], 1), 2)
-                                                     for k, v in cpu.seconds.items()})
+                        run.update(
+                            workers=n_workers,
+                            rate=rate,
+                            repeat=repeat,
+                            project_id=project_id,
+                            python_loop_us=round(cpu_speed, 1),
+                            loadavg_before=load_before,
+                            loadavg_after=os.getloadavg(),
+                            database_connections={"opened": cpu.backends_started, "most_at_once": cpu.most_backends_at_once},
+                            cpu_ms_per_label={k: round(v * 1000 / max(run["labels"], 1), 2) for k, v in cpu.seconds.items()},
+                        )
                         run["labels_in_database"] = _labels_in_database(project_id)
                         runs.append(run)
                         _print_run(run)
@@ -151,10 +164,28 @@ def _admin_token() -> str:
 
 def _start_server(workers: int, port: int, loop: str, http: str) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "backend.api.app:create_app", "--factory", "--host", "127.0.0.1",
-         "--port", str(port), "--workers", str(workers), "--loop", loop, "--http", http,
-         "--log-level", "warning", "--no-access-log"],
-        cwd=ROOT, env=os.environ.copy(),
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "backend.api.app:create_app",
+            "--factory",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            str(workers),
+            "--loop",
+            loop,
+            "--http",
+            http,
+            "--log-level",
+            "warning",
+            "--no-access-log",
+        ],
+        cwd=ROOT,
+        env=os.environ.copy(),
     )
 
 
@@ -192,10 +223,19 @@ def _queued_project(client: httpx.Client, cells: list[tuple[str, bytes]], annota
     from backend.services.projects import find_project
 
     n = len(cells)
-    project = _ok(client.post("/api/projects", json={
-        "name": f"load-{uuid.uuid4().hex[:6]}", "classes": [{"name": c} for c in CLASSES], "strategy": "random",
-        "budget": n, "initial_size": n, "step_size": n,
-    }))
+    project = _ok(
+        client.post(
+            "/api/projects",
+            json={
+                "name": f"load-{uuid.uuid4().hex[:6]}",
+                "classes": [{"name": c} for c in CLASSES],
+                "strategy": "random",
+                "budget": n,
+                "initial_size": n,
+                "step_size": n,
+            },
+        )
+    )
     with new_session() as session:
         target = find_project(session, project["id"])
         for start in range(0, n, IMPORT_BATCH):
@@ -310,8 +350,7 @@ async def _load(base_url: str, project_id: int, annotators: list[dict], duration
     counts = {"labels": 0, "empty_queue": 0, "errors": 0}
     errors: dict[str, int] = {}
     # idle connections are dropped before uvicorn's 5 s keep-alive timeout closes them under a request
-    limits = httpx.Limits(max_connections=len(annotators), max_keepalive_connections=len(annotators),
-                          keepalive_expiry=2)
+    limits = httpx.Limits(max_connections=len(annotators), max_keepalive_connections=len(annotators), keepalive_expiry=2)
 
     async def annotate(client: httpx.AsyncClient, headers: dict, deadline: float) -> None:
         rng = random.Random(headers["Authorization"])
@@ -334,8 +373,12 @@ async def _load(base_url: str, project_id: int, annotators: list[dict], duration
                 await asyncio.sleep(0.1)
                 continue
             started = time.perf_counter()
-            response = await _post(client, f"/api/projects/{project_id}/labels", headers,
-                                   {"image_id": cell["image_id"], "class_name": rng.choice(CLASSES)})
+            response = await _post(
+                client,
+                f"/api/projects/{project_id}/labels",
+                headers,
+                {"image_id": cell["image_id"], "class_name": rng.choice(CLASSES)},
+            )
             submit_ms.append((time.perf_counter() - started) * 1000)
             if isinstance(response, httpx.Response) and response.status_code == 201:
                 counts["labels"] += 1
@@ -348,11 +391,15 @@ async def _load(base_url: str, project_id: int, annotators: list[dict], duration
         await asyncio.gather(*(annotate(client, a["headers"], deadline) for a in annotators))
         elapsed = time.perf_counter() - started
     return {
-        "annotators": len(annotators), "target_labels_per_s": rate, "seconds": round(elapsed, 2), **counts,
+        "annotators": len(annotators),
+        "target_labels_per_s": rate,
+        "seconds": round(elapsed, 2),
+        **counts,
         "error_kinds": errors,
         "labels_per_s": round(counts["labels"] / elapsed, 1),
         "requests_per_s": round((len(next_ms) + len(submit_ms)) / elapsed, 1),
-        "next_ms": _percentiles(next_ms), "submit_ms": _percentiles(submit_ms),
+        "next_ms": _percentiles(next_ms),
+        "submit_ms": _percentiles(submit_ms),
     }
 
 
@@ -377,8 +424,13 @@ def _percentiles(values: list[float]) -> dict:
     if not values:
         return {"n": 0}
     cuts = statistics.quantiles(values, n=100, method="inclusive")
-    return {"n": len(values), "p50": round(cuts[49], 1), "p90": round(cuts[89], 1), "p99": round(cuts[98], 1),
-            "max": round(max(values), 1)}
+    return {
+        "n": len(values),
+        "p50": round(cuts[49], 1),
+        "p90": round(cuts[89], 1),
+        "p99": round(cuts[98], 1),
+        "max": round(max(values), 1),
+    }
 
 
 def _labels_in_database(project_id: int) -> int:
@@ -393,14 +445,16 @@ def _labels_in_database(project_id: int) -> int:
 
 def _print_run(run: dict) -> None:
     n, s = run["next_ms"], run["submit_ms"]
-    print(f"workers={run['workers']} rate={run['rate'] or 'max'} run={run['repeat']}: {run['labels_per_s']} labels/s "
-          f"({run['labels']} in {run['seconds']} s, {run['labels_in_database']} in the database), "
-          f"next p50/p90/p99/max {n.get('p50')}/{n.get('p90')}/{n.get('p99')}/{n.get('max')} ms, "
-          f"submit {s.get('p50')}/{s.get('p90')}/{s.get('p99')}/{s.get('max')} ms, "
-          f"errors {run['errors']}, empty queue {run['empty_queue']}, load {run['loadavg_before'][0]:.2f}, "
-          f"python loop {run['python_loop_us']} us; "
-          f"CPU ms per label: {run['cpu_ms_per_label']}, database connections: {run['database_connections']}",
-          flush=True)
+    print(
+        f"workers={run['workers']} rate={run['rate'] or 'max'} run={run['repeat']}: {run['labels_per_s']} labels/s "
+        f"({run['labels']} in {run['seconds']} s, {run['labels_in_database']} in the database), "
+        f"next p50/p90/p99/max {n.get('p50')}/{n.get('p90')}/{n.get('p99')}/{n.get('max')} ms, "
+        f"submit {s.get('p50')}/{s.get('p90')}/{s.get('p99')}/{s.get('max')} ms, "
+        f"errors {run['errors']}, empty queue {run['empty_queue']}, load {run['loadavg_before'][0]:.2f}, "
+        f"python loop {run['python_loop_us']} us; "
+        f"CPU ms per label: {run['cpu_ms_per_label']}, database connections: {run['database_connections']}",
+        flush=True,
+    )
     for kind, count in run["error_kinds"].items():
         print(f"  {count} x {kind}")
 
@@ -417,10 +471,15 @@ def _summary(runs: list[dict]) -> dict:
 
         entry = {
             "labels_per_s": spread([r["labels_per_s"] for r in mine]),
-            **{f"cpu_ms_per_label_{part}": spread([r["cpu_ms_per_label"][part] for r in mine])
-               for part in ("api", "database", "load_generator")},
-            **{f"{route}_{q}_ms": spread([r[f"{route}_ms"][q] for r in mine if r[f"{route}_ms"]["n"]])
-               for route in ("next", "submit") for q in ("p50", "p99")},
+            **{
+                f"cpu_ms_per_label_{part}": spread([r["cpu_ms_per_label"][part] for r in mine])
+                for part in ("api", "database", "load_generator")
+            },
+            **{
+                f"{route}_{q}_ms": spread([r[f"{route}_ms"][q] for r in mine if r[f"{route}_ms"]["n"]])
+                for route in ("next", "submit")
+                for q in ("p50", "p99")
+            },
         }
         by_setting[f"{n_workers} workers, rate {rate or 'max'}"] = entry
         lines.append(
@@ -428,7 +487,9 @@ def _summary(runs: list[dict]) -> dict:
             f"{_fmt(entry['labels_per_s'])} labels/s; next p50 {_fmt(entry['next_p50_ms'])} ms, "
             f"p99 {_fmt(entry['next_p99_ms'])} ms; submit p50 {_fmt(entry['submit_p50_ms'])} ms, "
             f"p99 {_fmt(entry['submit_p99_ms'])} ms; CPU ms per label: API {_fmt(entry['cpu_ms_per_label_api'])}, "
-            f"database {_fmt(entry['cpu_ms_per_label_database'])}, load generator {_fmt(entry['cpu_ms_per_label_load_generator'])}")
+            f"database {_fmt(entry['cpu_ms_per_label_database'])}, "
+            f"load generator {_fmt(entry['cpu_ms_per_label_load_generator'])}"
+        )
     return {"by_setting": by_setting, "lines": lines}
 
 

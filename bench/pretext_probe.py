@@ -9,6 +9,7 @@ baselines, a network at random initialisation and the standardised pixels:
 
     .venv/bin/python bench/pretext_probe.py --data ../shared/data/i3a --cache CACHE --out bench/results/pretext-probe.json
 """
+
 import argparse
 import json
 import time
@@ -60,23 +61,34 @@ def main() -> None:
         "random initialisation": lambda: embed_cells(ParallelResidualNet(len(cells.class_names)), images, CPU),
         "standardised pixels": lambda: standardise_cells(images).reshape(len(images), -1),
     }
-    results = {"pretraining": {k: v for k, v in record.items() if k != "history"}, "sizes": split.sizes,
-               "final_pretext_loss": record["history"][-1]["loss"], "representations": {}}
+    results = {
+        "pretraining": {k: v for k, v in record.items() if k != "history"},
+        "sizes": split.sizes,
+        "final_pretext_loss": record["history"][-1]["loss"],
+        "representations": {},
+    }
     for name, compute in representations.items():
         started = time.perf_counter()
         features = compute()
         entry = {"dims": int(features.shape[1])}
         if features.shape[1] <= 1024:  # a probe on 12,544 pixels is not what is asked here
-            entry["linear_probe"] = {f"{share:.0%}": [probe(features, cells.labels, split.pool, split.test, share, seed)
-                                                     for seed in range(3)] for share in (0.01, 0.05)}
+            entry["linear_probe"] = {
+                f"{share:.0%}": [probe(features, cells.labels, split.pool, split.test, share, seed) for seed in range(3)]
+                for share in (0.01, 0.05)
+            }
         pool_features = features[split.pool]
         clusters = KMeans(len(cells.class_names), n_init=10, random_state=0).fit_predict(
-            StandardScaler().fit_transform(pool_features) if features.shape[1] <= 1024 else pool_features)
+            StandardScaler().fit_transform(pool_features) if features.shape[1] <= 1024 else pool_features
+        )
         entry["kmeans_pool"] = clustering_scores(cells.labels[split.pool], clusters)
         entry["seconds"] = time.perf_counter() - started
         results["representations"][name] = entry
-        print(name, json.dumps({k: v for k, v in entry.items() if k != "linear_probe"}),
-              {share: [round(r["aca"], 3) for r in runs] for share, runs in entry.get("linear_probe", {}).items()}, flush=True)
+        print(
+            name,
+            json.dumps({k: v for k, v in entry.items() if k != "linear_probe"}),
+            {share: [round(r["aca"], 3) for r in runs] for share, runs in entry.get("linear_probe", {}).items()},
+            flush=True,
+        )
     Path(args.out).write_text(json.dumps(results, indent=1))
 
 

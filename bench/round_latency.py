@@ -14,6 +14,7 @@ XAL_SCORING_CHUNK_SIZE are scored in chunks by all workers (worker/chunks.py).
 
 Prints one line per round and a table (median, min-max), and writes everything as JSON to
 bench/results/round-latency.json."""
+
 import argparse
 import csv
 import json
@@ -73,7 +74,10 @@ def run_configuration(pool_size: int, n_workers: int, args, rows: list[dict], cl
     data_dir = tempfile.mkdtemp(prefix="xal-bench-")
     env = {
         "XAL_DATABASE_URL": f"{POSTGRES.rsplit('/', 1)[0].replace('postgresql://', 'postgresql+psycopg://', 1)}/{database}",
-        "XAL_BROKER_URL": REDIS, "XAL_QUEUE": f"xal-bench-{database}", "XAL_DATA_DIR": data_dir, "XAL_DEVICE": args.device,
+        "XAL_BROKER_URL": REDIS,
+        "XAL_QUEUE": f"xal-bench-{database}",
+        "XAL_DATA_DIR": data_dir,
+        "XAL_DEVICE": args.device,
     }
     os.environ.update(env)
     from backend.core.settings import get_settings
@@ -120,11 +124,19 @@ def _measure(pool_size, n_workers, args, rows, classes, env, workers, logs) -> l
     headers = {"Authorization": f"Bearer {secret}"}
     budget = args.initial + args.step * (args.steps + 1)
     with TestClient(create_app()) as client:
-        project_id = client.post("/api/projects", headers=headers, json={
-            "name": "latency", "classes": [{"name": c} for c in classes], "strategy": args.strategy,
-            "budget": budget, "initial_size": args.initial, "step_size": args.step,
-            "model_settings": {"max_epochs": args.max_epochs, "patience": args.patience, "precision": args.precision},
-        }).json()["id"]
+        project_id = client.post(
+            "/api/projects",
+            headers=headers,
+            json={
+                "name": "latency",
+                "classes": [{"name": c} for c in classes],
+                "strategy": args.strategy,
+                "budget": budget,
+                "initial_size": args.initial,
+                "step_size": args.step,
+                "model_settings": {"max_epochs": args.max_epochs, "patience": args.patience, "precision": args.precision},
+            },
+        ).json()["id"]
 
         started = time.perf_counter()
         test_rows, pool_rows = rows[:TEST_CELLS], rows[TEST_CELLS:]
@@ -140,9 +152,15 @@ def _measure(pool_size, n_workers, args, rows, classes, env, workers, logs) -> l
             with new_session() as session:
                 project = session.get(Project, project_id)
                 for split in ("test", "pool"):
-                    files = [IncomingFile(name, png_copy((I3A / row["image_path"]).read_bytes(), copy),
-                                          reference_class=row["pattern"] if split == "test" else None)
-                             for s, row, copy, name in part if s == split]
+                    files = [
+                        IncomingFile(
+                            name,
+                            png_copy((I3A / row["image_path"]).read_bytes(), copy),
+                            reference_class=row["pattern"] if split == "test" else None,
+                        )
+                        for s, row, copy, name in part
+                        if s == split
+                    ]
                     if files:
                         import_images(session, project, files, split)
                 session.commit()
@@ -154,10 +172,20 @@ def _measure(pool_size, n_workers, args, rows, classes, env, workers, logs) -> l
         for i in range(n_workers):
             log = open(Path(env["XAL_DATA_DIR"]) / f"worker-{i}.log", "w")
             logs.append(log)
-            workers.append(subprocess.Popen([sys.executable, "-m", "backend.cli", "worker", "--concurrency", "1"],
-                                            cwd=ROOT, env=worker_env, stdout=log, stderr=subprocess.STDOUT))
-        _wait(lambda: all("ready." in (Path(env["XAL_DATA_DIR"]) / f"worker-{i}.log").read_text()
-                          for i in range(n_workers)), 180, "the workers")
+            workers.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "backend.cli", "worker", "--concurrency", "1"],
+                    cwd=ROOT,
+                    env=worker_env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
+            )
+        _wait(
+            lambda: all("ready." in (Path(env["XAL_DATA_DIR"]) / f"worker-{i}.log").read_text() for i in range(n_workers)),
+            180,
+            "the workers",
+        )
 
         assert client.post(f"/api/projects/{project_id}/start", headers=headers).status_code == 202
         _wait_round(client, headers, project_id, 0)
@@ -170,14 +198,22 @@ def _measure(pool_size, n_workers, args, rows, classes, env, workers, logs) -> l
             cell = client.post(f"/api/projects/{project_id}/queue/next", headers=headers).json()["cell"]
             latency = time.perf_counter() - last_label_at
             assert cell is not None
-            run = {"pool": pool_size, "workers": n_workers, "threads": threads, "step": number, "labeled": round_["n_labels"],
-                   "attempts": round_["attempts"],
-                   "latency_s": latency, "workers_cpu_s": sum(cpu_seconds(w.pid) for w in workers) - cpu_before,
-                   "load_average": os.getloadavg()[0], "python_loop_us": cpu_speed,
-                   "import_s": import_s if number == 1 else None,
-                   "worker_peak_rss_mib": [vm_hwm_mib(w.pid) for w in workers],
-                   "chunks": round_["selection_summary"].get("chunks"),
-                   **{k: v for k, v in round_["timings"].items()}}
+            run = {
+                "pool": pool_size,
+                "workers": n_workers,
+                "threads": threads,
+                "step": number,
+                "labeled": round_["n_labels"],
+                "attempts": round_["attempts"],
+                "latency_s": latency,
+                "workers_cpu_s": sum(cpu_seconds(w.pid) for w in workers) - cpu_before,
+                "load_average": os.getloadavg()[0],
+                "python_loop_us": cpu_speed,
+                "import_s": import_s if number == 1 else None,
+                "worker_peak_rss_mib": [vm_hwm_mib(w.pid) for w in workers],
+                "chunks": round_["selection_summary"].get("chunks"),
+                **{k: v for k, v in round_["timings"].items()},
+            }
             runs.append(run)
             print(json.dumps({k: round(v, 2) if isinstance(v, float) else v for k, v in run.items()}), flush=True)
         return runs
@@ -190,8 +226,11 @@ def _label_open_step(client, headers, project_id: int, truth: dict) -> float:
         if cell is None:
             raise RuntimeError("the queue ran dry before the step was complete")
         sent = time.perf_counter()
-        response = client.post(f"/api/projects/{project_id}/labels", headers=headers,
-                               json={"image_id": cell["image_id"], "class_name": truth[cell["filename"]]})
+        response = client.post(
+            f"/api/projects/{project_id}/labels",
+            headers=headers,
+            json={"image_id": cell["image_id"], "class_name": truth[cell["filename"]]},
+        )
         assert response.status_code == 201, response.text
         progress = client.get(f"/api/projects/{project_id}/rounds", headers=headers).json()
         if progress[-1]["state"] in ("queued", "running"):
@@ -276,22 +315,30 @@ def _summary(results: list[dict]) -> list[dict]:
 
 def _write(out: Path, args, results: list[dict]) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"machine": _machine(), "command": " ".join(sys.argv),
-                               "summary": _summary(results), "runs": results}, indent=1))
+    out.write_text(
+        json.dumps(
+            {"machine": _machine(), "command": " ".join(sys.argv), "summary": _summary(results), "runs": results}, indent=1
+        )
+    )
 
 
 def _print_table(results: list[dict]) -> None:
     print(f"\nmachine: {_machine()}")
-    print("| pool | workers | rounds | latency s, median (min-max) | workers' CPU s | training s | scoring s | maps s "
-          "| load average | peak RSS per worker MiB |")
+    print(
+        "| pool | workers | rounds | latency s, median (min-max) | workers' CPU s | training s | scoring s | maps s "
+        "| load average | peak RSS per worker MiB |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for line in _summary(results):
         cells = []
         for field in ("latency_s", "workers_cpu_s", "train_s", "score_s", "maps_s", "load_average"):
             stats = line.get(field)
             cells.append(f"{stats['median']:.1f} ({stats['min']:.1f}-{stats['max']:.1f})" if stats else "-")
-        print(f"| {line['pool']:,} | {line['workers']} | {line['runs']} | " + " | ".join(cells)
-              + f" | {line['worker_peak_rss_mib']:.0f} |")
+        print(
+            f"| {line['pool']:,} | {line['workers']} | {line['runs']} | "
+            + " | ".join(cells)
+            + f" | {line['worker_peak_rss_mib']:.0f} |"
+        )
 
 
 if __name__ == "__main__":

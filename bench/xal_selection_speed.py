@@ -7,6 +7,7 @@ for the `pixel` and `concept` representations.
 
 The network is trained for 2 epochs on the labeled cells first (speed does not depend on
 how well it is trained). Writes bench/results/xal-selection-speed.json."""
+
 import argparse
 import csv
 import json
@@ -47,15 +48,20 @@ def main() -> None:
     picked = [rows[order[i % len(rows)]] for i in range(args.labeled + args.pool)]
     images = np.stack([load_cell((I3A / r["image_path"]).read_bytes()) for r in picked])
     labels = np.array([classes.index(r["pattern"]) for r in picked])
-    labeled, pool = images[: args.labeled], images[args.labeled:]
+    labeled, pool = images[: args.labeled], images[args.labeled :]
     device = torch.device("cpu")
     torch.manual_seed(0)
-    model = train_classifier(ParallelResidualNet(len(classes)), labeled, labels[: args.labeled],
-                             TrainingConfig(max_epochs=2), device).model
+    model = train_classifier(
+        ParallelResidualNet(len(classes)), labeled, labels[: args.labeled], TrainingConfig(max_epochs=2), device
+    ).model
 
-    results = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-                          f"{torch.get_num_threads()} threads, cpu", "command": " ".join(sys.argv),
-               "maps_per_second": {}, "selection_seconds": {}}
+    results = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads, cpu",
+        "command": " ".join(sys.argv),
+        "maps_per_second": {},
+        "selection_seconds": {},
+    }
     cells = pool[: args.cells]
     for method in METHODS:
         for batch_size in (1, 32, 128):
@@ -67,16 +73,24 @@ def main() -> None:
 
     for representation in ("concept", "pixel"):
         context = SelectionContext(
-            model=model, device=device, labeled_images=labeled, labeled_labels=labels[: args.labeled],
-            pool_size=len(pool), load_pool_images=lambda: pool, rng=np.random.default_rng(0),
+            model=model,
+            device=device,
+            labeled_images=labeled,
+            labeled_labels=labels[: args.labeled],
+            pool_size=len(pool),
+            load_pool_images=lambda: pool,
+            rng=np.random.default_rng(0),
             options={"representation": representation, "centres": "clusters"},
         )
         started = time.perf_counter()
         ranking = rank_pool("xal-margin", context)
         seconds = time.perf_counter() - started
         results["selection_seconds"][representation] = {"total": seconds, **ranking.summary["timings"]}
-        print(f"xal-margin {representation:7s}: {seconds:6.1f} s for {len(pool)} pool + {args.labeled} labeled cells "
-              f"({ranking.summary['timings']})", flush=True)
+        print(
+            f"xal-margin {representation:7s}: {seconds:6.1f} s for {len(pool)} pool + {args.labeled} labeled cells "
+            f"({ranking.summary['timings']})",
+            flush=True,
+        )
 
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=1))

@@ -8,6 +8,7 @@ Service tests run against the real PostgreSQL and Redis of the machine and a rea
 worker process; each test session gets its own database and Celery queue, shared by the
 service and browser tests.
 """
+
 import csv
 import os
 import socket
@@ -222,6 +223,7 @@ def started_project(client, headers: dict, i3a_dir: Path, rows: list[dict], spec
 
 def wait_for_round(client, headers: dict, project_id: int, number: int, timeout: float = 300) -> dict:
     """Polls the API until the round is done (or failed: then the test fails with its error)."""
+
     def finished():
         response = client.get(f"/api/projects/{project_id}/rounds/{number}", headers=headers)
         if response.status_code == 200 and response.json()["state"] in ("done", "failed"):
@@ -243,7 +245,11 @@ def mislabeled_selections(project_id: int) -> list[tuple[int, int, bool]]:
     from backend.core.queries import current_label_exists
 
     with new_session() as session:
-        return [tuple(row) for row in session.execute(
-            select(Round.number, Selection.image_id, Selection.labeled)
-            .join(Round, Round.id == Selection.round_id)
-            .where(Round.project_id == project_id, Selection.labeled != current_label_exists(Selection.image_id)))]
+        return [
+            tuple(row)
+            for row in session.execute(
+                select(Round.number, Selection.image_id, Selection.labeled)
+                .join(Round, Round.id == Selection.round_id)
+                .where(Round.project_id == project_id, Selection.labeled != current_label_exists(Selection.image_id))
+            )
+        ]

@@ -3,8 +3,13 @@ from backend.services.projects import resolve_budget
 
 
 def _project(n_classes: int, **settings) -> Project:
-    return Project(name="p", classes=[ProjectClass(name=f"c{i}", key=str(i), position=i) for i in range(n_classes)],
-                   budget=settings.get("budget"), initial_size=settings.get("initial_size"), step_size=settings.get("step_size"))
+    return Project(
+        name="p",
+        classes=[ProjectClass(name=f"c{i}", key=str(i), position=i) for i in range(n_classes)],
+        budget=settings.get("budget"),
+        initial_size=settings.get("initial_size"),
+        step_size=settings.get("step_size"),
+    )
 
 
 def test_defaults_follow_the_thesis_budget_loop():

@@ -1,4 +1,5 @@
 """The imports run one way (pyproject.toml, [tool.importlinter]): a forbidden import fails here."""
+
 import shutil
 import subprocess
 import sys
@@ -15,7 +16,9 @@ def test_the_import_contracts_hold():
 
 
 def test_the_api_process_loads_neither_torch_nor_the_worker():
-    code = ("import sys, backend.api.app; "
-            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'worker', 'zennit')))")
+    code = (
+        "import sys, backend.api.app; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'worker', 'zennit')))"
+    )
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"

@@ -1,4 +1,5 @@
 """ROAR / KAR: the degradation rule on hand-made arrays, and `xal roar` on a few real I3A cells."""
+
 import csv
 import json
 
@@ -65,12 +66,18 @@ def test_random_maps_are_seeded():
 
 def test_recommendation_rewards_a_steep_roar_drop_and_a_high_kar_curve():
     accuracy = {  # (mode, method): ACA at 0, 40, 80 %
-        ("roar", "random"): (0.9, 0.8, 0.6), ("kar", "random"): (0.9, 0.8, 0.6),
-        ("roar", "gradient"): (0.9, 0.7, 0.5), ("kar", "gradient"): (0.9, 0.7, 0.5),
-        ("roar", "deeptaylor"): (0.9, 0.5, 0.3), ("kar", "deeptaylor"): (0.9, 0.85, 0.8),
+        ("roar", "random"): (0.9, 0.8, 0.6),
+        ("kar", "random"): (0.9, 0.8, 0.6),
+        ("roar", "gradient"): (0.9, 0.7, 0.5),
+        ("kar", "gradient"): (0.9, 0.7, 0.5),
+        ("roar", "deeptaylor"): (0.9, 0.5, 0.3),
+        ("kar", "deeptaylor"): (0.9, 0.85, 0.8),
     }
-    rows = [{"mode": mode, "method": method, "fraction": x, "aca": str(a)}
-            for (mode, method), values in accuracy.items() for x, a in zip((0, 40, 80), values)]
+    rows = [
+        {"mode": mode, "method": method, "fraction": x, "aca": str(a)}
+        for (mode, method), values in accuracy.items()
+        for x, a in zip((0, 40, 80), values)
+    ]
     recommendation = recommend(rows)
     assert recommendation["method"] == "deeptaylor" and recommendation["beats_random"]
     assert recommendation["fractions"] == [40, 80]
@@ -93,15 +100,31 @@ def labeled_csv(tmp_path_factory, i3a_dir, i3a_rows):
 @pytest.mark.slow
 def test_roar_command_writes_the_table_plot_and_recommendation_and_resumes(labeled_csv, tmp_path, monkeypatch):
     out = tmp_path / "roar"
-    argv = ["roar", "--data", str(labeled_csv.parent), "--out", str(out), "--methods", "random,deeptaylor",
-            "--fractions", "0,50", "--train-size", "60", "--test-size", "30", "--max-epochs", "1"]
+    argv = [
+        "roar",
+        "--data",
+        str(labeled_csv.parent),
+        "--out",
+        str(out),
+        "--methods",
+        "random,deeptaylor",
+        "--fractions",
+        "0,50",
+        "--train-size",
+        "60",
+        "--test-size",
+        "30",
+        "--max-epochs",
+        "1",
+    ]
     main(argv)
 
     with open(out / "roar.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert list(rows[0]) == ["mode", "method", "fraction", "aca", "mca", "seconds"]
     assert sorted((r["mode"], r["method"], r["fraction"]) for r in rows) == sorted(
-        (mode, method, x) for mode in ("roar", "kar") for method in ("random", "deeptaylor") for x in ("0", "50"))
+        (mode, method, x) for mode in ("roar", "kar") for method in ("random", "deeptaylor") for x in ("0", "50")
+    )
     assert all(0 <= float(r["aca"]) <= 1 and 0 <= float(r["mca"]) <= 1 and float(r["seconds"]) > 0 for r in rows)
     assert len({(r["aca"], r["mca"], r["seconds"]) for r in rows if r["fraction"] == "0"}) == 1  # one base training
     assert (out / "roar_kar.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -1,5 +1,6 @@
 """`xal simulate` on a small labeled folder of real I3A cells: every output, resumability, and an
 IN case that pretrains (Golgi left out) and transfers to all six classes."""
+
 import csv
 import json
 import shutil
@@ -63,7 +64,9 @@ def test_simulation_writes_steps_summary_diagnostics_and_plots(simulated):
     assert len(steps) == len(CASES) * (5 + 1)
     ceiling = [row for row in steps if row["budget_pct"] == "100"]
     assert {row["n_labels"] for row in ceiling} == {"50"}
-    assert [int(row["n_labels"]) for row in steps if row["case"] == "cal" and row["budget_pct"] == "20"] == list(range(6, 11))
+    assert [int(row["n_labels"]) for row in steps if row["case"] == "cal" and row["budget_pct"] == "20"] == list(
+        range(6, 11)
+    )
 
     header, summary = _rows(out / "summary.csv")
     assert header == ["case", "budget_pct", "n_seeds", "aca_mean", "aca_std", "mca_mean", "mca_std"]
@@ -71,8 +74,17 @@ def test_simulation_writes_steps_summary_diagnostics_and_plots(simulated):
     assert all(0 <= float(row["aca_mean"]) <= 1 and row["n_seeds"] == "1" for row in summary)
 
     header, diagnostics = _rows(out / "diagnostics.csv")
-    assert header == ["case", "seed", "budget_pct", "step", "n_selected", "hit_rate", "pool_error_rate",
-                      "pool_expected_error", "error_auroc"]
+    assert header == [
+        "case",
+        "seed",
+        "budget_pct",
+        "step",
+        "n_selected",
+        "hit_rate",
+        "pool_error_rate",
+        "pool_expected_error",
+        "error_auroc",
+    ]
     # one row per batch a model picked: steps 1..4 of each 20% run (the last step only trains)
     assert len(diagnostics) == len(CASES) * 4
     assert all(row["n_selected"] == "1" and 0 <= float(row["pool_error_rate"]) <= 1 for row in diagnostics)
@@ -139,7 +151,8 @@ def test_an_in_run_does_not_depend_on_what_ran_before_it(simulated):
 def test_a_clusters_start_spreads_round_0_over_a_deep_clustering_of_the_pool(simulated, tmp_path):
     settings, out, _ = simulated
     assert simulate(settings, tmp_path, ["rs-clusters-start"], [20], [0], cache=out / "cache") == [
-        "rs-clusters-start_seed0_budget20.json"]
+        "rs-clusters-start_seed0_budget20.json"
+    ]
     record = json.loads((tmp_path / "runs" / "rs-clusters-start_seed0_budget20.json").read_text())
     clustering = json.loads((out / "cache" / "pool-clusters-seed0.json").read_text())
     cluster_of = dict(zip(clustering["pool"], clustering["clusters"]))

@@ -1,5 +1,6 @@
 """`xal simulate --curve` on small folders of real I3A cells: one run per case and seed, resumed
 and extended step by step, a separate test folder, and its tables."""
+
 import csv
 import json
 import shutil
@@ -30,8 +31,10 @@ def _folder(root, rows, i3a_dir):
 def folders(tmp_path_factory, i3a_dir, i3a_rows):
     """30 cells of each class to label, 10 others of each class to test on (copied outside the repo)."""
     root = tmp_path_factory.mktemp("curve")
-    return (_folder(root / "data", balanced_sample(i3a_rows, per_class=30), i3a_dir),
-            _folder(root / "test", balanced_sample(i3a_rows, per_class=10, offset=30), i3a_dir))
+    return (
+        _folder(root / "data", balanced_sample(i3a_rows, per_class=30), i3a_dir),
+        _folder(root / "test", balanced_sample(i3a_rows, per_class=10, offset=30), i3a_dir),
+    )
 
 
 def _rows(path):
@@ -67,11 +70,21 @@ def test_runs_resume_and_extend_step_by_step(tmp_path, folders):
     assert (tmp_path / "cache" / "contrastive-pool.json").exists()
 
     summary = _rows(out / "summary.csv")
-    assert {(r["case"], r["pct_of_pool"]) for r in summary} >= {("rs-scratch", "2"), ("rs-scratch", "5"), ("rs-scratch", "10")}
+    assert {(r["case"], r["pct_of_pool"]) for r in summary} >= {
+        ("rs-scratch", "2"),
+        ("rs-scratch", "5"),
+        ("rs-scratch", "10"),
+    }
     assert len(_rows(out / "steps.csv")) == 3 * len(step_plan(pool, 10))
     assert (out / "label_efficiency.png").stat().st_size > 0 and _rows(out / "reach.csv")
     assert (out / "training_curves.png").stat().st_size > 0  # rs's trainings, step after step
 
     with pytest.raises(Exception, match="other settings"):
-        curve(CurveSettings(data=str(data), test_data=str(test), **{**SETTINGS, "max_epochs": 2}), out, ["rs-scratch"], [0], 10,
-              cache=tmp_path / "cache")
+        curve(
+            CurveSettings(data=str(data), test_data=str(test), **{**SETTINGS, "max_epochs": 2}),
+            out,
+            ["rs-scratch"],
+            [0],
+            10,
+            cache=tmp_path / "cache",
+        )

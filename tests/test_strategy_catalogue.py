@@ -1,15 +1,20 @@
 """The torch-free catalogue (backend.core.strategies) and the implementations (worker.ml) agree."""
+
 import dataclasses
 
 import pytest
 
-from backend.core.strategies import CATALOGUE, catalogue_json, check_strategy
 from backend.core.errors import Invalid
+from backend.core.strategies import CATALOGUE, catalogue_json, check_strategy
 from worker.ml import coverage, xal
 from worker.ml.strategies import NEEDS, OPTION_PARSERS, STRATEGIES
 
-IMPLEMENTED_OPTIONS = {"xal-entropy": xal.XalOptions, "xal-margin": xal.XalOptions, "xal-least": xal.XalOptions,
-                       "coverage-entropy": coverage.CoverageOptions}
+IMPLEMENTED_OPTIONS = {
+    "xal-entropy": xal.XalOptions,
+    "xal-margin": xal.XalOptions,
+    "xal-least": xal.XalOptions,
+    "coverage-entropy": coverage.CoverageOptions,
+}
 
 
 def test_the_catalogue_lists_exactly_the_implemented_strategies_and_what_they_read():

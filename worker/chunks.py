@@ -10,6 +10,7 @@ unchunked round is stored (worker.rounds.select_batch, store_round). The chunk b
 batch's cells as in one pass, so the merged outputs are those of an unchunked run, bit for bit.
 The job folder, the counting of chunks and the dropping of stale ones are worker.jobs's, shared
 with a clustering encoded in chunks (worker.clustering)."""
+
 import dataclasses
 import logging
 import time
@@ -24,11 +25,27 @@ from backend.core.jobs import Task
 from backend.core.settings import get_settings
 from worker.celery_app import celery_app
 from worker.jobs import (
-    chunk_file, chunk_path, chunks_summary, compute_chunk, holding_lease, job_folder, mark_failed, read_job,
-    remove_job_folders, send_chunks, set_progress, take_up,
+    chunk_file,
+    chunk_path,
+    chunks_summary,
+    compute_chunk,
+    holding_lease,
+    job_folder,
+    mark_failed,
+    read_job,
+    remove_job_folders,
+    send_chunks,
+    set_progress,
+    take_up,
 )
 from worker.rounds import (
-    RoundInputs, RoundResult, load_cells, store_round, scoring_batch_size, select_batch, train_and_evaluate,
+    RoundInputs,
+    RoundResult,
+    load_cells,
+    scoring_batch_size,
+    select_batch,
+    store_round,
+    train_and_evaluate,
 )
 
 log = logging.getLogger(__name__)
@@ -49,8 +66,12 @@ def needs_chunks(inputs: RoundInputs) -> bool:
     """Only a round with a model and a strategy that reads the pool's cells scores them one by one."""
     from worker.ml.strategies import NEEDS
 
-    return (inputs.number > 0 and inputs.batch_size > 0 and bool(NEEDS.get(inputs.strategy))
-            and len(inputs.pool_ids) > get_settings().scoring_chunk_size)
+    return (
+        inputs.number > 0
+        and inputs.batch_size > 0
+        and bool(NEEDS.get(inputs.strategy))
+        and len(inputs.pool_ids) > get_settings().scoring_chunk_size
+    )
 
 
 def score_in_chunks(round_id: int, attempt: int, inputs: RoundInputs) -> str:
@@ -63,8 +84,15 @@ def score_in_chunks(round_id: int, attempt: int, inputs: RoundInputs) -> str:
     checkpoint_key = get_blob_store().put(result.checkpoint)
     result.checkpoint = None
     chunks = pool_chunks(len(inputs.pool_ids), get_settings().scoring_chunk_size, scoring_batch_size(inputs))
-    send_chunks(Round, round_id, attempt, ScoringJob(inputs, result, checkpoint_key, chunks, time.time()), Task.SCORE_CHUNK,
-                phase="scoring", pool=len(inputs.pool_ids))
+    send_chunks(
+        Round,
+        round_id,
+        attempt,
+        ScoringJob(inputs, result, checkpoint_key, chunks, time.time()),
+        Task.SCORE_CHUNK,
+        phase="scoring",
+        pool=len(inputs.pool_ids),
+    )
     return "scoring in chunks"
 
 
@@ -96,9 +124,16 @@ def _merge(round_id: int, attempt: int, folder: Path) -> str:
         result = dataclasses.replace(job.result, checkpoint=checkpoint)
         labeled = load_cells(job.inputs.labeled_hashes, job.inputs.channel)
         # score_s: from sending the chunks to the end of the ranking, like an unchunked round's
-        select_batch(job.inputs, model, device, labeled, outputs, result,
-                     lambda **progress: set_progress(Round, round_id, **progress),
-                     started - (time.time() - job.dispatched_at))
+        select_batch(
+            job.inputs,
+            model,
+            device,
+            labeled,
+            outputs,
+            result,
+            lambda **progress: set_progress(Round, round_id, **progress),
+            started - (time.time() - job.dispatched_at),
+        )
         result.summary["chunks"] = chunks_summary(job.chunks, parts)
         result.timings["merge_s"] = time.perf_counter() - started
     except Exception as error:
@@ -121,6 +156,13 @@ def _chunk_outputs(job: ScoringJob, folder: Path, index: int) -> bytes:
     model = load_checkpoint(get_blob_store().get(job.checkpoint_key), map_location=device)
     start, stop = job.chunks[index]
     cells = load_cells(inputs.pool_hashes[start:stop], inputs.channel)
-    outputs = compute_pool_outputs(model, cells, inputs.strategy, inputs.strategy_options, device,
-                                   scoring_batch_size(inputs), inputs.model_settings.get("precision", "fp32"))
+    outputs = compute_pool_outputs(
+        model,
+        cells,
+        inputs.strategy,
+        inputs.strategy_options,
+        device,
+        scoring_batch_size(inputs),
+        inputs.model_settings.get("precision", "fp32"),
+    )
     return chunk_file(outputs.arrays(), started)

@@ -12,6 +12,7 @@ concatenates the latents in pool order, assigns the clusters and stores the clus
 pass does. Chunks are cut on the encoding batches, so the latents, and with them the clusters,
 coordinates and metrics, are those of one pass, bit for bit. A pool the trainer sees whole
 (no larger than `max_cells`) has every latent already and is never chunked."""
+
 import io
 import logging
 import time
@@ -27,8 +28,20 @@ from backend.core.db.session import new_session
 from backend.core.jobs import JobState, Task
 from backend.core.settings import get_settings
 from worker.jobs import (
-    chunk_file, chunk_path, chunks_summary, claim, compute_chunk, holding_lease, job_folder, mark_failed, read_job,
-    remove_job_folders, send_chunks, set_progress, take_up, write_atomically,
+    chunk_file,
+    chunk_path,
+    chunks_summary,
+    claim,
+    compute_chunk,
+    holding_lease,
+    job_folder,
+    mark_failed,
+    read_job,
+    remove_job_folders,
+    send_chunks,
+    set_progress,
+    take_up,
+    write_atomically,
 )
 from worker.rounds import load_cells
 
@@ -64,9 +77,12 @@ def train_clustering(config: dict, cells: np.ndarray, report=lambda **progress: 
 
         report(phase="training", epoch=0, epochs=config["pretext_epochs"])
         pretrained = pretrain_contrastive(
-            cells, PretextConfig(epochs=config["pretext_epochs"], seed=config.get("seed", 0), bf16=True), device,
+            cells,
+            PretextConfig(epochs=config["pretext_epochs"], seed=config.get("seed", 0), bf16=True),
+            device,
             n_classes=max(2, config["n_clusters"]),
-            progress=lambda epoch, epochs, _loss: report(phase="training", epoch=epoch, epochs=epochs))
+            progress=lambda epoch, epochs, _loss: report(phase="training", epoch=epoch, epochs=epochs),
+        )
         latent = encode_cells(config, pretrained.model, cells)
         kmeans = KMeans(config["n_clusters"], n_init=10, random_state=config.get("seed", 0)).fit(latent)
         metrics = {"pretext_loss": pretrained.history[-1]["loss"], "n_trained": len(cells), "seconds": pretrained.seconds}
@@ -82,11 +98,19 @@ def train_clustering(config: dict, cells: np.ndarray, report=lambda **progress: 
     training = _training_config(config)
     report(phase="training", epoch=0, epochs=training.pretrain_epochs + training.cluster_epochs)
     trained = train_deep_clustering(
-        model, cells, config["n_clusters"], training, device,
+        model,
+        cells,
+        config["n_clusters"],
+        training,
+        device,
         progress=lambda epoch, epochs: report(phase="training", epoch=epoch, epochs=epochs),
     )
-    metrics = {"recon_mse": float(trained.recon_mse), "pretrained_recon_mse": float(trained.pretrained_recon_mse),
-               "n_trained": len(cells), "seconds": trained.seconds}
+    metrics = {
+        "recon_mse": float(trained.recon_mse),
+        "pretrained_recon_mse": float(trained.pretrained_recon_mse),
+        "n_trained": len(cells),
+        "seconds": trained.seconds,
+    }
     return model, trained.latent, trained.centroids, metrics
 
 
@@ -141,12 +165,17 @@ def assign_clusters(config: dict, latent: np.ndarray, centroids: np.ndarray, tra
     class position, -1 where unknown."""
     from worker.ml.cluster_metrics import clustering_scores, pca_2d
 
-    clusters = np.concatenate([
-        ((latent[start:start + ASSIGN_BLOCK, None, :] - centroids[None, :, :]) ** 2).sum(-1).argmin(1)
-        for start in range(0, len(latent), ASSIGN_BLOCK)])
+    clusters = np.concatenate(
+        [
+            ((latent[start : start + ASSIGN_BLOCK, None, :] - centroids[None, :, :]) ** 2).sum(-1).argmin(1)
+            for start in range(0, len(latent), ASSIGN_BLOCK)
+        ]
+    )
     coordinates, explained = pca_2d(latent)
     metrics = {
-        "sizes": np.bincount(clusters, minlength=config["n_clusters"]).tolist(), **training, "n_cells": len(latent),
+        "sizes": np.bincount(clusters, minlength=config["n_clusters"]).tolist(),
+        **training,
+        "n_cells": len(latent),
         "pca_explained_variance": [float(v) for v in explained],
     }
     known = reference >= 0
@@ -198,7 +227,8 @@ def run_clustering(clustering_id: int) -> str:
         channel, config = project.channel, dict(clustering.config)
         pool = session.execute(
             select(Image.id, Image.content_hash, Image.reference_class_id)
-            .where(Image.project_id == project.id, Image.split == "pool").order_by(Image.id)
+            .where(Image.project_id == project.id, Image.split == "pool")
+            .order_by(Image.id)
         ).all()
     image_ids, hashes = [image_id for image_id, _, _ in pool], [h for _, h, _ in pool]
     reference = np.array([positions.get(c, -1) if c is not None else -1 for _, _, c in pool], dtype=np.int64)
@@ -215,16 +245,25 @@ def run_clustering(clustering_id: int) -> str:
         return _store(clustering_id, attempt, image_ids, result)
 
 
-def _encode_in_chunks(clustering_id: int, attempt: int, config: dict, channel: str, image_ids: list[int],
-                      hashes: list[str], reference: np.ndarray, report) -> str:
+def _encode_in_chunks(
+    clustering_id: int,
+    attempt: int,
+    config: dict,
+    channel: str,
+    image_ids: list[int],
+    hashes: list[str],
+    reference: np.ndarray,
+    report,
+) -> str:
     """In the clustering task: train on the sample, then hand the pool's encoding to the chunk tasks."""
     sample = training_sample(len(hashes), config)
     model, _, centroids, training = train_clustering(config, load_cells([hashes[i] for i in sample], channel), report)
     folder = job_folder(PoolClustering, clustering_id, attempt)
     folder.mkdir(parents=True, exist_ok=True)
     write_atomically(folder / "model.pt", model_bytes(config, model))
-    job = EncodingJob(config, channel, image_ids, hashes, reference, centroids, training,
-                      _pool_chunks(len(hashes), config), time.time())
+    job = EncodingJob(
+        config, channel, image_ids, hashes, reference, centroids, training, _pool_chunks(len(hashes), config), time.time()
+    )
     send_chunks(PoolClustering, clustering_id, attempt, job, Task.ENCODE_CHUNK, phase="encoding", pool=len(hashes))
     return "encoding in chunks"
 
@@ -245,8 +284,11 @@ def merge_clustering(clustering_id: int, attempt: int) -> str:
             latent = np.concatenate([part["latent"] for part in parts])
             result = assign_clusters(job.config, latent, job.centroids, job.training, job.reference)
             result["model"] = (folder / "model.pt").read_bytes()
-            result["metrics"]["chunks"] = {**chunks_summary(job.chunks, parts), "merge_s": time.perf_counter() - started,
-                                           "encode_s": time.time() - job.dispatched_at}
+            result["metrics"]["chunks"] = {
+                **chunks_summary(job.chunks, parts),
+                "merge_s": time.perf_counter() - started,
+                "encode_s": time.time() - job.dispatched_at,
+            }
         except Exception as error:
             log.exception("merging the encoded chunks of clustering %s failed", clustering_id)
             mark_failed(PoolClustering, clustering_id, attempt, error)
@@ -261,8 +303,9 @@ def _encoded_chunk(job: EncodingJob, folder: Path, index: int) -> bytes:
     started = time.perf_counter()
     model = model_from_bytes(job.config, (folder / "model.pt").read_bytes())
     start, stop = job.chunks[index]
-    return chunk_file({"latent": encode_cells(job.config, model, load_cells(job.content_hashes[start:stop], job.channel))},
-                      started)
+    return chunk_file(
+        {"latent": encode_cells(job.config, model, load_cells(job.content_hashes[start:stop], job.channel))}, started
+    )
 
 
 def _store(clustering_id: int, attempt: int, image_ids: list[int], result: dict) -> str:
@@ -289,13 +332,20 @@ def _offer_start_model(session, clustering: PoolClustering, checkpoint: bytes) -
     """The network pretrained on the pool as a model version, and the project's start model while
     no round has trained one (a later round already builds on its own)."""
     project = session.get(Project, clustering.project_id)
-    model = ModelVersion(project_id=project.id, name=f"pretrained on the pool (clustering {clustering.id}, no labels)",
-                         checkpoint_key=get_blob_store().put(checkpoint), class_names=[c.name for c in project.classes],
-                         metrics={}, training={"pretext": clustering.config, "pretext_loss": clustering.metrics.get("pretext_loss")})
+    model = ModelVersion(
+        project_id=project.id,
+        name=f"pretrained on the pool (clustering {clustering.id}, no labels)",
+        checkpoint_key=get_blob_store().put(checkpoint),
+        class_names=[c.name for c in project.classes],
+        metrics={},
+        training={"pretext": clustering.config, "pretext_loss": clustering.metrics.get("pretext_loss")},
+    )
     session.add(model)
     session.flush()
     clustering.metrics = {**clustering.metrics, "model_version_id": model.id}
-    trained = session.scalar(select(Round.id).where(Round.project_id == project.id, Round.model_version_id.is_not(None)).limit(1))
+    trained = session.scalar(
+        select(Round.id).where(Round.project_id == project.id, Round.model_version_id.is_not(None)).limit(1)
+    )
     if trained is None:
         project.start_model_id = model.id
         clustering.metrics = {**clustering.metrics, "start_model": True}
@@ -304,8 +354,9 @@ def _offer_start_model(session, clustering: PoolClustering, checkpoint: bytes) -
 def _training_config(config: dict):
     from worker.ml.deep_clustering import DeepClusteringConfig
 
-    return DeepClusteringConfig(pretrain_epochs=config["pretrain_epochs"], cluster_epochs=config["cluster_epochs"],
-                                seed=config.get("seed", 0))
+    return DeepClusteringConfig(
+        pretrain_epochs=config["pretrain_epochs"], cluster_epochs=config["cluster_epochs"], seed=config.get("seed", 0)
+    )
 
 
 def _pool_chunks(pool_size: int, config: dict) -> list[tuple[int, int]]:

@@ -11,6 +11,7 @@ one file per chunk, written atomically, so that a file that exists is the chunk'
 Celery result backend is needed: the job row, locked while a chunk's completion is counted,
 decides who sends the merge. A redelivered chunk finds its file and only counts again; a chunk
 or merge of an older attempt of the job (it was rerun) is dropped by `take_up`."""
+
 import contextlib
 import logging
 import os
@@ -27,9 +28,9 @@ from pathlib import Path
 import numpy as np
 from sqlalchemy import update
 
-from backend.core.jobs import JobState
 from backend.core.db.models import utcnow
 from backend.core.db.session import new_session
+from backend.core.jobs import JobState
 from backend.core.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -40,10 +41,18 @@ def claim(session, model, row_id: int):
     a redelivery) one worker wins. A running job belongs to the worker renewing its lease."""
     now = utcnow()
     claimed = session.execute(
-        update(model).where(model.id == row_id, model.state == JobState.QUEUED)
-        .values(state="running", attempts=model.attempts + 1, error=None, started_at=now, progress={"phase": "loading"},
-                lease_expires_at=now + timedelta(seconds=get_settings().job_lease_seconds))
-        .execution_options(synchronize_session=False)).rowcount
+        update(model)
+        .where(model.id == row_id, model.state == JobState.QUEUED)
+        .values(
+            state="running",
+            attempts=model.attempts + 1,
+            error=None,
+            started_at=now,
+            progress={"phase": "loading"},
+            lease_expires_at=now + timedelta(seconds=get_settings().job_lease_seconds),
+        )
+        .execution_options(synchronize_session=False)
+    ).rowcount
     session.commit()
     return session.get(model, row_id) if claimed else None
 
@@ -62,9 +71,11 @@ def holding_lease(model, row_id: int, attempt: int) -> Iterator[None]:
             try:
                 with new_session() as session:
                     session.execute(
-                        update(model).where(model.id == row_id, model.state == JobState.RUNNING, model.attempts == attempt)
+                        update(model)
+                        .where(model.id == row_id, model.state == JobState.RUNNING, model.attempts == attempt)
                         .values(lease_expires_at=utcnow() + timedelta(seconds=seconds))
-                        .execution_options(synchronize_session=False))
+                        .execution_options(synchronize_session=False)
+                    )
                     session.commit()
             except Exception as error:  # noqa: BLE001 - the database restarting: the next beat tries again
                 log.warning("could not renew the lease of %s id %s (%s)", model.__name__, row_id, error)
@@ -89,10 +100,16 @@ def mark_failed(model, row_id: int, attempt: int, error: Exception) -> None:
     was queued again, and maybe is running again) fails nothing but its own, dropped, work."""
     with new_session() as session:
         session.execute(
-            update(model).where(model.id == row_id, model.state == JobState.RUNNING, model.attempts == attempt)
-            .values(state=JobState.FAILED, error=f"{type(error).__name__}: {error}", finished_at=utcnow(),
-                    progress={"phase": "failed"})
-            .execution_options(synchronize_session=False))
+            update(model)
+            .where(model.id == row_id, model.state == JobState.RUNNING, model.attempts == attempt)
+            .values(
+                state=JobState.FAILED,
+                error=f"{type(error).__name__}: {error}",
+                finished_at=utcnow(),
+                progress={"phase": "failed"},
+            )
+            .execution_options(synchronize_session=False)
+        )
         session.commit()
 
 
@@ -103,9 +120,11 @@ def take_up(model, row_id: int, attempt: int) -> bool:
     lease: without this a job computed by one worker in many short chunks would be requeued."""
     with new_session() as session:
         renewed = session.execute(
-            update(model).where(model.id == row_id, model.state == JobState.RUNNING, model.attempts == attempt)
+            update(model)
+            .where(model.id == row_id, model.state == JobState.RUNNING, model.attempts == attempt)
             .values(lease_expires_at=utcnow() + timedelta(seconds=get_settings().job_lease_seconds))
-            .execution_options(synchronize_session=False)).rowcount
+            .execution_options(synchronize_session=False)
+        ).rowcount
         session.commit()
         return renewed == 1
 
@@ -149,8 +168,9 @@ def send_chunks(model, row_id: int, attempt: int, job, chunk_task: str, **progre
         celery_app.send_task(chunk_task, args=[row_id, attempt, index], queue=get_settings().queue)
 
 
-def compute_chunk(model, row_id: int, attempt: int, index: int, phase: str,
-                  compute: Callable[[object, Path, int], bytes], merge_task: str) -> str:
+def compute_chunk(
+    model, row_id: int, attempt: int, index: int, phase: str, compute: Callable[[object, Path, int], bytes], merge_task: str
+) -> str:
     """A chunk task: unless the attempt is over or the chunk's file exists (a redelivery),
     `compute(job, folder, index)` gives the chunk's file (chunk_file), written while the job's
     lease is held; then the chunk is counted and the count that completes the set sends
@@ -186,8 +206,11 @@ def chunk_path(folder: Path, index: int) -> Path:
 def chunk_file(arrays: dict, started: float) -> bytes:
     """A chunk's result as .npz bytes: its arrays, the seconds it took (since `started`, a
     time.perf_counter()) and the worker process that computed it."""
-    arrays = {**arrays, "seconds": np.float64(time.perf_counter() - started),
-              "worker": np.str_(f"{socket.gethostname()}:{os.getpid()}")}
+    arrays = {
+        **arrays,
+        "seconds": np.float64(time.perf_counter() - started),
+        "worker": np.str_(f"{socket.gethostname()}:{os.getpid()}"),
+    }
     with tempfile.SpooledTemporaryFile() as buffer:
         np.savez(buffer, **arrays)
         buffer.seek(0)
@@ -196,9 +219,12 @@ def chunk_file(arrays: dict, started: float) -> bytes:
 
 def chunks_summary(chunks: list[tuple[int, int]], parts: list[dict]) -> dict:
     """How a job's chunks were computed, from their files' arrays: kept with the job's result."""
-    return {"n": len(chunks), "size": chunks[0][1] - chunks[0][0],
-            "workers": len({str(part["worker"]) for part in parts}),
-            "compute_s": float(sum(float(part["seconds"]) for part in parts))}
+    return {
+        "n": len(chunks),
+        "size": chunks[0][1] - chunks[0][0],
+        "workers": len({str(part["worker"]) for part in parts}),
+        "compute_s": float(sum(float(part["seconds"]) for part in parts)),
+    }
 
 
 def write_atomically(path: Path, data: bytes) -> None:

@@ -4,6 +4,7 @@ the simulator's IN-* cases, then start from (new head, early layers frozen: work
 Also the one reader of a labeled folder outside a project, shared by `xal pretrain` and
 `xal simulate`: it goes through the import code (backend.core.readers.files_from_folder),
 so both understand exactly the layouts an import does. No database here."""
+
 import sys
 from collections.abc import Callable, Collection
 from dataclasses import asdict, dataclass
@@ -96,23 +97,32 @@ class Pretrained:
 
 
 def pretrain(
-    images: np.ndarray, labels: np.ndarray, class_names: list[str], config: TrainingConfig, device,
-    test_fraction: float = 0.2, progress: Callable[[int, int], None] | None = None,
+    images: np.ndarray,
+    labels: np.ndarray,
+    class_names: list[str],
+    config: TrainingConfig,
+    device,
+    test_fraction: float = 0.2,
+    progress: Callable[[int, int], None] | None = None,
 ) -> Pretrained:
     """Train a fresh network on a stratified (1 - test_fraction) of the cells (itself holding out
     config.val_fraction to choose the checkpoint) and measure it on the rest."""
     labels = np.asarray(labels, dtype=np.int64)
     train, test = stratified_holdout(labels, test_fraction, np.random.default_rng(config.seed))
     torch.manual_seed(config.seed)
-    trained = train_classifier(
-        ParallelResidualNet(len(class_names)), images[train], labels[train], config, device, progress)
+    trained = train_classifier(ParallelResidualNet(len(class_names)), images[train], labels[train], config, device, progress)
     metrics = {}
     if len(test):
         predicted = predict_proba(trained.model, images[test], device, config.batch_size).argmax(1)
         metrics = {**classification_metrics(labels[test], predicted, len(class_names)), "class_names": class_names}
     training = {
-        "epochs_run": trained.epochs_run, "best_epoch": trained.best_epoch, "best_val_loss": trained.best_val_loss,
-        "history": trained.history, "n_labels": int(len(train)), "n_held_out": int(len(test)),
-        "seconds": trained.seconds, "config": asdict(config),
+        "epochs_run": trained.epochs_run,
+        "best_epoch": trained.best_epoch,
+        "best_val_loss": trained.best_val_loss,
+        "history": trained.history,
+        "n_labels": int(len(train)),
+        "n_held_out": int(len(test)),
+        "seconds": trained.seconds,
+        "config": asdict(config),
     }
     return Pretrained(save_checkpoint(trained.model), class_names, metrics, training)

@@ -22,6 +22,7 @@ one row per mode x method x fraction in %, test ACA and MCA in [0, 1], seconds o
 testing; appended as each finishes, a rerun skips those), roar_kar.png (accuracy vs fraction, a
 panel per mode, a line per method) and recommendation.json (see `recommend`), both rebuilt at the end.
 """
+
 import csv
 import json
 import sys
@@ -34,13 +35,18 @@ import torch
 from tqdm import tqdm
 
 from backend.core.errors import Invalid
+from backend.core.images import load_cell
 from backend.core.readers import files_from_folder
 from worker.ml import relevance
-from backend.core.images import load_cell
 from worker.ml.metrics import classification_metrics
 from worker.ml.network import ParallelResidualNet
 from worker.ml.training import (
-    TrainingConfig, load_checkpoint, predict_proba, save_checkpoint, stratified_holdout, train_classifier,
+    TrainingConfig,
+    load_checkpoint,
+    predict_proba,
+    save_checkpoint,
+    stratified_holdout,
+    train_classifier,
 )
 
 METHODS = ("random", "gradient", "lrp-epsilon", "deeptaylor")
@@ -96,7 +102,9 @@ class Scores:
     seconds: float  # training plus testing
 
 
-def train_and_test(train: Cells, test: Cells, n_classes: int, config: TrainingConfig, device) -> tuple[ParallelResidualNet, Scores]:
+def train_and_test(
+    train: Cells, test: Cells, n_classes: int, config: TrainingConfig, device
+) -> tuple[ParallelResidualNet, Scores]:
     """A fresh model (the same initial weights every time, so runs differ only by their data) trained and tested."""
     started = time.perf_counter()
     torch.manual_seed(config.seed)
@@ -121,8 +129,17 @@ def check_choices(methods, fractions) -> None:
 
 
 def remove_and_retrain(
-    train: Cells, test: Cells, n_classes: int, base_model, base_scores: Scores, methods, fractions,
-    config: TrainingConfig, device, done=frozenset(), on_row=None,
+    train: Cells,
+    test: Cells,
+    n_classes: int,
+    base_model,
+    base_scores: Scores,
+    methods,
+    fractions,
+    config: TrainingConfig,
+    device,
+    done=frozenset(),
+    on_row=None,
 ) -> list[dict]:
     """The rows (COLUMNS; fraction in %) of every mode x method x fraction not in `done`, a set
     of (mode, method, fraction). The 0% rows are the base model's scores. `on_row` sees each row
@@ -174,8 +191,15 @@ def recommend(rows: list[dict]) -> dict:
         return {"method": None, "reason": "no fraction > 0 computed for every method in both modes"}
 
     def mean(mode, method):
-        return float(np.mean([float(r["aca"]) for r in rows if (r["mode"], r["method"]) == (mode, method)
-                              and int(r["fraction"]) in common]))
+        return float(
+            np.mean(
+                [
+                    float(r["aca"])
+                    for r in rows
+                    if (r["mode"], r["method"]) == (mode, method) and int(r["fraction"]) in common
+                ]
+            )
+        )
 
     scores = {m: {"roar_aca": mean("roar", m), "kar_aca": mean("kar", m)} for m in methods}
     for entry in scores.values():
@@ -201,15 +225,20 @@ def plot(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
-    titles = {"roar": "ROAR: most relevant pixels replaced\n(a steeper drop = a better method)",
-              "kar": "KAR: least relevant pixels replaced\n(higher = a better method)"}
+    titles = {
+        "roar": "ROAR: most relevant pixels replaced\n(a steeper drop = a better method)",
+        "kar": "KAR: least relevant pixels replaced\n(higher = a better method)",
+    }
     for ax, mode in zip(axes, MODES):
         for method in METHODS:
-            points = sorted((int(r["fraction"]), float(r["aca"])) for r in rows if (r["mode"], r["method"]) == (mode, method))
+            points = sorted(
+                (int(r["fraction"]), float(r["aca"])) for r in rows if (r["mode"], r["method"]) == (mode, method)
+            )
             if points:
                 xs, ys = zip(*points)
-                ax.plot(xs, ys, marker="o", color=COLOURS[method], label=method,
-                        linestyle="--" if method == "random" else "-")
+                ax.plot(
+                    xs, ys, marker="o", color=COLOURS[method], label=method, linestyle="--" if method == "random" else "-"
+                )
         ax.set_title(titles[mode], fontsize=10)
         ax.set_xlabel("pixels replaced by the image mean (%)")
         ax.grid(alpha=0.3)
@@ -306,8 +335,9 @@ def run_roar(settings: RoarSettings, out: Path, methods, fractions, device) -> d
                 writer.writerow(row)
                 f.flush()
 
-            remove_and_retrain(train, test, len(class_names), base_model, base_scores, methods, fractions,
-                               config, device, done, append)
+            remove_and_retrain(
+                train, test, len(class_names), base_model, base_scores, methods, fractions, config, device, done, append
+            )
     rows = read_rows(csv_path)
     plot(rows, out / "roar_kar.png")
     recommendation = recommend(rows)

@@ -1,13 +1,14 @@
 """A round as a worker runs it, from the message to the stored result: claim the round, gather
 its inputs, compute it in one pass (worker.rounds) or have its pool scored in chunks by every
 worker (worker.chunks), and store it, all while holding the round's lease (worker.jobs)."""
+
 import logging
 
 from backend.core.db.models import Round
 from backend.core.db.session import new_session
 from worker.chunks import needs_chunks, score_in_chunks
 from worker.jobs import claim, holding_lease, mark_failed, set_progress
-from worker.rounds import diagnose_previous_batch, gather_round, compute_round, store_round
+from worker.rounds import compute_round, diagnose_previous_batch, gather_round, store_round
 
 log = logging.getLogger(__name__)
 

@@ -4,6 +4,7 @@ call worker.ml, write the results back in one transaction.
 Idempotent: a round that is done or cancelled is left alone, and results are written only
 while the round row is locked and still running, so a duplicated or redelivered message
 never creates a second set of selections or a second model version."""
+
 import logging
 import math
 import time
@@ -14,12 +15,21 @@ from functools import lru_cache
 import numpy as np
 from sqlalchemy import exists, select
 
-from backend.core.jobs import JobState
 from backend.core.blobs import get_blob_store
 from backend.core.db.models import (
-    Image, ImageCluster, Label, ModelVersion, PoolClustering, Project, RelevanceMap, Round, Selection, utcnow,
+    Image,
+    ImageCluster,
+    Label,
+    ModelVersion,
+    PoolClustering,
+    Project,
+    RelevanceMap,
+    Round,
+    Selection,
+    utcnow,
 )
 from backend.core.db.session import new_session
+from backend.core.jobs import JobState
 from backend.core.queries import current_label_exists, is_current, mark_labeled_cells
 from backend.core.settings import get_settings
 
@@ -98,8 +108,11 @@ def gather_round(session, round_: Round) -> RoundInputs:
         .order_by(Image.id)
     ).all()
     # A reserve cell an annotator holds now will be labeled under its old round: not a candidate.
-    held = exists(select(Selection.id).where(
-        Selection.image_id == Image.id, Selection.leased_by_id.is_not(None), Selection.lease_expires_at > utcnow()))
+    held = exists(
+        select(Selection.id).where(
+            Selection.image_id == Image.id, Selection.leased_by_id.is_not(None), Selection.lease_expires_at > utcnow()
+        )
+    )
     pool = session.execute(
         select(Image.id, Image.content_hash)
         .where(Image.project_id == project.id, Image.split == "pool", ~current_label_exists(), ~held)
@@ -158,12 +171,18 @@ def _pool_clusters(session, project: Project, pool_ids: list[int]) -> list[int] 
     """Each pool cell's cluster under the project's latest finished clustering; None when
     there is none. A cell imported after that clustering gets a cluster of its own (-1)."""
     clustering_id = session.scalar(
-        select(PoolClustering.id).where(PoolClustering.project_id == project.id, PoolClustering.state == JobState.DONE)
-        .order_by(PoolClustering.id.desc()).limit(1))
+        select(PoolClustering.id)
+        .where(PoolClustering.project_id == project.id, PoolClustering.state == JobState.DONE)
+        .order_by(PoolClustering.id.desc())
+        .limit(1)
+    )
     if clustering_id is None:
         return None
-    clusters = dict(session.execute(
-        select(ImageCluster.image_id, ImageCluster.cluster).where(ImageCluster.clustering_id == clustering_id)).all())
+    clusters = dict(
+        session.execute(
+            select(ImageCluster.image_id, ImageCluster.cluster).where(ImageCluster.clustering_id == clustering_id)
+        ).all()
+    )
     return [clusters.get(image_id, -1) for image_id in pool_ids]
 
 
@@ -181,11 +200,14 @@ def diagnose_previous_batch(session, round_: Round) -> None:
         .join(Label, (Label.image_id == Selection.image_id) & is_current())
         .where(Selection.round_id == previous.id)
     ).all()
-    batch = [(score, details["predicted"], positions[class_id]) for score, details, class_id in batch if "predicted" in details]
+    batch = [
+        (score, details["predicted"], positions[class_id]) for score, details, class_id in batch if "predicted" in details
+    ]
     if batch:
         scores, predicted, labels = zip(*batch)
         previous.diagnostics = selection_diagnostics(
-            scores, predicted, labels, previous.selection_summary.get("pool_expected_error"))
+            scores, predicted, labels, previous.selection_summary.get("pool_expected_error")
+        )
         session.commit()
 
 
@@ -223,8 +245,15 @@ def compute_round(inputs: RoundInputs, report: Callable[..., None] = lambda **pr
         outputs = None
         if selector is not None:
             pool = load_cells(inputs.pool_hashes, inputs.channel)
-            outputs = compute_pool_outputs(selector, pool, inputs.strategy, inputs.strategy_options, device,
-                                           scoring_batch_size(inputs), precision(inputs))
+            outputs = compute_pool_outputs(
+                selector,
+                pool,
+                inputs.strategy,
+                inputs.strategy_options,
+                device,
+                scoring_batch_size(inputs),
+                precision(inputs),
+            )
         select_batch(inputs, selector, device, labeled, outputs, result, report, started)
     return result
 
@@ -270,14 +299,22 @@ def train_and_evaluate(inputs: RoundInputs, device, report: Callable[..., None])
     if inputs.validation_hashes:
         validation = (load_cells(inputs.validation_hashes, inputs.channel), inputs.validation_classes)
     trained = train_classifier(
-        model, labeled, inputs.labeled_classes, config, device,
-        progress=lambda epoch, total: report(phase="training", epoch=epoch, max_epochs=total), validation=validation,
+        model,
+        labeled,
+        inputs.labeled_classes,
+        config,
+        device,
+        progress=lambda epoch, total: report(phase="training", epoch=epoch, max_epochs=total),
+        validation=validation,
     )
     model = trained.model
     timings["train_s"] = trained.seconds
     result.training = {
-        "epochs_run": trained.epochs_run, "best_epoch": trained.best_epoch,
-        "best_val_loss": trained.best_val_loss, "history": trained.history, "n_labels": len(labeled),
+        "epochs_run": trained.epochs_run,
+        "best_epoch": trained.best_epoch,
+        "best_val_loss": trained.best_val_loss,
+        "history": trained.history,
+        "n_labels": len(labeled),
         "val_acc": trained.history[trained.best_epoch - 1]["val_acc"],
     }
     result.checkpoint = save_checkpoint(model)
@@ -292,8 +329,16 @@ def train_and_evaluate(inputs: RoundInputs, device, report: Callable[..., None])
     return model, labeled, result
 
 
-def select_batch(inputs: RoundInputs, model, device, labeled: np.ndarray, outputs, result: RoundResult,
-                 report: Callable[..., None], started: float) -> None:
+def select_batch(
+    inputs: RoundInputs,
+    model,
+    device,
+    labeled: np.ndarray,
+    outputs,
+    result: RoundResult,
+    report: Callable[..., None],
+    started: float,
+) -> None:
     """Rank the pool once from its per-cell outputs (worker.ml.strategies.PoolOutputs, or None:
     random needs none), queue the first batch_size cells with what explains each, render their
     maps. `model` is the round's trained model, or in round 0 a start model that a strategy reads
@@ -308,13 +353,20 @@ def select_batch(inputs: RoundInputs, model, device, labeled: np.ndarray, output
     # strategy can read a start model's features.
     strategy = inputs.strategy if model is not None else "random"
     context = SelectionContext(
-        model=model, device=device, labeled_images=labeled, labeled_labels=inputs.labeled_classes,
-        pool_size=len(inputs.pool_ids), load_pool_images=lambda: load_cells(inputs.pool_hashes, inputs.channel),
-        rng=rng, batch_size=scoring_batch_size(inputs), options=inputs.strategy_options,
+        model=model,
+        device=device,
+        labeled_images=labeled,
+        labeled_labels=inputs.labeled_classes,
+        pool_size=len(inputs.pool_ids),
+        load_pool_images=lambda: load_cells(inputs.pool_hashes, inputs.channel),
+        rng=rng,
+        batch_size=scoring_batch_size(inputs),
+        options=inputs.strategy_options,
         cached_pool_probabilities=outputs.probabilities if outputs is not None else None,
         cached_pool_relevance=outputs.relevance if outputs is not None else None,
         cached_pool_embeddings=outputs.embeddings if outputs is not None else None,
-        batch_cells=inputs.batch_size, precision=precision(inputs),
+        batch_cells=inputs.batch_size,
+        precision=precision(inputs),
         model_accuracy=result.training["val_acc"] if trained and result.training else None,
     )
     if model is None and inputs.pool_clusters is not None:
@@ -384,22 +436,35 @@ def _render_maps(model, device, inputs: RoundInputs, picked, labeled_images, sel
 def store_round(round_id: int, inputs: RoundInputs, result: RoundResult) -> None:
     with new_session() as session:
         round_ = session.scalar(select(Round).where(Round.id == round_id).with_for_update(key_share=True))
-        if round_.state != JobState.RUNNING or session.scalar(select(Selection.id).where(Selection.round_id == round_id).limit(1)):
+        if round_.state != JobState.RUNNING or session.scalar(
+            select(Selection.id).where(Selection.round_id == round_id).limit(1)
+        ):
             log.info("round %s was finished elsewhere; dropping this result", round_id)
             return
         if result.checkpoint is not None:
             model = ModelVersion(
-                project_id=inputs.project_id, parent_id=inputs.parent_model_id,
-                name=f"round {inputs.number}", checkpoint_key=get_blob_store().put(result.checkpoint),
-                class_names=inputs.class_names, metrics=result.metrics, training=result.training,
+                project_id=inputs.project_id,
+                parent_id=inputs.parent_model_id,
+                name=f"round {inputs.number}",
+                checkpoint_key=get_blob_store().put(result.checkpoint),
+                class_names=inputs.class_names,
+                metrics=result.metrics,
+                training=result.training,
             )
             session.add(model)
             session.flush()
             round_.model_version_id = model.id
             store = get_blob_store()
             for image_id, method, png, npy in result.maps:
-                session.add(RelevanceMap(image_id=image_id, model_version_id=model.id, method=method,
-                                         png_key=store.put(png), npy_key=store.put(npy)))
+                session.add(
+                    RelevanceMap(
+                        image_id=image_id,
+                        model_version_id=model.id,
+                        method=method,
+                        png_key=store.put(png),
+                        npy_key=store.put(npy),
+                    )
+                )
         for rank, (image_id, score, details) in enumerate(result.selected):
             session.add(Selection(round_id=round_id, image_id=image_id, rank=rank, score=score, details=details))
         session.flush()

@@ -16,6 +16,7 @@ finished case x seed x budget: a rerun skips those) and the tables and plots reb
 after every run: steps.csv, summary.csv, diagnostics.csv, reach.csv, confusion.csv,
 label_efficiency.png, confusion.png. The cache (out/cache unless told) holds the cells' and
 checkpoints' blobs and the pretrained models: copies of the cells, so keep it out of a repository."""
+
 import contextlib
 import csv
 import json
@@ -134,8 +135,12 @@ def split_by_hash(cells: LabeledCells, test_fraction: float, validation_fraction
         validation += members[n_test : n_test + n_validation]
     held = set(test) | set(validation)
     pool = [i for i in range(len(cells.labels)) if i not in held]
-    return Split(np.array(pool, dtype=np.int64), np.sort(np.array(test, dtype=np.int64)),
-                 np.zeros(0, dtype=np.int64), np.sort(np.array(validation, dtype=np.int64)))
+    return Split(
+        np.array(pool, dtype=np.int64),
+        np.sort(np.array(test, dtype=np.int64)),
+        np.zeros(0, dtype=np.int64),
+        np.sort(np.array(validation, dtype=np.int64)),
+    )
 
 
 def budget_plan(pool_size: int, budget_pct: float, n_classes: int) -> list[int]:
@@ -176,9 +181,18 @@ def _run_path(out: Path, case: str, seed: int, budget_pct: float) -> Path:
     return out / "runs" / f"{case}_seed{seed}_budget{budget_pct:g}.json"
 
 
-def run_case(cells: LabeledCells, split: Split, case_name: str, seed: int, budget_pct: float,
-             settings: SimulationSettings, store: BlobStore, start_checkpoint: str | None, advance=lambda: None,
-             pool_clusters: list[int] | None = None) -> dict:
+def run_case(
+    cells: LabeledCells,
+    split: Split,
+    case_name: str,
+    seed: int,
+    budget_pct: float,
+    settings: SimulationSettings,
+    store: BlobStore,
+    start_checkpoint: str | None,
+    advance=lambda: None,
+    pool_clusters: list[int] | None = None,
+) -> dict:
     """One case x seed x budget, round by round; returns its record. `pool_clusters` (each
     split.pool cell's cluster) seeds round 0 of a `cold_start = clusters` case."""
     case = CASES[case_name]
@@ -194,38 +208,70 @@ def run_case(cells: LabeledCells, split: Split, case_name: str, seed: int, budge
     started = time.perf_counter()
     for number, size in enumerate(plan):
         round_started = time.perf_counter()
-        result = compute_round(RoundInputs(
-            project_id=0, number=number, channel=CHANNEL, class_names=cells.class_names,
-            strategy=case.strategy, strategy_options=case.options, model_settings=model_settings,
-            batch_size=size, parent_model_id=None, parent_checkpoint=parent, transfer=transfer,
-            labeled_ids=list(labeled), labeled_hashes=[cells.hashes[i] for i in labeled], labeled_classes=cells.labels[labeled],
-            pool_ids=unlabeled, pool_hashes=[cells.hashes[i] for i in unlabeled],
-            test_hashes=[cells.hashes[i] for i in split.test], test_classes=cells.labels[split.test], render_maps=False,
-            pool_clusters=pool_clusters if number == 0 else None,
-        ))
+        result = compute_round(
+            RoundInputs(
+                project_id=0,
+                number=number,
+                channel=CHANNEL,
+                class_names=cells.class_names,
+                strategy=case.strategy,
+                strategy_options=case.options,
+                model_settings=model_settings,
+                batch_size=size,
+                parent_model_id=None,
+                parent_checkpoint=parent,
+                transfer=transfer,
+                labeled_ids=list(labeled),
+                labeled_hashes=[cells.hashes[i] for i in labeled],
+                labeled_classes=cells.labels[labeled],
+                pool_ids=unlabeled,
+                pool_hashes=[cells.hashes[i] for i in unlabeled],
+                test_hashes=[cells.hashes[i] for i in split.test],
+                test_classes=cells.labels[split.test],
+                render_maps=False,
+                pool_clusters=pool_clusters if number == 0 else None,
+            )
+        )
         if result.checkpoint is not None:
             if parent is not None and not transfer:
                 store.delete(parent)  # needed by this round only; ~1.6 MB each adds up over hundreds
             parent, transfer = store.put(result.checkpoint), False
             metrics = result.metrics
             final_metrics = metrics
-            steps.append({
-                "step": number, "n_labels": len(labeled), "aca": metrics["aca"], "mca": metrics["mca"],
-                "per_class_accuracy": metrics["per_class_accuracy"], "epochs_run": result.training["epochs_run"],
-                "best_epoch": result.training["best_epoch"], "selection_summary": result.summary,
-                "timings": {**result.timings, "round_s": time.perf_counter() - round_started},
-            })
+            steps.append(
+                {
+                    "step": number,
+                    "n_labels": len(labeled),
+                    "aca": metrics["aca"],
+                    "mca": metrics["mca"],
+                    "per_class_accuracy": metrics["per_class_accuracy"],
+                    "epochs_run": result.training["epochs_run"],
+                    "best_epoch": result.training["best_epoch"],
+                    "selection_summary": result.summary,
+                    "timings": {**result.timings, "round_s": time.perf_counter() - round_started},
+                }
+            )
         picked = [pool_id for pool_id, _, _ in result.selected]
         if number == 0:
             first_batch_summary = result.summary  # round 0 trains nothing, so no step holds it
         if result.pool_predicted is not None:
             truth = cells.labels[unlabeled]
             batch = selection_diagnostics(
-                [score for _, score, _ in result.selected], [details["predicted"] for _, _, details in result.selected],
-                cells.labels[picked], result.summary.get("pool_expected_error"))
-            diagnostics.append({"step": number, "n_selected": len(picked), "hit_rate": batch["hit_rate"],
-                                "pool_error_rate": float(np.mean(result.pool_predicted != truth)),
-                                "pool_expected_error": batch["pool_expected_error"], "error_auroc": batch["error_auroc"]})
+                [score for _, score, _ in result.selected],
+                [details["predicted"] for _, _, details in result.selected],
+                cells.labels[picked],
+                result.summary.get("pool_expected_error"),
+            )
+            diagnostics.append(
+                {
+                    "step": number,
+                    "n_selected": len(picked),
+                    "hit_rate": batch["hit_rate"],
+                    "pool_error_rate": float(np.mean(result.pool_predicted != truth)),
+                    "pool_expected_error": batch["pool_expected_error"],
+                    "error_auroc": batch["error_auroc"],
+                }
+            )
         labeled += picked
         chosen = set(picked)
         unlabeled = [i for i in unlabeled if i not in chosen]
@@ -233,19 +279,31 @@ def run_case(cells: LabeledCells, split: Split, case_name: str, seed: int, budge
     if parent is not None and parent != start_checkpoint:
         store.delete(parent)
     return {
-        "case": case_name, "seed": seed, "budget_pct": budget_pct, "budget": sum(plan), "plan": plan,
-        "strategy": case.strategy, "strategy_options": case.options, "pretrained": case.pretrained,
+        "case": case_name,
+        "seed": seed,
+        "budget_pct": budget_pct,
+        "budget": sum(plan),
+        "plan": plan,
+        "strategy": case.strategy,
+        "strategy_options": case.options,
+        "pretrained": case.pretrained,
         "cold_start": case.cold_start,
-        "class_names": cells.class_names, "sizes": split.sizes, "settings": asdict(settings),
-        "steps": steps, "diagnostics": diagnostics, "final_metrics": final_metrics,
+        "class_names": cells.class_names,
+        "sizes": split.sizes,
+        "settings": asdict(settings),
+        "steps": steps,
+        "diagnostics": diagnostics,
+        "final_metrics": final_metrics,
         "labeled": labeled,  # cell indices in the order they were queued
         "first_batch_summary": first_batch_summary,
-        "seconds": time.perf_counter() - started, "finished_at": datetime.now(timezone.utc).isoformat(),
+        "seconds": time.perf_counter() - started,
+        "finished_at": datetime.now(timezone.utc).isoformat(),
     }
 
 
-def _pretrained_checkpoint(cells: LabeledCells, split: Split, seed: int, settings: SimulationSettings,
-                           store: BlobStore, cache: Path) -> dict:
+def _pretrained_checkpoint(
+    cells: LabeledCells, split: Split, seed: int, settings: SimulationSettings, store: BlobStore, cache: Path
+) -> dict:
     """The seed's pretrained model (trained once, kept in the cache): checkpoint key and record."""
     path = cache / f"pretrained-seed{seed}.json"
     if path.exists():
@@ -255,10 +313,20 @@ def _pretrained_checkpoint(cells: LabeledCells, split: Split, seed: int, setting
     part = cells.subset(split.pretrain).excluding(settings.pretrain_exclude)
     config = settings.training_config(seed, single=True)
     with tqdm(total=config.max_epochs, unit="epoch", file=sys.stderr, desc=f"pretraining seed {seed}", leave=False) as bar:
-        trained = pretrain(load_cells(part.hashes, CHANNEL), part.labels, part.class_names, config,
-                           resolve_device(get_settings().device), progress=lambda epoch, _: bar.update(1))
-    record = {"checkpoint": store.put(trained.checkpoint), "n_cells": len(part.hashes), **trained.record,
-              "settings": asdict(settings)}
+        trained = pretrain(
+            load_cells(part.hashes, CHANNEL),
+            part.labels,
+            part.class_names,
+            config,
+            resolve_device(get_settings().device),
+            progress=lambda epoch, _: bar.update(1),
+        )
+    record = {
+        "checkpoint": store.put(trained.checkpoint),
+        "n_cells": len(part.hashes),
+        **trained.record,
+        "settings": asdict(settings),
+    }
     _write_json(path, record)
     return record
 
@@ -276,13 +344,21 @@ def _pool_clusters(cells: LabeledCells, split: Split, seed: int, store: BlobStor
         record = json.loads(path.read_text())
         if record["config"] == config and record["pool"] == split.pool.tolist():
             return record
-    bar = tqdm(total=config["pretrain_epochs"] + config["cluster_epochs"], unit="epoch", file=sys.stderr,
-               desc=f"clustering the pool of seed {seed}", leave=False)
+    bar = tqdm(
+        total=config["pretrain_epochs"] + config["cluster_epochs"],
+        unit="epoch",
+        file=sys.stderr,
+        desc=f"clustering the pool of seed {seed}",
+        leave=False,
+    )
     with bar:
-        result = compute_clustering(config, load_cells([cells.hashes[i] for i in split.pool], CHANNEL),
-                                    cells.labels[split.pool], lambda **progress: bar.update(progress.get("epoch", 0) - bar.n))
-    record = {"config": config, "pool": split.pool.tolist(), "clusters": result.clusters.tolist(),
-              "metrics": result.metrics}
+        result = compute_clustering(
+            config,
+            load_cells([cells.hashes[i] for i in split.pool], CHANNEL),
+            cells.labels[split.pool],
+            lambda **progress: bar.update(progress.get("epoch", 0) - bar.n),
+        )
+    record = {"config": config, "pool": split.pool.tolist(), "clusters": result.clusters.tolist(), "metrics": result.metrics}
     _write_json(path, record)
     return record
 
@@ -291,8 +367,11 @@ def _check_config(out: Path, config: dict) -> None:
     path = out / "config.json"
     if path.exists():
         before = json.loads(path.read_text())
-        changed = {key: (before["settings"].get(key), value) for key, value in config["settings"].items()
-                   if before["settings"].get(key) != value}
+        changed = {
+            key: (before["settings"].get(key), value)
+            for key, value in config["settings"].items()
+            if before["settings"].get(key) != value
+        }
         if changed:
             listed = "; ".join(f"{key}: {old!r} then, {new!r} now" for key, (old, new) in changed.items())
             raise Invalid(f"{out} holds runs made with other settings ({listed}); rerun with those or use another --out")
@@ -300,8 +379,14 @@ def _check_config(out: Path, config: dict) -> None:
     _write_json(path, config)
 
 
-def simulate(settings: SimulationSettings, out: Path, cases: list[str], budgets: list[float], seeds: list[int],
-             cache: Path | None = None) -> list[str]:
+def simulate(
+    settings: SimulationSettings,
+    out: Path,
+    cases: list[str],
+    budgets: list[float],
+    seeds: list[int],
+    cache: Path | None = None,
+) -> list[str]:
     """Computes every case x seed x budget not yet in out/runs and rebuilds the tables and plots.
     `cache` (default out/cache) holds the cells' blobs and the pretrained models.
     Returns the names of the run records it computed (an empty list when all were done)."""
@@ -312,8 +397,9 @@ def simulate(settings: SimulationSettings, out: Path, cases: list[str], budgets:
         raise Invalid(f"unknown case {', '.join(unknown)}; the cases are {', '.join(CASES)}")
     missing = sorted({CASES[case].strategy for case in cases} - set(STRATEGIES))
     if missing:
-        raise Invalid(f"strategy {', '.join(missing)} is not registered here (worker.ml.strategies); "
-                      f"leave out the cases that use it")
+        raise Invalid(
+            f"strategy {', '.join(missing)} is not registered here (worker.ml.strategies); leave out the cases that use it"
+        )
     if any(CASES[case].pretrained for case in cases) and not settings.pretrain_size:
         raise Invalid("the in-* cases need a pretraining part: give --pretrain-size")
     if any(not 0 < budget <= CEILING for budget in budgets):
@@ -323,12 +409,23 @@ def simulate(settings: SimulationSettings, out: Path, cases: list[str], budgets:
     with _blob_store_under(cache) as store:
         cells = read_labeled_folder(Path(settings.data), Path(settings.labels) if settings.labels else None, store)
         splits = {seed: split_cells(cells, seed, settings) for seed in seeds}
-        _check_config(out, {
-            "settings": asdict(settings), "class_names": cells.class_names, "n_cells": len(cells.hashes),
-            "sizes": {str(seed): split.sizes for seed, split in splits.items()}, "machine": _machine(),
-        })
-        todo = [(seed, budget, case) for seed in seeds for budget in sorted(budgets) for case in cases
-                if not _run_path(out, case, seed, budget).exists()]
+        _check_config(
+            out,
+            {
+                "settings": asdict(settings),
+                "class_names": cells.class_names,
+                "n_cells": len(cells.hashes),
+                "sizes": {str(seed): split.sizes for seed, split in splits.items()},
+                "machine": _machine(),
+            },
+        )
+        todo = [
+            (seed, budget, case)
+            for seed in seeds
+            for budget in sorted(budgets)
+            for case in cases
+            if not _run_path(out, case, seed, budget).exists()
+        ]
         rounds = sum(len(budget_plan(len(splits[seed].pool), budget, len(cells.class_names))) for seed, budget, _ in todo)
         with tqdm(total=rounds, unit="round", file=sys.stderr, desc="simulating") as bar:
             for seed, budget, case in todo:
@@ -340,10 +437,23 @@ def simulate(settings: SimulationSettings, out: Path, cases: list[str], budgets:
                     if CASES[case].pretrained:
                         pretrained = _pretrained_checkpoint(cells, splits[seed], seed, settings, store, cache)
                         start = pretrained["checkpoint"]
-                    clustering = (_pool_clusters(cells, splits[seed], seed, store, cache)
-                                  if CASES[case].cold_start == "clusters" else None)
-                    record = run_case(cells, splits[seed], case, seed, budget, settings, store, start, lambda: bar.update(1),
-                                      clustering["clusters"] if clustering else None)
+                    clustering = (
+                        _pool_clusters(cells, splits[seed], seed, store, cache)
+                        if CASES[case].cold_start == "clusters"
+                        else None
+                    )
+                    record = run_case(
+                        cells,
+                        splits[seed],
+                        case,
+                        seed,
+                        budget,
+                        settings,
+                        store,
+                        start,
+                        lambda: bar.update(1),
+                        clustering["clusters"] if clustering else None,
+                    )
                     if clustering:
                         record["pool_clustering"] = {"config": clustering["config"], "metrics": clustering["metrics"]}
                     if CASES[case].pretrained:
@@ -363,18 +473,30 @@ def _shared_ceiling(out: Path, case: str, seed: int, budget: float) -> dict | No
         path = _run_path(out, other, seed, budget)
         if other != case and spec.pretrained == CASES[case].pretrained and path.exists():
             record = json.loads(path.read_text())
-            return {**record, "case": case, "strategy": CASES[case].strategy,
-                    "strategy_options": CASES[case].options, "copied_from": other}
+            return {
+                **record,
+                "case": case,
+                "strategy": CASES[case].strategy,
+                "strategy_options": CASES[case].options,
+                "copied_from": other,
+            }
     return None
 
 
 def _machine() -> dict:
-    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-            "device": get_settings().device, "python": platform.python_version()}
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "device": get_settings().device,
+        "python": platform.python_version(),
+    }
 
 
 # --- tables and plots, rebuilt from the run records ---
+
 
 def _load_records(out: Path) -> list[dict]:
     records = [json.loads(path.read_text()) for path in sorted((out / "runs").glob("*.json"))]
@@ -405,27 +527,69 @@ def write_outputs(out: Path) -> None:
     records = _load_records(out)
     if not records:
         return
-    _write_csv(out / "steps.csv", ["case", "seed", "budget_pct", "step", "n_labels", "aca", "mca"], [
-        {"case": r["case"], "seed": r["seed"], "budget_pct": f"{r['budget_pct']:g}", **{k: s[k] for k in ("step", "n_labels", "aca", "mca")}}
-        for r in records for s in r["steps"]])
-    _write_csv(out / "diagnostics.csv", ["case", "seed", "budget_pct", "step", "n_selected", "hit_rate", "pool_error_rate",
-                                         "pool_expected_error", "error_auroc"], [
-        {"case": r["case"], "seed": r["seed"], "budget_pct": f"{r['budget_pct']:g}", **d} for r in records for d in r["diagnostics"]])
+    _write_csv(
+        out / "steps.csv",
+        ["case", "seed", "budget_pct", "step", "n_labels", "aca", "mca"],
+        [
+            {
+                "case": r["case"],
+                "seed": r["seed"],
+                "budget_pct": f"{r['budget_pct']:g}",
+                **{k: s[k] for k in ("step", "n_labels", "aca", "mca")},
+            }
+            for r in records
+            for s in r["steps"]
+        ],
+    )
+    _write_csv(
+        out / "diagnostics.csv",
+        [
+            "case",
+            "seed",
+            "budget_pct",
+            "step",
+            "n_selected",
+            "hit_rate",
+            "pool_error_rate",
+            "pool_expected_error",
+            "error_auroc",
+        ],
+        [
+            {"case": r["case"], "seed": r["seed"], "budget_pct": f"{r['budget_pct']:g}", **d}
+            for r in records
+            for d in r["diagnostics"]
+        ],
+    )
 
     summary = []
     for (case, budget), group in _groups(records).items():
         aca, aca_std = _mean_std([r["steps"][-1]["aca"] for r in group])
         mca, mca_std = _mean_std([r["steps"][-1]["mca"] for r in group])
-        summary.append({"case": case, "budget_pct": budget, "n_seeds": len(group), "aca_mean": aca, "aca_std": aca_std,
-                        "mca_mean": mca, "mca_std": mca_std, "pretrained": group[0]["pretrained"],
-                        "cold_start": group[0].get("cold_start", "random")})
+        summary.append(
+            {
+                "case": case,
+                "budget_pct": budget,
+                "n_seeds": len(group),
+                "aca_mean": aca,
+                "aca_std": aca_std,
+                "mca_mean": mca,
+                "mca_std": mca_std,
+                "pretrained": group[0]["pretrained"],
+                "cold_start": group[0].get("cold_start", "random"),
+            }
+        )
     header = ["case", "budget_pct", "n_seeds", "aca_mean", "aca_std", "mca_mean", "mca_std"]
-    _write_csv(out / "summary.csv", header, [{**{k: row[k] for k in header}, "budget_pct": f"{row['budget_pct']:g}"} for row in summary])
+    _write_csv(
+        out / "summary.csv",
+        header,
+        [{**{k: row[k] for k in header}, "budget_pct": f"{row['budget_pct']:g}"} for row in summary],
+    )
     _write_reach(out / "reach.csv", summary)
     _write_confusion(out, records)
     sizes = records[0]["sizes"]
-    _plot_label_efficiency(out / "label_efficiency.png", summary,
-                           f"pool {sizes['pool']}, test {sizes['test']} cells; mean ± sd over seeds")
+    _plot_label_efficiency(
+        out / "label_efficiency.png", summary, f"pool {sizes['pool']}, test {sizes['test']} cells; mean ± sd over seeds"
+    )
 
 
 def _write_reach(path: Path, summary: list[dict]) -> None:
@@ -435,10 +599,17 @@ def _write_reach(path: Path, summary: list[dict]) -> None:
         ceiling = next((row["aca_mean"] for row in of_case if row["budget_pct"] >= CEILING), None)
         reached = None
         if ceiling is not None:
-            reached = next((row for row in of_case if row["budget_pct"] < CEILING and row["aca_mean"] >= ceiling - 0.01), None)
-        rows.append({"case": case, "ceiling_aca": ceiling,
-                     "smallest_budget_pct_within_1pt": f"{reached['budget_pct']:g}" if reached else "",
-                     "aca_there": reached["aca_mean"] if reached else ""})
+            reached = next(
+                (row for row in of_case if row["budget_pct"] < CEILING and row["aca_mean"] >= ceiling - 0.01), None
+            )
+        rows.append(
+            {
+                "case": case,
+                "ceiling_aca": ceiling,
+                "smallest_budget_pct_within_1pt": f"{reached['budget_pct']:g}" if reached else "",
+                "aca_there": reached["aca_mean"] if reached else "",
+            }
+        )
     _write_csv(path, ["case", "ceiling_aca", "smallest_budget_pct_within_1pt", "aca_there"], rows)
 
 
@@ -451,11 +622,19 @@ def _write_confusion(out: Path, records: list[dict]) -> None:
     """confusion.csv: per case and budget, the final step's confusion, row-normalised, mean over seeds;
     confusion.png: those at the largest budget below 100% (where the cases differ), one panel per case."""
     class_names = records[0]["class_names"]
-    means = {key: np.mean([_row_normalised(r["final_metrics"]["confusion"]) for r in group], axis=0)
-             for key, group in _groups(records).items()}
-    _write_csv(out / "confusion.csv", ["case", "budget_pct", "true_class", *class_names], [
-        {"case": case, "budget_pct": f"{budget:g}", "true_class": name, **dict(zip(class_names, matrix[i]))}
-        for (case, budget), matrix in means.items() for i, name in enumerate(class_names)])
+    means = {
+        key: np.mean([_row_normalised(r["final_metrics"]["confusion"]) for r in group], axis=0)
+        for key, group in _groups(records).items()
+    }
+    _write_csv(
+        out / "confusion.csv",
+        ["case", "budget_pct", "true_class", *class_names],
+        [
+            {"case": case, "budget_pct": f"{budget:g}", "true_class": name, **dict(zip(class_names, matrix[i]))}
+            for (case, budget), matrix in means.items()
+            for i, name in enumerate(class_names)
+        ],
+    )
     budgets = sorted({budget for _, budget in means})
     shown = max((b for b in budgets if b < CEILING), default=budgets[-1])
     panels = [(case, matrix) for (case, budget), matrix in means.items() if budget == shown]
@@ -463,14 +642,15 @@ def _write_confusion(out: Path, records: list[dict]) -> None:
     columns = min(4, len(panels))
     rows = -(-len(panels) // columns)
     fig, axes = plt.subplots(rows, columns, figsize=(3.6 * columns, 3.6 * rows), squeeze=False)
-    for ax in axes.flat[len(panels):]:
+    for ax in axes.flat[len(panels) :]:
         ax.axis("off")
     short = [name[:6] for name in class_names]
     for ax, (case, matrix) in zip(axes.flat, panels):
         ax.imshow(matrix, vmin=0, vmax=1, cmap="Blues")
         for (i, j), value in np.ndenumerate(matrix):
-            ax.text(j, i, f"{100 * value:.0f}", ha="center", va="center", fontsize=7,
-                    color="white" if value > 0.5 else "black")
+            ax.text(
+                j, i, f"{100 * value:.0f}", ha="center", va="center", fontsize=7, color="white" if value > 0.5 else "black"
+            )
         ax.set_title(case, fontsize=9)
         ax.set_xticks(range(len(short)), short, rotation=90, fontsize=7)
         ax.set_yticks(range(len(short)), short, fontsize=7)
@@ -495,16 +675,28 @@ def _plot_label_efficiency(path: Path, summary: list[dict], subtitle: str) -> No
     budgets = sorted({row["budget_pct"] for row in summary if row["budget_pct"] < CEILING})
     for ax, metric in zip(axes, ("aca", "mca")):
         for case in dict.fromkeys(row["case"] for row in summary):
-            rows = sorted((r for r in summary if r["case"] == case and r["budget_pct"] < CEILING), key=lambda r: r["budget_pct"])
+            rows = sorted(
+                (r for r in summary if r["case"] == case and r["budget_pct"] < CEILING), key=lambda r: r["budget_pct"]
+            )
             if rows:
-                ax.errorbar([r["budget_pct"] for r in rows], [100 * r[f"{metric}_mean"] for r in rows],
-                            yerr=[100 * (r[f"{metric}_std"] or 0) for r in rows], marker="o", capsize=3, label=case,
-                            linestyle="--" if rows[0]["pretrained"] else "-." if rows[0]["cold_start"] != "random" else "-")
+                ax.errorbar(
+                    [r["budget_pct"] for r in rows],
+                    [100 * r[f"{metric}_mean"] for r in rows],
+                    yerr=[100 * (r[f"{metric}_std"] or 0) for r in rows],
+                    marker="o",
+                    capsize=3,
+                    label=case,
+                    linestyle="--" if rows[0]["pretrained"] else "-." if rows[0]["cold_start"] != "random" else "-",
+                )
         for pretrained, color in ((False, "black"), (True, "grey")):
             ceiling = next((r for r in summary if r["budget_pct"] >= CEILING and r["pretrained"] == pretrained), None)
             if ceiling is not None:
-                ax.axhline(100 * ceiling[f"{metric}_mean"], color=color, linestyle=":",
-                           label=f"100% of the pool{' (pretrained)' if pretrained else ''}")
+                ax.axhline(
+                    100 * ceiling[f"{metric}_mean"],
+                    color=color,
+                    linestyle=":",
+                    label=f"100% of the pool{' (pretrained)' if pretrained else ''}",
+                )
         if budgets:
             ax.set_xscale("log")
             ax.set_xticks(budgets, [f"{b:g}" for b in budgets])

@@ -24,6 +24,7 @@ there. Tables: steps.csv (every step), summary.csv (ACA/MCA at the read-off poin
 over seeds, and the paired difference to `rs` of the same start per seed), reach.csv and
 label_efficiency.png.
 """
+
 import json
 import sys
 import time
@@ -61,10 +62,12 @@ CURVE_CASES = {
     "rs": CurveCase("random"),
     "cal": CurveCase("entropy"),
     "coverage-entropy": CurveCase("coverage-entropy"),
-    "xal-concept-clusters": CurveCase("xal-entropy", {"relevance_method": "deeptaylor", "representation": "concept",
-                                                      "centres": "clusters"}),
-    "xal-pixel-clusters": CurveCase("xal-entropy", {"relevance_method": "deeptaylor", "representation": "pixel",
-                                                    "centres": "clusters"}),
+    "xal-concept-clusters": CurveCase(
+        "xal-entropy", {"relevance_method": "deeptaylor", "representation": "concept", "centres": "clusters"}
+    ),
+    "xal-pixel-clusters": CurveCase(
+        "xal-entropy", {"relevance_method": "deeptaylor", "representation": "pixel", "centres": "clusters"}
+    ),
     "full": CurveCase("random", full=True),
     "rs-scratch": CurveCase("random", start="scratch"),
     "cal-scratch": CurveCase("entropy", start="scratch"),
@@ -87,8 +90,16 @@ class CurveSettings:
     pretext_epochs: int = 20
 
     def model_settings(self, seed: int) -> dict:
-        return asdict(TrainingConfig(max_epochs=self.max_epochs, patience=self.patience, batch_size=self.batch_size,
-                                     seed=seed, precision=self.precision, class_weighting=self.class_weighting))
+        return asdict(
+            TrainingConfig(
+                max_epochs=self.max_epochs,
+                patience=self.patience,
+                batch_size=self.batch_size,
+                seed=seed,
+                precision=self.precision,
+                class_weighting=self.class_weighting,
+            )
+        )
 
 
 def step_sizes(pool_size: int) -> tuple[int, int]:
@@ -121,10 +132,17 @@ def contrastive_start(cells: LabeledCells, split: Split, settings: CurveSettings
             return record
     pool = load_cells([cells.hashes[i] for i in split.pool], CHANNEL)
     with tqdm(total=config.epochs, unit="epoch", file=sys.stderr, desc="contrastive pretraining", leave=False) as bar:
-        result = pretrain_contrastive(pool, config, resolve_device("auto"), len(cells.class_names),
-                                      progress=lambda *_: bar.update(1))
-    record = {"checkpoint": store.put(save_checkpoint(result.model)), "config": asdict(config), "pool": split.sizes,
-              "history": result.history, "seconds": result.seconds, "torch_threads": torch.get_num_threads()}
+        result = pretrain_contrastive(
+            pool, config, resolve_device("auto"), len(cells.class_names), progress=lambda *_: bar.update(1)
+        )
+    record = {
+        "checkpoint": store.put(save_checkpoint(result.model)),
+        "config": asdict(config),
+        "pool": split.sizes,
+        "history": result.history,
+        "seconds": result.seconds,
+        "torch_threads": torch.get_num_threads(),
+    }
     _write_json(path, record)
     return record
 
@@ -133,21 +151,48 @@ def _run_path(out: Path, case: str, seed: int) -> Path:
     return out / "runs" / f"{case}_seed{seed}.json"
 
 
-def run_curve(cells: LabeledCells, test: LabeledCells, split: Split, case_name: str, seed: int, to_pct: float,
-              settings: CurveSettings, store: BlobStore, start_checkpoint: str | None, out: Path, advance=lambda: None) -> dict:
+def run_curve(
+    cells: LabeledCells,
+    test: LabeledCells,
+    split: Split,
+    case_name: str,
+    seed: int,
+    to_pct: float,
+    settings: CurveSettings,
+    store: BlobStore,
+    start_checkpoint: str | None,
+    out: Path,
+    advance=lambda: None,
+) -> dict:
     """One case and seed, step by step up to `to_pct`, resuming from its run file."""
     case = CURVE_CASES[case_name]
     path = _run_path(out, case_name, seed)
-    record = json.loads(path.read_text()) if path.exists() else {
-        "case": case_name, "seed": seed, "strategy": case.strategy, "strategy_options": case.options, "start": case.start,
-        "class_names": cells.class_names, "sizes": {**split.sizes, "test": len(test.hashes)}, "settings": asdict(settings),
-        "steps": [], "labeled": [], "queued": None, "parent": None, "seconds": 0.0,
-    }
+    record = (
+        json.loads(path.read_text())
+        if path.exists()
+        else {
+            "case": case_name,
+            "seed": seed,
+            "strategy": case.strategy,
+            "strategy_options": case.options,
+            "start": case.start,
+            "class_names": cells.class_names,
+            "sizes": {**split.sizes, "test": len(test.hashes)},
+            "settings": asdict(settings),
+            "steps": [],
+            "labeled": [],
+            "queued": None,
+            "parent": None,
+            "seconds": 0.0,
+        }
+    )
     first, increment = step_sizes(len(split.pool))
     limit = step_plan(len(split.pool), to_pct)[-1]
     model_settings = settings.model_settings(seed)
-    validation = {"validation_hashes": [cells.hashes[i] for i in split.validation],
-                  "validation_classes": cells.labels[split.validation]}
+    validation = {
+        "validation_hashes": [cells.hashes[i] for i in split.validation],
+        "validation_classes": cells.labels[split.validation],
+    }
     while True:
         # round 0 queues k cells; each later round trains on every label so far and queues m more
         if case.full:
@@ -166,37 +211,68 @@ def run_curve(cells: LabeledCells, test: LabeledCells, split: Split, case_name: 
         if parent is None and start_checkpoint is not None:
             parent, transfer = start_checkpoint, True
         torch.manual_seed(seed)  # a transferred model's new head is drawn from the global generator
-        result = compute_round(RoundInputs(
-            project_id=0, number=number, channel=CHANNEL, class_names=cells.class_names,
-            strategy=case.strategy, strategy_options=case.options, model_settings=model_settings,
-            batch_size=size, parent_model_id=None, parent_checkpoint=parent, transfer=transfer,
-            labeled_ids=list(labeled), labeled_hashes=[cells.hashes[i] for i in labeled],
-            labeled_classes=cells.labels[labeled], pool_ids=unlabeled, pool_hashes=[cells.hashes[i] for i in unlabeled],
-            test_hashes=test.hashes, test_classes=test.labels, render_maps=False, **validation,
-        ))
+        result = compute_round(
+            RoundInputs(
+                project_id=0,
+                number=number,
+                channel=CHANNEL,
+                class_names=cells.class_names,
+                strategy=case.strategy,
+                strategy_options=case.options,
+                model_settings=model_settings,
+                batch_size=size,
+                parent_model_id=None,
+                parent_checkpoint=parent,
+                transfer=transfer,
+                labeled_ids=list(labeled),
+                labeled_hashes=[cells.hashes[i] for i in labeled],
+                labeled_classes=cells.labels[labeled],
+                pool_ids=unlabeled,
+                pool_hashes=[cells.hashes[i] for i in unlabeled],
+                test_hashes=test.hashes,
+                test_classes=test.labels,
+                render_maps=False,
+                **validation,
+            )
+        )
         picked = [pool_id for pool_id, _, _ in result.selected]
         if result.checkpoint is not None:
             if record["parent"] is not None:
                 store.delete(record["parent"])
             record["parent"] = store.put(result.checkpoint)
             metrics, training = result.metrics, result.training
-            step = {"step": number, "n_labels": len(labeled), "aca": metrics["aca"], "mca": metrics["mca"],
-                    "per_class_accuracy": metrics["per_class_accuracy"], "confusion": metrics["confusion"],
-                    "epochs_run": training["epochs_run"], "best_epoch": training["best_epoch"],
-                    "val_acc": training["val_acc"], "history": training["history"],
-                    "selection_summary": result.summary, "timings": {**result.timings, "round_s": time.perf_counter() - started},
-                    "picked_classes": np.bincount(cells.labels[picked], minlength=len(cells.class_names)).tolist()}
+            step = {
+                "step": number,
+                "n_labels": len(labeled),
+                "aca": metrics["aca"],
+                "mca": metrics["mca"],
+                "per_class_accuracy": metrics["per_class_accuracy"],
+                "confusion": metrics["confusion"],
+                "epochs_run": training["epochs_run"],
+                "best_epoch": training["best_epoch"],
+                "val_acc": training["val_acc"],
+                "history": training["history"],
+                "selection_summary": result.summary,
+                "timings": {**result.timings, "round_s": time.perf_counter() - started},
+                "picked_classes": np.bincount(cells.labels[picked], minlength=len(cells.class_names)).tolist(),
+            }
             if result.pool_predicted is not None and picked:
                 truth = cells.labels[unlabeled]
                 step["diagnostics"] = {
-                    **selection_diagnostics([score for _, score, _ in result.selected],
-                                            [details["predicted"] for _, _, details in result.selected], cells.labels[picked],
-                                            result.summary.get("pool_expected_error")),
-                    "pool_error_rate": float(np.mean(result.pool_predicted != truth))}
+                    **selection_diagnostics(
+                        [score for _, score, _ in result.selected],
+                        [details["predicted"] for _, _, details in result.selected],
+                        cells.labels[picked],
+                        result.summary.get("pool_expected_error"),
+                    ),
+                    "pool_error_rate": float(np.mean(result.pool_predicted != truth)),
+                }
             record["steps"].append(step)
         else:
-            record["first_batch"] = {"summary": result.summary,
-                                     "picked_classes": np.bincount(cells.labels[picked], minlength=len(cells.class_names)).tolist()}
+            record["first_batch"] = {
+                "summary": result.summary,
+                "picked_classes": np.bincount(cells.labels[picked], minlength=len(cells.class_names)).tolist(),
+            }
         record["labeled"], record["queued"] = labeled, picked
         record["seconds"] += time.perf_counter() - started
         _write_json(path, record)
@@ -204,7 +280,9 @@ def run_curve(cells: LabeledCells, test: LabeledCells, split: Split, case_name: 
     return record
 
 
-def curve(settings: CurveSettings, out: Path, cases: list[str], seeds: list[int], to_pct: float, cache: Path | None = None) -> None:
+def curve(
+    settings: CurveSettings, out: Path, cases: list[str], seeds: list[int], to_pct: float, cache: Path | None = None
+) -> None:
     out = Path(out)
     cache = Path(cache) if cache else out / "cache"
     unknown = [case for case in cases if case not in CURVE_CASES]
@@ -220,8 +298,13 @@ def curve(settings: CurveSettings, out: Path, cases: list[str], seeds: list[int]
             test_cells = cells.subset(split.test)
         elif test_cells.class_names != cells.class_names:
             raise Invalid(f"the test folder's classes {test_cells.class_names} differ from the data's {cells.class_names}")
-        config = {"settings": asdict(settings), "class_names": cells.class_names, "sizes": {**split.sizes, "test": len(test_cells.hashes)},
-                  "plan_to_20pct": step_plan(len(split.pool), FULL_BUDGET_PCT), "machine": _machine()}
+        config = {
+            "settings": asdict(settings),
+            "class_names": cells.class_names,
+            "sizes": {**split.sizes, "test": len(test_cells.hashes)},
+            "plan_to_20pct": step_plan(len(split.pool), FULL_BUDGET_PCT),
+            "machine": _machine(),
+        }
         _check_config(out, config)
         start = None
         if any(CURVE_CASES[case].start == "contrastive" for case in cases):
@@ -230,8 +313,19 @@ def curve(settings: CurveSettings, out: Path, cases: list[str], seeds: list[int]
         with tqdm(total=len(todo) * len(step_plan(len(split.pool), to_pct)), unit="round", file=sys.stderr) as bar:
             for case, seed in todo:
                 bar.set_description(f"{case} seed {seed}")
-                run_curve(cells, test_cells, split, case, seed, to_pct, settings, store,
-                          start if CURVE_CASES[case].start == "contrastive" else None, out, lambda: bar.update(1))
+                run_curve(
+                    cells,
+                    test_cells,
+                    split,
+                    case,
+                    seed,
+                    to_pct,
+                    settings,
+                    store,
+                    start if CURVE_CASES[case].start == "contrastive" else None,
+                    out,
+                    lambda: bar.update(1),
+                )
                 write_curve_outputs(out)
     write_curve_outputs(out)
 
@@ -241,11 +335,14 @@ def _check_config(out: Path, config: dict) -> None:
     if path.exists():
         before = json.loads(path.read_text())
         if before["settings"] != config["settings"]:
-            raise Invalid(f"{out} holds runs made with other settings ({before['settings']}); rerun with those or use another --out")
+            raise Invalid(
+                f"{out} holds runs made with other settings ({before['settings']}); rerun with those or use another --out"
+            )
     _write_json(path, config)
 
 
 # --- tables and plot ---
+
 
 def _records(out: Path) -> list[dict]:
     order = {name: i for i, name in enumerate(CURVE_CASES)}
@@ -268,13 +365,39 @@ def write_curve_outputs(out: Path) -> None:
     if not records:
         return
     pool_size = records[0]["sizes"]["pool"]
-    _write_csv(out / "steps.csv", ["case", "seed", "step", "n_labels", "pct_of_pool", "aca", "mca", "val_acc", "epochs_run",
-                                   "best_epoch", "phase", "hit_rate", "pool_error_rate", "round_s"], [
-        {"case": r["case"], "seed": r["seed"], **{k: s[k] for k in ("step", "n_labels", "aca", "mca", "val_acc", "epochs_run", "best_epoch")},
-         "pct_of_pool": round(100 * s["n_labels"] / pool_size, 2), "phase": s["selection_summary"].get("phase", ""),
-         "hit_rate": (s.get("diagnostics") or {}).get("hit_rate", ""), "pool_error_rate": (s.get("diagnostics") or {}).get("pool_error_rate", ""),
-         "round_s": round(s["timings"]["round_s"], 1)}
-        for r in records for s in r["steps"]])
+    _write_csv(
+        out / "steps.csv",
+        [
+            "case",
+            "seed",
+            "step",
+            "n_labels",
+            "pct_of_pool",
+            "aca",
+            "mca",
+            "val_acc",
+            "epochs_run",
+            "best_epoch",
+            "phase",
+            "hit_rate",
+            "pool_error_rate",
+            "round_s",
+        ],
+        [
+            {
+                "case": r["case"],
+                "seed": r["seed"],
+                **{k: s[k] for k in ("step", "n_labels", "aca", "mca", "val_acc", "epochs_run", "best_epoch")},
+                "pct_of_pool": round(100 * s["n_labels"] / pool_size, 2),
+                "phase": s["selection_summary"].get("phase", ""),
+                "hit_rate": (s.get("diagnostics") or {}).get("hit_rate", ""),
+                "pool_error_rate": (s.get("diagnostics") or {}).get("pool_error_rate", ""),
+                "round_s": round(s["timings"]["round_s"], 1),
+            }
+            for r in records
+            for s in r["steps"]
+        ],
+    )
     by_case: dict[str, dict[int, dict]] = {}
     for r in records:
         by_case.setdefault(r["case"], {})[r["seed"]] = r
@@ -289,19 +412,44 @@ def write_curve_outputs(out: Path) -> None:
             points = {seed: p for seed, p in points.items() if p is not None}
             if not points:
                 continue
-            row = {"case": case, "start": start, "pct_of_pool": pct, "n_labels": round(pool_size * pct / 100), "n_seeds": len(points),
-                   "seeds": " ".join(map(str, sorted(points)))}
+            row = {
+                "case": case,
+                "start": start,
+                "pct_of_pool": pct,
+                "n_labels": round(pool_size * pct / 100),
+                "n_seeds": len(points),
+                "seeds": " ".join(map(str, sorted(points))),
+            }
             for metric in ("aca", "mca"):
                 values = [p[metric] for p in points.values()]
                 row[f"{metric}_mean"] = float(np.mean(values))
                 row[f"{metric}_sd"] = float(np.std(values, ddof=1)) if len(values) > 1 else ""
-                paired = [p[metric] - b[metric] for seed, p in points.items()
-                          if seed in baseline and (b := read_off(baseline[seed], pct, pool_size)) is not None]
-                row[f"{metric}_minus_rs_per_seed"] = " ".join(f"{100 * d:+.1f}" for d in paired) if case not in ("rs", "rs-scratch") else ""
+                paired = [
+                    p[metric] - b[metric]
+                    for seed, p in points.items()
+                    if seed in baseline and (b := read_off(baseline[seed], pct, pool_size)) is not None
+                ]
+                row[f"{metric}_minus_rs_per_seed"] = (
+                    " ".join(f"{100 * d:+.1f}" for d in paired) if case not in ("rs", "rs-scratch") else ""
+                )
                 row[f"{metric}_minus_rs_min"] = 100 * min(paired) if paired and case not in ("rs", "rs-scratch") else ""
             rows.append(row)
-    header = ["case", "start", "pct_of_pool", "n_labels", "n_seeds", "seeds", "aca_mean", "aca_sd", "aca_minus_rs_per_seed", "aca_minus_rs_min",
-              "mca_mean", "mca_sd", "mca_minus_rs_per_seed", "mca_minus_rs_min"]
+    header = [
+        "case",
+        "start",
+        "pct_of_pool",
+        "n_labels",
+        "n_seeds",
+        "seeds",
+        "aca_mean",
+        "aca_sd",
+        "aca_minus_rs_per_seed",
+        "aca_minus_rs_min",
+        "mca_mean",
+        "mca_sd",
+        "mca_minus_rs_per_seed",
+        "mca_minus_rs_min",
+    ]
     _write_csv(out / "summary.csv", header, rows)
     _write_reach(out / "reach.csv", by_case, pool_size)
     _plot(out / "label_efficiency.png", by_case, pool_size)
@@ -331,8 +479,11 @@ def _plot_trainings(path: Path, record: dict, pool_size: int) -> None:
     for ax in (left, right):
         ax.set_xlabel("epoch, over all steps (a new step at each grey line)")
         ax.grid(alpha=0.3)
-    fig.suptitle(f"{record['case']} seed {record['seed']}, {record['steps'][0]['n_labels']} to {record['steps'][-1]['n_labels']} "
-                 f"labels of {pool_size}: each step fine-tunes the previous step's model", fontsize=10)
+    fig.suptitle(
+        f"{record['case']} seed {record['seed']}, {record['steps'][0]['n_labels']} to {record['steps'][-1]['n_labels']} "
+        f"labels of {pool_size}: each step fine-tunes the previous step's model",
+        fontsize=10,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -345,7 +496,11 @@ def _mean_curve(runs: dict[int, dict]) -> tuple[np.ndarray, np.ndarray, np.ndarr
         for s in r["steps"]:
             steps.setdefault(s["n_labels"], []).append(s["aca"])
     n = np.array(sorted(steps))
-    return n, np.array([np.mean(steps[k]) for k in n]), np.array([np.std(steps[k], ddof=1) if len(steps[k]) > 1 else 0 for k in n])
+    return (
+        n,
+        np.array([np.mean(steps[k]) for k in n]),
+        np.array([np.std(steps[k], ddof=1) if len(steps[k]) > 1 else 0 for k in n]),
+    )
 
 
 def _write_reach(path: Path, by_case: dict, pool_size: int) -> None:
@@ -361,9 +516,15 @@ def _write_reach(path: Path, by_case: dict, pool_size: int) -> None:
         n, aca, _ = _mean_curve(runs)
         for name, level in levels:
             hit = n[aca >= level]
-            rows.append({"case": case, "target": name, "aca_target": round(float(level), 4),
-                         "labels_needed": int(hit[0]) if len(hit) else f"> {int(n[-1])}",
-                         "pct_of_pool": round(100 * hit[0] / pool_size, 2) if len(hit) else ""})
+            rows.append(
+                {
+                    "case": case,
+                    "target": name,
+                    "aca_target": round(float(level), 4),
+                    "labels_needed": int(hit[0]) if len(hit) else f"> {int(n[-1])}",
+                    "pct_of_pool": round(100 * hit[0] / pool_size, 2) if len(hit) else "",
+                }
+            )
     _write_csv(path, ["case", "target", "aca_target", "labels_needed", "pct_of_pool"], rows)
 
 
@@ -373,8 +534,12 @@ def _plot(path: Path, by_case: dict, pool_size: int) -> None:
     for ax, metric in zip(axes, ("aca", "mca")):
         for case, runs in by_case.items():
             if case == "full":
-                ax.axhline(100 * np.mean([r["steps"][0][metric] for r in runs.values()]), color="black", linestyle=":",
-                           label="every pool cell labeled")
+                ax.axhline(
+                    100 * np.mean([r["steps"][0][metric] for r in runs.values()]),
+                    color="black",
+                    linestyle=":",
+                    label="every pool cell labeled",
+                )
                 continue
             steps: dict[int, list[float]] = {}
             for r in runs.values():
@@ -384,7 +549,7 @@ def _plot(path: Path, by_case: dict, pool_size: int) -> None:
             mean = np.array([np.mean(steps[k]) for k in n])
             sd = np.array([np.std(steps[k], ddof=1) if len(steps[k]) > 1 else 0 for k in n])
             style = "--" if case.endswith("-scratch") else "-"
-            line, = ax.plot(100 * n / pool_size, 100 * mean, style, marker=".", label=f"{case} ({len(runs)} seeds)")
+            (line,) = ax.plot(100 * n / pool_size, 100 * mean, style, marker=".", label=f"{case} ({len(runs)} seeds)")
             ax.fill_between(100 * n / pool_size, 100 * (mean - sd), 100 * (mean + sd), color=line.get_color(), alpha=0.15)
         ax.set_xlabel("labeled share of the pool (%)")
         ax.set_ylabel(f"{metric.upper()} on the test split (%)")

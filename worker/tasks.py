@@ -1,4 +1,5 @@
 """Celery tasks: thin wrappers that hand over to worker.rounds and worker.clustering."""
+
 from backend.core.jobs import Task
 from worker.celery_app import celery_app
 

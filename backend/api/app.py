@@ -1,5 +1,6 @@
 """The FastAPI application: routers under /api, OpenAPI at /api/docs, and the sweeper that
 re-sends the jobs nobody holds."""
+
 import logging
 import threading
 from collections.abc import AsyncIterator
@@ -7,14 +8,14 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import FastAPI, Request
-from fastapi.staticfiles import StaticFiles
 from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
 from sqlalchemy.exc import DataError, InterfaceError, OperationalError, TimeoutError as PoolTimeoutError
 
 from backend.api import auth, clustering, images, labels, projects, rounds
 from backend.core.errors import DomainError
-from backend.services.jobs import send_waiting_jobs
 from backend.core.settings import get_settings
+from backend.services.jobs import send_waiting_jobs
 
 FRONTEND = Path(__file__).resolve().parents[2] / "frontend"
 DATABASE_RETRY_AFTER_S = 5
@@ -63,8 +64,7 @@ def create_app() -> FastAPI:
     async def unstorable_value(_request: Request, error: DataError) -> JSONResponse:
         """A value the schema allows but the database cannot hold (an id beyond its integer
         range, a NUL character in a text): the request is refused and nothing is stored."""
-        return JSONResponse({"detail": f"a value of this request cannot be stored: {error.orig}".strip()},
-                            status_code=422)
+        return JSONResponse({"detail": f"a value of this request cannot be stored: {error.orig}".strip()}, status_code=422)
 
     @app.exception_handler(OperationalError)
     @app.exception_handler(InterfaceError)
@@ -75,7 +75,9 @@ def create_app() -> FastAPI:
         log.warning("database unavailable: %s", error)
         return JSONResponse(
             {"detail": f"the database is unavailable for a moment; retry in {DATABASE_RETRY_AFTER_S} seconds"},
-            status_code=503, headers={"Retry-After": str(DATABASE_RETRY_AFTER_S)})
+            status_code=503,
+            headers={"Retry-After": str(DATABASE_RETRY_AFTER_S)},
+        )
 
     for module in (auth, projects, images, labels, rounds, clustering):
         app.include_router(module.router, prefix="/api")

@@ -1,4 +1,5 @@
 """Users and API tokens."""
+
 from fastapi import APIRouter, HTTPException, Request, status
 from sqlalchemy import select
 
@@ -10,8 +11,12 @@ from backend.services import users
 router = APIRouter(tags=["auth"])
 
 
-@router.post("/auth/token", response_model=TokenOut, status_code=201,
-             responses={429: {"description": "too many failed sign-ins; see the Retry-After header"}})
+@router.post(
+    "/auth/token",
+    response_model=TokenOut,
+    status_code=201,
+    responses={429: {"description": "too many failed sign-ins; see the Retry-After header"}},
+)
 def login(body: LoginIn, request: Request, session: SessionDep):
     """Exchanges a username and password for a new bearer token. Failed sign-ins are rate
     limited per user name and per client address (XAL_LOGIN_*)."""

@@ -1,4 +1,5 @@
 """Deep clustering of a project's pool and its overview."""
+
 from fastapi import APIRouter
 
 from backend.api.deps import Admin, AnyUser, ProjectDep, SessionDep

@@ -6,6 +6,7 @@ about what a query does (a futex wake and a self-pipe write): on the labeling ro
 cost more than the work. So the session opens without a hop, the caller's token and the path's
 project are read in one (`caller`), and the role and membership checks are plain async
 functions that do no I/O."""
+
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Annotated

@@ -1,12 +1,12 @@
 """A project's cells: upload (image files and zips), list, one image, its file and its mask."""
+
 import io
 import posixpath
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, File, Form, HTTPException, Query, Request, UploadFile
 from fastapi.routing import APIRoute
-from PIL import Image as PILImage
-from PIL import UnidentifiedImageError
+from PIL import Image as PILImage, UnidentifiedImageError
 from sqlalchemy import func, select
 from sqlalchemy.orm import aliased
 from starlette.responses import Response
@@ -15,12 +15,12 @@ from backend.api.deps import Admin, AnyUser, ProjectDep, SessionDep
 from backend.core.blobs import get_blob_store
 from backend.core.db.models import Image, Label, Project, ProjectClass, RelevanceMap, User
 from backend.core.errors import Invalid, NotFound
-from backend.schemas import ImageOut, ImagePage, ImportReportOut, RelevanceMapOut, Split
-from backend.core.readers import IncomingFile, files_from_zip
-from backend.services.imports import import_images
 from backend.core.queries import is_current
-from backend.services.projects import project_image
+from backend.core.readers import IncomingFile, files_from_zip
 from backend.core.settings import get_settings
+from backend.schemas import ImageOut, ImagePage, ImportReportOut, RelevanceMapOut, Split
+from backend.services.imports import import_images
+from backend.services.projects import project_image
 
 # Blobs are content-addressed: a URL's bytes never change. "private": the API needs a token.
 IMMUTABLE = "private, max-age=31536000, immutable"
@@ -163,13 +163,15 @@ def list_relevance_maps(image_id: int, project: ProjectDep, session: SessionDep)
     white = none, red = positive relevance; see the README) and the raw array (npy)."""
     image = project_image(session, project, image_id)
     maps = session.scalars(
-        select(RelevanceMap).where(RelevanceMap.image_id == image.id)
+        select(RelevanceMap)
+        .where(RelevanceMap.image_id == image.id)
         .order_by(RelevanceMap.model_version_id.desc(), RelevanceMap.method)
     )
     base = f"/api/projects/{project.id}/images/{image.id}/maps"
     return [
-        RelevanceMapOut(method=m.method, model_version_id=m.model_version_id,
-                        png_url=f"{base}/{m.id}.png", npy_url=f"{base}/{m.id}.npy")
+        RelevanceMapOut(
+            method=m.method, model_version_id=m.model_version_id, png_url=f"{base}/{m.id}.png", npy_url=f"{base}/{m.id}.npy"
+        )
         for m in maps
     ]
 
@@ -182,8 +184,11 @@ def get_relevance_map(image_id: int, map_id: int, kind: Literal["png", "npy"], p
         raise NotFound(f"image {image_id} has no relevance map {map_id}")
     if kind == "png":
         return _blob_response(relevance_map.png_key, "map.png")
-    return Response(get_blob_store().get(relevance_map.npy_key), media_type="application/octet-stream",
-                    headers={"Cache-Control": IMMUTABLE, "Content-Disposition": f'attachment; filename="map-{map_id}.npy"'})
+    return Response(
+        get_blob_store().get(relevance_map.npy_key),
+        media_type="application/octet-stream",
+        headers={"Cache-Control": IMMUTABLE, "Content-Disposition": f'attachment; filename="map-{map_id}.npy"'},
+    )
 
 
 def _images_with_classes(project: Project):

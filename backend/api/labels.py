@@ -1,15 +1,16 @@
 """The annotators' routes: the queue, leasing the next cell, labels, undo, export."""
+
 import csv
-import re
 import io
 import json
+import re
 
 from fastapi import APIRouter, Query
 from fastapi.responses import Response
 
-from backend.core.jobs import ACTIVE, JobState
 from backend.api.deps import Admin, Annotator, AnyUser, ProjectDep, SessionDep
 from backend.core.db.models import Label, User, utcnow
+from backend.core.jobs import ACTIVE, JobState
 from backend.schemas import LabelIn, LabelOut, LeasedCell, NextCell, SelectionOut, SkipIn
 from backend.services import labeling, stats
 from backend.services.labeling import is_leased
@@ -26,8 +27,12 @@ def get_queue(project: ProjectDep, session: SessionDep, user: AnyUser):
     round_, entries = labeling.queue_entries(session, project)
     return [
         SelectionOut(
-            image_id=e.selection.image_id, filename=e.selection.image.filename, round=round_.number,
-            rank=e.selection.rank, score=e.selection.score, details={} if hidden else e.selection.details,
+            image_id=e.selection.image_id,
+            filename=e.selection.image.filename,
+            round=round_.number,
+            rank=e.selection.rank,
+            score=e.selection.score,
+            details={} if hidden else e.selection.details,
             status="labeled" if e.label else ("leased" if is_leased(e.selection, now) else "queued"),
             lease_expires_at=e.selection.lease_expires_at if is_leased(e.selection, now) else None,
             reserve=e.selection.rank >= round_.n_selected,
@@ -54,11 +59,16 @@ def next_cell(project: ProjectDep, session: SessionDep, user: Annotator):
     picked_by = queue.round
     return NextCell(
         cell=LeasedCell(
-            image_id=selection.image_id, filename=selection.image.filename,
+            image_id=selection.image_id,
+            filename=selection.image.filename,
             image_url=f"/api/projects/{project.id}/images/{selection.image_id}/file",
-            round=picked_by.number, rank=selection.rank, score=selection.score,
-            details={} if hidden else selection.details, hints_hidden=hidden,
-            lease_expires_at=selection.lease_expires_at, reserve=selection.rank >= picked_by.n_selected,
+            round=picked_by.number,
+            rank=selection.rank,
+            score=selection.score,
+            details={} if hidden else selection.details,
+            hints_hidden=hidden,
+            lease_expires_at=selection.lease_expires_at,
+            reserve=selection.rank >= picked_by.n_selected,
         ),
         message="leased",
         round_state=round_.state,
@@ -68,10 +78,17 @@ def next_cell(project: ProjectDep, session: SessionDep, user: Annotator):
 def _label_out(label: Label, project, session, hints: dict | None = None) -> LabelOut:
     round_ = label.round
     return LabelOut(
-        id=label.id, image_id=label.image_id, class_name=next(c.name for c in project.classes if c.id == label.class_id),
-        username=session.get(User, label.user_id).username, round=round_.number if round_ else None,
-        duration_ms=label.duration_ms, created_at=label.created_at,
-        retracted_at=label.retracted_at, superseded_at=label.superseded_at, hints_seen=label.hints_seen, hints=hints,
+        id=label.id,
+        image_id=label.image_id,
+        class_name=next(c.name for c in project.classes if c.id == label.class_id),
+        username=session.get(User, label.user_id).username,
+        round=round_.number if round_ else None,
+        duration_ms=label.duration_ms,
+        created_at=label.created_at,
+        retracted_at=label.retracted_at,
+        superseded_at=label.superseded_at,
+        hints_seen=label.hints_seen,
+        hints=hints,
     )
 
 
@@ -80,7 +97,8 @@ def submit_label(body: LabelIn, project: ProjectDep, session: SessionDep, user: 
     """Labels a queued cell (or relabels one's own labeled cell; the old label is kept).
     After a blind label of a "label first, then reveal" project the response carries the hints."""
     label, _ = labeling.submit_label(
-        session, project, user, body.image_id, body.class_name, body.duration_ms, body.after_reveal)
+        session, project, user, body.image_id, body.class_name, body.duration_ms, body.after_reveal
+    )
     return _label_out(label, project, session, labeling.hints_for(session, label) if not label.hints_seen else None)
 
 
@@ -103,21 +121,38 @@ def undo_label(project: ProjectDep, session: SessionDep, user: Annotator):
     return _label_out(labeling.undo_last_label(session, project, user), project, session)
 
 
-EXPORT_FIELDS = ["image_id", "filename", "content_hash", "class_name", "username", "round", "duration_ms",
-                 "created_at", "retracted_at", "superseded_at"]
+EXPORT_FIELDS = [
+    "image_id",
+    "filename",
+    "content_hash",
+    "class_name",
+    "username",
+    "round",
+    "duration_ms",
+    "created_at",
+    "retracted_at",
+    "superseded_at",
+]
 
 
 @router.get("/projects/{project_id}/labels/export")
 def export_labels(
-    project: ProjectDep, session: SessionDep, _user: AnyUser,
+    project: ProjectDep,
+    session: SessionDep,
+    _user: AnyUser,
     format: str = Query("csv", pattern="^(csv|json)$"),
     history: bool = Query(False, description="include retracted and superseded labels"),
 ):
     rows = [
         {
-            "image_id": image.id, "filename": image.filename, "content_hash": image.content_hash,
-            "class_name": class_name, "username": username, "round": round_number,
-            "duration_ms": label.duration_ms, "created_at": label.created_at.isoformat(),
+            "image_id": image.id,
+            "filename": image.filename,
+            "content_hash": image.content_hash,
+            "class_name": class_name,
+            "username": username,
+            "round": round_number,
+            "duration_ms": label.duration_ms,
+            "created_at": label.created_at.isoformat(),
             "retracted_at": label.retracted_at and label.retracted_at.isoformat(),
             "superseded_at": label.superseded_at and label.superseded_at.isoformat(),
         }

@@ -1,11 +1,18 @@
 """Projects: create, read, change settings, start the budget loop, progress, members."""
+
 from fastapi import APIRouter
 
 from backend.api.deps import Admin, AnyUser, ProjectDep, SessionDep
-from backend.schemas import (
-    MemberOut, ModelVersionOut, Progress, ProjectCreate, ProjectOut, ProjectUpdate, RoundOut,
-)
 from backend.core.strategies import catalogue_json
+from backend.schemas import (
+    MemberOut,
+    ModelVersionOut,
+    Progress,
+    ProjectCreate,
+    ProjectOut,
+    ProjectUpdate,
+    RoundOut,
+)
 from backend.services import members, projects, rounds
 
 router = APIRouter(tags=["projects"])

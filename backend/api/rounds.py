@@ -1,12 +1,13 @@
 """Rounds and their ranked selections."""
+
 from fastapi import APIRouter, HTTPException, status
 from sqlalchemy import select
 
 from backend.api.deps import Admin, ProjectDep, SessionDep
 from backend.core.db.models import Label, ProjectClass, Round, Selection, utcnow
+from backend.core.queries import is_current
 from backend.schemas import RoundOut, SelectionOut
 from backend.services import rounds
-from backend.core.queries import is_current
 from backend.services.labeling import is_leased
 
 router = APIRouter(tags=["rounds"])
@@ -44,8 +45,13 @@ def list_selections(number: int, project: ProjectDep, session: SessionDep):
     ).all()
     return [
         SelectionOut(
-            image_id=s.image_id, filename=s.image.filename, round=round_.number, rank=s.rank, score=s.score,
-            details=s.details, label=label,
+            image_id=s.image_id,
+            filename=s.image.filename,
+            round=round_.number,
+            rank=s.rank,
+            score=s.score,
+            details=s.details,
+            label=label,
             status="labeled" if label else ("leased" if is_leased(s, now) else "queued"),
             lease_expires_at=s.lease_expires_at if is_leased(s, now) else None,
             reserve=s.rank >= round_.n_selected,

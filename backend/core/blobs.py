@@ -1,5 +1,6 @@
 """Content-addressed blob storage on a filesystem (a local dir, or shared storage mounted
 on every API and worker host). A blob's key is the sha256 of its bytes."""
+
 import hashlib
 import os
 import tempfile

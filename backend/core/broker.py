@@ -2,6 +2,7 @@
 as the workers run them (worker.celery_app adds their task modules). Broker: Redis in
 production, the filesystem transport (folders under the data dir, no server) in the embedded
 default. Results go to the database through the ORM, so Celery keeps no result backend."""
+
 from collections.abc import Sequence
 from functools import lru_cache
 

@@ -8,8 +8,9 @@ def half_up(x: float) -> int:
     return int(x + 0.5)
 
 
-def budget_sizes(pool_size: int, n_classes: int, budget: int | None = None, initial_size: int | None = None,
-                 step_size: int | None = None) -> tuple[int, int, int]:
+def budget_sizes(
+    pool_size: int, n_classes: int, budget: int | None = None, initial_size: int | None = None, step_size: int | None = None
+) -> tuple[int, int, int]:
     """(B, k, m)."""
     budget = min(pool_size, budget if budget is not None else max(1, half_up(0.2 * pool_size)))
     initial_size = initial_size if initial_size is not None else max(n_classes, half_up(0.15 * budget))

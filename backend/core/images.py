@@ -4,6 +4,7 @@ The API checks uploads with `decode_image`; workers, the simulator and the bench
 `load_cell`, so a cell looks the same to the network wherever it comes from. INPUT_SIZE is the
 network's (worker.ml.network.INPUT_SIZE; a test keeps them equal).
 """
+
 import io
 
 import numpy as np
@@ -54,8 +55,7 @@ def decode_image(data: bytes, channel: str = "luminance", max_pixels: int = DEFA
             raise InvalidImage(f"the image is empty ({width}x{height} pixels)")
         if width * height > max_pixels:
             raise InvalidImage(
-                f"the image is too large: {width}x{height} = {width * height} pixels, "
-                f"at most {max_pixels} are accepted"
+                f"the image is too large: {width}x{height} = {width * height} pixels, at most {max_pixels} are accepted"
             )
         image.load()
     except InvalidImage:
@@ -81,9 +81,7 @@ def _to_channel(image: Image.Image, channel: str) -> np.ndarray:
             return (rgb @ _LUMA_WEIGHTS).clip(0.0, 1.0).astype(np.float32)
         return np.ascontiguousarray(rgb[..., CHANNELS.index(channel) - 1], dtype=np.float32)
     else:
-        raise InvalidImage(
-            f"unsupported image mode {mode!r}: use 8- or 16-bit grayscale, RGB or RGBA"
-        )
+        raise InvalidImage(f"unsupported image mode {mode!r}: use 8- or 16-bit grayscale, RGB or RGBA")
     return gray
 
 

@@ -1,5 +1,6 @@
 """What the API and the workers agree on about a long job (a round, a pool clustering): its
 states, the names of the Celery tasks that compute it, and a clustering's settings."""
+
 from enum import StrEnum
 from typing import Literal
 
@@ -36,12 +37,20 @@ class ClusteringConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     representation: Literal["contrastive", "autoencoder"] = "contrastive"
     pretext_epochs: int = Field(default=20, ge=1, le=500, description="contrastive: epochs of pretraining")
-    start_model: bool = Field(default=True, description="contrastive: the pretrained network becomes the project's start "
-                              "model (new head, early layers frozen) if no round has trained a model yet")
-    case: Literal[1, 2, 3] = Field(default=1, description="autoencoder: 1 plain, 2 unpooling + skips, 3 case 2 + extra streams")
+    start_model: bool = Field(
+        default=True,
+        description="contrastive: the pretrained network becomes the project's start "
+        "model (new head, early layers frozen) if no round has trained a model yet",
+    )
+    case: Literal[1, 2, 3] = Field(
+        default=1, description="autoencoder: 1 plain, 2 unpooling + skips, 3 case 2 + extra streams"
+    )
     pretrain_epochs: int = Field(default=3, ge=0, le=200, description="autoencoder")
     cluster_epochs: int = Field(default=2, ge=0, le=200, description="autoencoder")
     n_clusters: int | None = Field(default=None, ge=2, le=100)
     max_cells: int = Field(default=2000, ge=2, le=100_000, description="cells trained on; every pool cell is assigned")
-    standardise: bool = Field(default=True, description="autoencoder: each cell to zero mean and unit variance first, "
-                              "so that a cell's brightness does not dominate the latent")
+    standardise: bool = Field(
+        default=True,
+        description="autoencoder: each cell to zero mean and unit variance first, "
+        "so that a cell's brightness does not dominate the latent",
+    )

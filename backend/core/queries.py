@@ -1,4 +1,5 @@
 """Query predicates and updates that the API's services and the workers both use."""
+
 from sqlalchemy import and_, exists, select, update
 from sqlalchemy.orm import Session
 
@@ -22,10 +23,19 @@ def mark_labeled_cells(session: Session, round_: Round) -> None:
     and then marks this round's selection itself (submit_label)."""
     new_cells = select(Selection.image_id).where(Selection.round_id == round_.id)
     session.execute(
-        select(Selection.id).join(Round, Round.id == Selection.round_id)
-        .where(Round.project_id == round_.project_id, Selection.round_id != round_.id, Selection.labeled.is_(False),
-               Selection.image_id.in_(new_cells))
+        select(Selection.id)
+        .join(Round, Round.id == Selection.round_id)
+        .where(
+            Round.project_id == round_.project_id,
+            Selection.round_id != round_.id,
+            Selection.labeled.is_(False),
+            Selection.image_id.in_(new_cells),
+        )
         .with_for_update(of=Selection)
     ).all()
-    session.execute(update(Selection).where(Selection.round_id == round_.id, current_label_exists(Selection.image_id))
-                    .values(labeled=True).execution_options(synchronize_session=False))
+    session.execute(
+        update(Selection)
+        .where(Selection.round_id == round_.id, current_label_exists(Selection.image_id))
+        .values(labeled=True)
+        .execution_options(synchronize_session=False)
+    )

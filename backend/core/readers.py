@@ -9,6 +9,7 @@ Layouts understood by `files_from_zip` and `files_from_folder`:
 Used by the API's imports (backend.services.imports) and by the workers' experiments that read
 a labeled folder outside any project (`xal simulate`, `xal pretrain`, `xal roar`).
 """
+
 import csv
 import io
 import os
@@ -67,9 +68,7 @@ def files_from_zip(
     with archive:
         members = archive.infolist()
         if len(members) > settings.max_zip_members:
-            raise PayloadTooLarge(
-                f"{name} has {len(members)} entries, at most {settings.max_zip_members} are accepted"
-            )
+            raise PayloadTooLarge(f"{name} has {len(members)} entries, at most {settings.max_zip_members} are accepted")
         unpacked = sum(member.file_size for member in members)
         if unpacked > settings.max_upload_bytes:
             raise PayloadTooLarge(
@@ -141,9 +140,8 @@ class _ZipSource:
             raise Invalid(f"{where} is encrypted; encrypted zips are not accepted")
         if member.file_size > self.limit:
             raise PayloadTooLarge(f"{where} unpacks to {member.file_size} bytes, at most {self.limit} per file")
-        if (
-            member.file_size > _RATIO_CHECK_FROM_BYTES
-            and member.file_size > MAX_COMPRESSION_RATIO * max(member.compress_size, 1)
+        if member.file_size > _RATIO_CHECK_FROM_BYTES and member.file_size > MAX_COMPRESSION_RATIO * max(
+            member.compress_size, 1
         ):
             raise Invalid(
                 f"{where} is compressed {member.file_size // max(member.compress_size, 1)}:1, "
@@ -237,9 +235,7 @@ def _entries(source, class_lookup: dict[str, str] | None) -> list[_Entry]:
                 masks[partner] = path
     mask_paths = set(masks.values())
     entries = [
-        _Entry(path, masks.get(path), _folder_class(path, class_lookup), {})
-        for path in images
-        if path not in mask_paths
+        _Entry(path, masks.get(path), _folder_class(path, class_lookup), {}) for path in images if path not in mask_paths
     ]
     if not entries:
         raise Invalid(f"{source.name} contains no image files ({', '.join(IMAGE_SUFFIXES)})")
@@ -341,18 +337,13 @@ def _mask_beside(source, image: str) -> str | None:
 def _safe_member_path(raw: str, archive_name: str) -> str:
     path = raw.replace("\\", "/")
     if path.startswith("/") or re.match(r"[A-Za-z]:", path) or ".." in path.split("/"):
-        raise Invalid(
-            f"{archive_name} contains an unsafe path, {raw!r} (absolute or with '..'); nothing was imported"
-        )
+        raise Invalid(f"{archive_name} contains an unsafe path, {raw!r} (absolute or with '..'); nothing was imported")
     return posixpath.normpath(path)
 
 
 def _is_junk(path: str) -> bool:
     parts = path.split("/")
-    return (
-        any(part.startswith(".") or part == "__MACOSX" for part in parts)
-        or parts[-1].casefold() in _JUNK_NAMES
-    )
+    return any(part.startswith(".") or part == "__MACOSX" for part in parts) or parts[-1].casefold() in _JUNK_NAMES
 
 
 def _is_image_name(path: str) -> bool:

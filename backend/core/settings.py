@@ -4,6 +4,7 @@ With no variables set the service runs on an embedded default: SQLite under the 
 dir and Celery's filesystem transport (folders under the data dir), so nothing but
 Python is needed. Production sets XAL_DATABASE_URL (PostgreSQL) and XAL_BROKER_URL (Redis).
 """
+
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal

@@ -5,6 +5,7 @@ The API checks a project's strategy and options against it and serves it (`GET
 /api/strategies`, which the dashboard reads); the implementations are worker.ml.strategies's
 registry. tests/test_strategy_catalogue.py fails when the two disagree (names, needs, option
 names and defaults)."""
+
 from dataclasses import dataclass
 from typing import Literal
 
@@ -20,11 +21,14 @@ class NoOptions(BaseModel):
 class XalOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
     relevance_method: Literal["deeptaylor", "lrp-epsilon", "gradient"] = Field(
-        default="deeptaylor", description="how relevance maps are computed (zennit)")
+        default="deeptaylor", description="how relevance maps are computed (zennit)"
+    )
     representation: Literal["pixel", "concept"] = Field(
-        default="concept", description="pixel: the input map (the thesis); concept: relevance per channel of the last block")
+        default="concept", description="pixel: the input map (the thesis); concept: relevance per channel of the last block"
+    )
     centres: Literal["clusters", "classes"] = Field(
-        default="clusters", description="medoids of clusters of the labeled cells, or of each class")
+        default="clusters", description="medoids of clusters of the labeled cells, or of each class"
+    )
     pca_dims: int = Field(default=50, ge=1, description="the clustering runs on PCA-reduced vectors")
     max_reference: int = Field(default=2000, ge=2, description="class-balanced cap on the labeled cells compared with")
     n_clusters: int | None = Field(default=None, ge=2, description="clusters; default the number of classes")
@@ -33,7 +37,8 @@ class XalOptions(BaseModel):
 class CoverageOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
     handover_accuracy: float = Field(
-        default=0.85, ge=0, le=1, description="the model's validation accuracy from which uncertainty takes over")
+        default=0.85, ge=0, le=1, description="the model's validation accuracy from which uncertainty takes over"
+    )
     candidates: int = Field(default=3, ge=1, description="uncertainty: the batch is spread over candidates x batch cells")
     neighbours: int = Field(default=20, ge=1, description="typicality: nearest neighbours within the cell's cluster")
 
@@ -48,22 +53,44 @@ class StrategyInfo:
 
 _SOFTMAX = frozenset({"probabilities"})
 _XAL = frozenset({"probabilities", "relevance"})
-CATALOGUE: dict[str, StrategyInfo] = {info.name: info for info in (
-    StrategyInfo("random", frozenset(), NoOptions, "Cells drawn at random: the baseline."),
-    StrategyInfo("entropy", _SOFTMAX, NoOptions, "The cells whose predicted class probabilities are the most "
-                 "spread out (softmax entropy): where the model is least sure."),
-    StrategyInfo("least_confidence", _SOFTMAX, NoOptions, "The cells whose most likely class is the least likely."),
-    StrategyInfo("margin", _SOFTMAX, NoOptions, "The cells whose two most likely classes are the closest."),
-    StrategyInfo("xal-entropy", _XAL, XalOptions, "Explainable: cells whose relevance map is about equally far "
-                 "from every centre of the labeled cells' maps (entropy of the distance shares)."),
-    StrategyInfo("xal-margin", _XAL, XalOptions, "Explainable: cells whose relevance map is about as far from "
-                 "its nearest centre as from the second nearest."),
-    StrategyInfo("xal-least", _XAL, XalOptions, "Explainable: cells whose relevance map is far even from its "
-                 "nearest centre."),
-    StrategyInfo("coverage-entropy", frozenset({"probabilities", "embeddings"}), CoverageOptions,
-                 "Cold-start aware: while the model is weak, the most typical cell of each part of the pool no label "
-                 "covers yet; once it is good enough, the most uncertain cells, spread over the pool."),
-)}
+CATALOGUE: dict[str, StrategyInfo] = {
+    info.name: info
+    for info in (
+        StrategyInfo("random", frozenset(), NoOptions, "Cells drawn at random: the baseline."),
+        StrategyInfo(
+            "entropy",
+            _SOFTMAX,
+            NoOptions,
+            "The cells whose predicted class probabilities are the most "
+            "spread out (softmax entropy): where the model is least sure.",
+        ),
+        StrategyInfo("least_confidence", _SOFTMAX, NoOptions, "The cells whose most likely class is the least likely."),
+        StrategyInfo("margin", _SOFTMAX, NoOptions, "The cells whose two most likely classes are the closest."),
+        StrategyInfo(
+            "xal-entropy",
+            _XAL,
+            XalOptions,
+            "Explainable: cells whose relevance map is about equally far "
+            "from every centre of the labeled cells' maps (entropy of the distance shares).",
+        ),
+        StrategyInfo(
+            "xal-margin",
+            _XAL,
+            XalOptions,
+            "Explainable: cells whose relevance map is about as far from its nearest centre as from the second nearest.",
+        ),
+        StrategyInfo(
+            "xal-least", _XAL, XalOptions, "Explainable: cells whose relevance map is far even from its nearest centre."
+        ),
+        StrategyInfo(
+            "coverage-entropy",
+            frozenset({"probabilities", "embeddings"}),
+            CoverageOptions,
+            "Cold-start aware: while the model is weak, the most typical cell of each part of the pool no label "
+            "covers yet; once it is good enough, the most uncertain cells, spread over the pool.",
+        ),
+    )
+}
 
 
 def check_strategy(name: str, options: dict) -> None:
@@ -81,5 +108,12 @@ def check_strategy(name: str, options: dict) -> None:
 
 
 def catalogue_json() -> list[dict]:
-    return [{"name": info.name, "needs": sorted(info.needs), "description": info.description,
-             "options": info.options.model_json_schema()} for info in CATALOGUE.values()]
+    return [
+        {
+            "name": info.name,
+            "needs": sorted(info.needs),
+            "description": info.description,
+            "options": info.options.model_json_schema(),
+        }
+        for info in CATALOGUE.values()
+    ]

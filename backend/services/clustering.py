@@ -1,14 +1,15 @@
 """Deep clustering of a project's pool: requested here, computed by a Celery worker
 (worker.clustering), shown on the admin dashboard, and used by a `cold_start = clusters`
 project to spread its first k cells over the clusters."""
+
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from backend.core.db.models import Image, ImageCluster, Label, PoolClustering, Project, ProjectClass
 from backend.core.errors import Conflict, Invalid
 from backend.core.jobs import ACTIVE, ClusteringConfig, JobState
-from backend.services.jobs import enqueue
 from backend.core.queries import is_current
+from backend.services.jobs import enqueue
 from backend.services.projects import count_pool
 
 EXAMPLES_PER_CLUSTER = 8
@@ -23,8 +24,9 @@ def latest_clustering(session: Session, project: Project, state: str | None = No
 
 def request_clustering(session: Session, project: Project, config: ClusteringConfig) -> PoolClustering:
     """Queues a clustering of the pool; one at a time per project."""
-    busy = session.scalar(select(PoolClustering.id).where(
-        PoolClustering.project_id == project.id, PoolClustering.state.in_(ACTIVE)).limit(1))
+    busy = session.scalar(
+        select(PoolClustering.id).where(PoolClustering.project_id == project.id, PoolClustering.state.in_(ACTIVE)).limit(1)
+    )
     if busy is not None:
         raise Conflict("a clustering of this pool is already queued or running")
     settings = config.model_dump()
@@ -32,8 +34,10 @@ def request_clustering(session: Session, project: Project, config: ClusteringCon
         settings["n_clusters"] = len(project.classes)
     pool_size = count_pool(session, project)
     if min(pool_size, settings["max_cells"]) < settings["n_clusters"]:
-        raise Invalid(f"clustering into {settings['n_clusters']} clusters needs at least as many pool cells "
-                      f"(the pool has {pool_size}, max_cells is {settings['max_cells']})")
+        raise Invalid(
+            f"clustering into {settings['n_clusters']} clusters needs at least as many pool cells "
+            f"(the pool has {pool_size}, max_cells is {settings['max_cells']})"
+        )
     clustering = PoolClustering(project_id=project.id, config=settings, progress={"phase": "queued"})
     session.add(clustering)
     session.commit()
@@ -48,8 +52,13 @@ def clustering_overview(session: Session, project: Project, show_reference: bool
     clustering = latest_clustering(session, project)
     if clustering is None or clustering.state != JobState.DONE:
         return {"clustering": clustering, "clusters": [], "points": []}
-    label = select(ProjectClass.name).join(Label, Label.class_id == ProjectClass.id).where(
-        Label.image_id == ImageCluster.image_id, is_current()).limit(1).scalar_subquery()
+    label = (
+        select(ProjectClass.name)
+        .join(Label, Label.class_id == ProjectClass.id)
+        .where(Label.image_id == ImageCluster.image_id, is_current())
+        .limit(1)
+        .scalar_subquery()
+    )
     reference = select(ProjectClass.name).where(ProjectClass.id == Image.reference_class_id).scalar_subquery()
     rows = session.execute(
         select(ImageCluster.image_id, ImageCluster.x, ImageCluster.y, ImageCluster.cluster, label, reference)
@@ -59,9 +68,18 @@ def clustering_overview(session: Session, project: Project, show_reference: bool
     ).all()
     points, members = [], {}
     for image_id, x, y, cluster, labeled_as, reference_class in rows:
-        points.append({"image_id": image_id, "x": x, "y": y, "cluster": cluster,
-                       "label": labeled_as or (reference_class if show_reference else None)})
+        points.append(
+            {
+                "image_id": image_id,
+                "x": x,
+                "y": y,
+                "cluster": cluster,
+                "label": labeled_as or (reference_class if show_reference else None),
+            }
+        )
         members.setdefault(cluster, []).append(image_id)
-    clusters = [{"cluster": c, "size": len(ids), "example_image_ids": ids[:EXAMPLES_PER_CLUSTER]}
-                for c, ids in sorted(members.items())]
+    clusters = [
+        {"cluster": c, "size": len(ids), "example_image_ids": ids[:EXAMPLES_PER_CLUSTER]}
+        for c, ids in sorted(members.items())
+    ]
     return {"clustering": clustering, "clusters": clusters, "points": points}

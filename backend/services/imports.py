@@ -6,6 +6,7 @@ as an image, mask, class, duplicate) before any row is added, and one bad file s
 the whole import with a message that names it. Blobs are written only once every
 file has passed; they are content-addressed, so a later failure leaves nothing wrong.
 """
+
 import hashlib
 import posixpath
 from collections.abc import Iterable
@@ -19,9 +20,9 @@ from sqlalchemy.orm import Session
 from backend.core.blobs import get_blob_store
 from backend.core.db.models import Image, Project
 from backend.core.errors import Conflict, Invalid, PayloadTooLarge
-from backend.core.settings import Settings, get_settings
 from backend.core.images import InvalidImage, decode_image
 from backend.core.readers import LISTED_IN_MESSAGE, IncomingFile, and_more, counted
+from backend.core.settings import Settings, get_settings
 
 SPLITS = ("pool", "test")
 MODES = ("error", "skip")
@@ -212,5 +213,3 @@ def _stored_images(session: Session, project: Project, hashes: set[str]) -> dict
         )
         found.update({content_hash: (image_id, filename) for content_hash, image_id, filename in rows})
     return found
-
-

@@ -8,6 +8,7 @@ job whose lease ran out (its worker died) is queued again, and every queued job 
 is sent (never sent because the broker was down, or its message unclaimed for a whole lease,
 lost with a broker that restarted empty). Workers claim only queued jobs, by compare-and-set
 (worker.jobs.claim), so a message too many is skipped and no job is computed twice at once."""
+
 import logging
 from datetime import timedelta
 
@@ -35,8 +36,11 @@ def enqueue(job: Round | PoolClustering) -> bool:
     lease = now + timedelta(seconds=settings.job_lease_seconds)
     with new_session() as session:
         taken = session.execute(
-            update(model).where(model.id == job.id, model.state == JobState.QUEUED, _lease_over(model, now))
-            .values(lease_expires_at=lease).execution_options(synchronize_session=False)).rowcount
+            update(model)
+            .where(model.id == job.id, model.state == JobState.QUEUED, _lease_over(model, now))
+            .values(lease_expires_at=lease)
+            .execution_options(synchronize_session=False)
+        ).rowcount
         session.commit()
     if not taken:
         return False
@@ -45,8 +49,12 @@ def enqueue(job: Round | PoolClustering) -> bool:
     except Exception as error:  # noqa: BLE001 - any broker failure: keep the job queued, send it later
         log.warning("could not send %s id %s to the broker (%s); it stays queued", model.__name__, job.id, error)
         with new_session() as session:
-            session.execute(update(model).where(model.id == job.id, model.lease_expires_at == lease)
-                            .values(lease_expires_at=None).execution_options(synchronize_session=False))
+            session.execute(
+                update(model)
+                .where(model.id == job.id, model.lease_expires_at == lease)
+                .values(lease_expires_at=None)
+                .execution_options(synchronize_session=False)
+            )
             session.commit()
         return False
     return True
@@ -59,14 +67,24 @@ def send_waiting_jobs() -> list[Round | PoolClustering]:
     with new_session() as session:
         for model in TASKS:
             abandoned = session.execute(
-                update(model).where(model.state == JobState.RUNNING, _lease_over(model, now))
-                .values(state=JobState.QUEUED, lease_expires_at=None, progress={"phase": "queued", "requeued": "worker lost"})
-                .returning(model.id, model.project_id).execution_options(synchronize_session=False)).all()
+                update(model)
+                .where(model.state == JobState.RUNNING, _lease_over(model, now))
+                .values(
+                    state=JobState.QUEUED, lease_expires_at=None, progress={"phase": "queued", "requeued": "worker lost"}
+                )
+                .returning(model.id, model.project_id)
+                .execution_options(synchronize_session=False)
+            ).all()
             for job_id, project_id in abandoned:
-                log.warning("%s id %s of project %s: its worker stopped renewing its lease; queued again",
-                            model.__name__, job_id, project_id)
-            waiting += session.scalars(select(model).where(model.state == JobState.QUEUED, _lease_over(model, now))
-                                       .order_by(model.id)).all()
+                log.warning(
+                    "%s id %s of project %s: its worker stopped renewing its lease; queued again",
+                    model.__name__,
+                    job_id,
+                    project_id,
+                )
+            waiting += session.scalars(
+                select(model).where(model.state == JobState.QUEUED, _lease_over(model, now)).order_by(model.id)
+            ).all()
         session.commit()
     return [job for job in waiting if enqueue(job)]
 

@@ -7,6 +7,7 @@ not wait for the workers. A lease is taken with a
 compare-and-set UPDATE, so two annotators never hold the same cell, on PostgreSQL and SQLite
 alike; a label takes the cell's selection row first, so a lease and a label never cross.
 Labels are never deleted (see Label)."""
+
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -14,13 +15,13 @@ from sqlalchemy import and_, exists, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from backend.core.jobs import ACTIVE, JobState
 from backend.core.db.models import CellNote, Image, Label, Project, ProjectClass, Round, Selection, User, utcnow
 from backend.core.errors import Conflict, Invalid
+from backend.core.jobs import ACTIVE, JobState
 from backend.core.queries import is_current
+from backend.core.settings import get_settings
 from backend.services.jobs import enqueue
 from backend.services.projects import count_labeled, image_of_project, project_image
-from backend.core.settings import get_settings
 
 
 def is_leased(selection: Selection, now: datetime) -> bool:
@@ -70,15 +71,17 @@ def served_part(round_: Round, reserve: bool):
 
 def unlabeled_selections(round_: Round, reserve: bool = False):
     return select(Selection).where(
-        Selection.round_id == round_.id, served_part(round_, reserve), Selection.labeled.is_(False))
+        Selection.round_id == round_.id, served_part(round_, reserve), Selection.labeled.is_(False)
+    )
 
 
 def note_empty_queue(session: Session, latest: Round | None) -> None:
     """Marks when annotators first found nothing to label while the latest round was computed:
     the round's queue_empty_s, the time they waited for it."""
     if latest is not None and latest.state in ACTIVE and latest.queue_empty_since is None:
-        session.execute(update(Round).where(Round.id == latest.id, Round.queue_empty_since.is_(None))
-                        .values(queue_empty_since=utcnow()))
+        session.execute(
+            update(Round).where(Round.id == latest.id, Round.queue_empty_since.is_(None)).values(queue_empty_since=utcnow())
+        )
         session.commit()
 
 
@@ -95,12 +98,14 @@ def queue_entries(session: Session, project: Project) -> tuple[Round | None, lis
     round_ = queue.round
     if round_ is None:
         return None, []
-    selections = session.scalars(select(Selection).where(
-        Selection.round_id == round_.id, served_part(round_, queue.reserve)).order_by(Selection.rank))
+    selections = session.scalars(
+        select(Selection).where(Selection.round_id == round_.id, served_part(round_, queue.reserve)).order_by(Selection.rank)
+    )
     labels = {
         label.image_id: label
         for label in session.scalars(
-            select(Label).join(Selection, Selection.image_id == Label.image_id)
+            select(Label)
+            .join(Selection, Selection.image_id == Label.image_id)
             .where(Selection.round_id == round_.id, is_current())
         )
     }
@@ -112,8 +117,10 @@ def lease_next_cell(session: Session, project: Project, user: User) -> tuple[Sel
     queue it came from. No cell when the queue is empty (all leased or labeled, or the next
     round is computing and its reserve is used up)."""
     if project.state != "active":
-        raise Conflict(f"project {project.name!r} is {project.state}: " + (
-            "start it first" if project.state == "draft" else "its budget is spent"))
+        raise Conflict(
+            f"project {project.name!r} is {project.state}: "
+            + ("start it first" if project.state == "draft" else "its budget is spent")
+        )
     state = queue_state(session, project)
     selection = _lease_in(session, state, user) if state.round is not None else None
     if selection is None:
@@ -127,16 +134,17 @@ def _lease_in(session: Session, state: QueueState, user: User) -> Selection | No
     expires = now + timedelta(seconds=get_settings().lease_seconds)
     queue = unlabeled_selections(round_, state.reserve)
     held = session.scalar(
-        queue.where(Selection.leased_by_id == user.id, Selection.lease_expires_at > now)
-        .order_by(Selection.rank)
-        .limit(1)
+        queue.where(Selection.leased_by_id == user.id, Selection.lease_expires_at > now).order_by(Selection.rank).limit(1)
     )
     if held is not None:
         held.lease_expires_at = expires
         session.commit()
         return held
-    skipped_by_me = exists(select(CellNote.id).where(
-        CellNote.image_id == Selection.image_id, CellNote.round_id == round_.id, CellNote.user_id == user.id))
+    skipped_by_me = exists(
+        select(CellNote.id).where(
+            CellNote.image_id == Selection.image_id, CellNote.round_id == round_.id, CellNote.user_id == user.id
+        )
+    )
     for skipped in (~skipped_by_me, skipped_by_me):  # the cells the caller skipped come last
         taken = _take_best(session, queue.where(skipped), user, now, expires)
         if taken is not None:
@@ -170,8 +178,13 @@ def _class_by_name(project: Project, name: str) -> ProjectClass:
 
 
 def submit_label(
-    session: Session, project: Project, user: User, image_id: int, class_name: str,
-    duration_ms: int | None = None, after_reveal: bool = False,
+    session: Session,
+    project: Project,
+    user: User,
+    image_id: int,
+    class_name: str,
+    duration_ms: int | None = None,
+    after_reveal: bool = False,
 ) -> tuple[Label, Round | None]:
     """Records a label and returns it with the round it opened (and sent to the workers), if it
     completed a step.
@@ -190,20 +203,34 @@ def submit_label(
             raise Conflict(f"image {image_id} was labeled by another annotator; only they or an admin can relabel it")
         previous.superseded_at = now
         session.flush()
-        label = Label(project_id=project.id, image_id=image.id, class_id=cls.id, user_id=user.id,
-                      round_id=previous.round_id, duration_ms=duration_ms)
+        label = Label(
+            project_id=project.id,
+            image_id=image.id,
+            class_id=cls.id,
+            user_id=user.id,
+            round_id=previous.round_id,
+            duration_ms=duration_ms,
+        )
     else:
         selection, queue = _queued_selection(session, project, user, image.id, now)
         step_round = queue.round if not queue.reserve else None
         if selection is None:
             raise Conflict(f"image {image_id} is not in the labeling queue")
         if selection.leased_by_id not in (None, user.id) and selection.lease_expires_at > now:
-            raise Conflict(f"image {image_id} is leased to another annotator until {selection.lease_expires_at:%H:%M:%S} UTC")
+            raise Conflict(
+                f"image {image_id} is leased to another annotator until {selection.lease_expires_at:%H:%M:%S} UTC"
+            )
         if duration_ms is None and selection.leased_by_id == user.id and selection.leased_at:
             duration_ms = int((now - selection.leased_at).total_seconds() * 1000)
-        label = Label(project_id=project.id, image_id=image.id, class_id=cls.id, user_id=user.id,
-                      round=session.get(Round, selection.round_id), duration_ms=duration_ms,
-                      hints_seen=not project.reveal_after_label)
+        label = Label(
+            project_id=project.id,
+            image_id=image.id,
+            class_id=cls.id,
+            user_id=user.id,
+            round=session.get(Round, selection.round_id),
+            duration_ms=duration_ms,
+            hints_seen=not project.reveal_after_label,
+        )
     session.add(label)
     try:
         session.flush()
@@ -211,8 +238,11 @@ def submit_label(
         session.rollback()
         raise Conflict(f"image {image_id} was labeled by someone else a moment ago") from None
     if previous is None:  # the cell leaves the queue: each of its selections is labeled, none leased
-        session.execute(update(Selection).where(Selection.image_id == image.id).values(
-            labeled=True, leased_by_id=None, leased_at=None, lease_expires_at=None))
+        session.execute(
+            update(Selection)
+            .where(Selection.image_id == image.id)
+            .values(labeled=True, leased_by_id=None, leased_at=None, lease_expires_at=None)
+        )
     new_round = open_next_round_if_step_done(session, project, step_round) if step_round is not None else None
     session.commit()
     if new_round is not None:
@@ -251,43 +281,67 @@ def _image_and_current_label(session: Session, project: Project, image_id: int) 
 
 
 def _queued_selection(
-    session: Session, project: Project, user: User, image_id: int, now: datetime,
+    session: Session,
+    project: Project,
+    user: User,
+    image_id: int,
+    now: datetime,
 ) -> tuple[Selection | None, QueueState]:
     """The cell's selection in the part of the queue served now or, for a cell the user
     leased before the queue moved on (a reserve cell when the next round opened), that lease;
     and the queue. The selection's row stays locked until the label is committed, so no lease
     is taken meanwhile."""
     queue = queue_state(session, project)
-    selection = session.scalar(select(Selection).where(
-        Selection.round_id == queue.round.id, Selection.image_id == image_id, served_part(queue.round, queue.reserve))
-        .with_for_update(of=Selection)) if queue.round is not None else None
+    selection = (
+        session.scalar(
+            select(Selection)
+            .where(
+                Selection.round_id == queue.round.id, Selection.image_id == image_id, served_part(queue.round, queue.reserve)
+            )
+            .with_for_update(of=Selection)
+        )
+        if queue.round is not None
+        else None
+    )
     return selection or session.scalar(
-        select(Selection).join(Round, Round.id == Selection.round_id)
-        .where(Round.project_id == project.id, Selection.image_id == image_id,
-               Selection.leased_by_id == user.id, Selection.lease_expires_at > now)
-        .order_by(Round.number.desc()).limit(1).with_for_update(of=Selection)), queue
+        select(Selection)
+        .join(Round, Round.id == Selection.round_id)
+        .where(
+            Round.project_id == project.id,
+            Selection.image_id == image_id,
+            Selection.leased_by_id == user.id,
+            Selection.lease_expires_at > now,
+        )
+        .order_by(Round.number.desc())
+        .limit(1)
+        .with_for_update(of=Selection)
+    ), queue
 
 
 def hints_for(session: Session, label: Label) -> dict | None:
     """What the strategy said about the labeled cell when it queued it."""
     return session.scalar(
-        select(Selection.details).where(Selection.round_id == label.round_id, Selection.image_id == label.image_id))
+        select(Selection.details).where(Selection.round_id == label.round_id, Selection.image_id == label.image_id)
+    )
 
 
 def skip_cell(session: Session, project: Project, user: User, image_id: int, kind: str, note: str) -> CellNote:
     """Returns a queued cell to the queue with the annotator's note; they get other cells first."""
     image = project_image(session, project, image_id)
     queue = queue_state(session, project)
-    selection = session.scalar(
-        unlabeled_selections(queue.round, queue.reserve).where(Selection.image_id == image.id)
-    ) if queue.round is not None else None
+    selection = (
+        session.scalar(unlabeled_selections(queue.round, queue.reserve).where(Selection.image_id == image.id))
+        if queue.round is not None
+        else None
+    )
     if selection is None:
         raise Conflict(f"image {image_id} is not in the labeling queue")
     if selection.leased_by_id not in (None, user.id) and selection.lease_expires_at > utcnow():
         raise Conflict(f"image {image_id} is leased to another annotator")
     selection.leased_by_id = selection.leased_at = selection.lease_expires_at = None
-    cell_note = CellNote(project_id=project.id, image_id=image.id, round_id=selection.round_id, user_id=user.id,
-                         kind=kind, note=note)
+    cell_note = CellNote(
+        project_id=project.id, image_id=image.id, round_id=selection.round_id, user_id=user.id, kind=kind, note=note
+    )
     session.add(cell_note)
     session.commit()
     return cell_note
@@ -305,9 +359,17 @@ def undo_last_label(session: Session, project: Project, user: User) -> Label:
     if label is None:
         raise Conflict("there is no label of yours to undo")
     queue = queue_state(session, project)
-    selection = session.scalar(select(Selection).where(
-        Selection.round_id == queue.round.id, Selection.image_id == label.image_id, served_part(queue.round, queue.reserve))
-    ) if queue.round is not None else None
+    selection = (
+        session.scalar(
+            select(Selection).where(
+                Selection.round_id == queue.round.id,
+                Selection.image_id == label.image_id,
+                served_part(queue.round, queue.reserve),
+            )
+        )
+        if queue.round is not None
+        else None
+    )
     if selection is None:
         raise Conflict("your last label closed its step and the next round has started from it; relabel the cell instead")
     now = utcnow()

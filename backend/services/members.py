@@ -1,6 +1,7 @@
 """Who may see a project: admins see every project; annotators and clients only the
 projects they are members of. To anyone else a project does not exist (404), so that its
 name and existence are not given away."""
+
 from sqlalchemy import Select, and_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, joinedload
@@ -20,11 +21,16 @@ def visible_projects(user: User) -> Select[tuple[Project]]:
 def find_visible_project(session: Session, user: User, project_id: int) -> Project | None:
     """The project, or None when it does not exist or the user is not a member of it."""
     # one statement: the project, its classes and the user's membership
-    row = session.execute(
-        select(Project, ProjectMember.user_id).options(joinedload(Project.classes))
-        .outerjoin(ProjectMember, and_(ProjectMember.project_id == Project.id, ProjectMember.user_id == user.id))
-        .where(Project.id == project_id)
-    ).unique().first()
+    row = (
+        session.execute(
+            select(Project, ProjectMember.user_id)
+            .options(joinedload(Project.classes))
+            .outerjoin(ProjectMember, and_(ProjectMember.project_id == Project.id, ProjectMember.user_id == user.id))
+            .where(Project.id == project_id)
+        )
+        .unique()
+        .first()
+    )
     return row.Project if row is not None and (user.role == "admin" or row.user_id is not None) else None
 
 

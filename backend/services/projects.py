@@ -1,9 +1,10 @@
 """Projects: creation, settings, and the budget defaults (thesis Table 2, docs/method.md)."""
+
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from backend.core.db.models import Image, Label, ModelVersion, Project, ProjectClass
 from backend.core.budget import budget_sizes
+from backend.core.db.models import Image, Label, ModelVersion, Project, ProjectClass
 from backend.core.errors import Conflict, Invalid, NotFound
 from backend.core.strategies import check_strategy
 from backend.schemas import ProjectCreate, ProjectUpdate
@@ -37,9 +38,7 @@ def create_project(session: Session, spec: ProjectCreate) -> Project:
         cold_start=spec.cold_start,
         model_settings=spec.model_settings.model_dump(),
         start_model_id=spec.start_model_id,
-        classes=[
-            ProjectClass(name=c.name, key=c.key or next(free_keys), position=i) for i, c in enumerate(spec.classes)
-        ],
+        classes=[ProjectClass(name=c.name, key=c.key or next(free_keys), position=i) for i, c in enumerate(spec.classes)],
     )
     session.add(project)
     session.flush()
@@ -97,4 +96,5 @@ def count_labeled(session: Session, project: Project) -> int:
 def resolve_budget(project: Project, pool_size: int) -> None:
     """Fills B, k and m where the project left them to the defaults (backend.core.budget)."""
     project.budget, project.initial_size, project.step_size = budget_sizes(
-        pool_size, len(project.classes), project.budget, project.initial_size, project.step_size)
+        pool_size, len(project.classes), project.budget, project.initial_size, project.step_size
+    )

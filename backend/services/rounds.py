@@ -1,16 +1,17 @@
 """The budget loop (thesis Table 2): round 0 queues the first k cells; when a step's cells
 are all labeled, the next round fine-tunes, evaluates and queues the next m cells, until
 the budget B is spent. Rounds are computed by Celery workers; the API never waits."""
+
 import logging
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from backend.core.jobs import ACTIVE, JobState
 from backend.core.db.models import Image, Label, Project, ProjectClass, Round
 from backend.core.errors import Conflict
-from backend.services.jobs import enqueue
+from backend.core.jobs import ACTIVE, JobState
 from backend.core.queries import is_current
+from backend.services.jobs import enqueue
 from backend.services.labeling import latest_round, open_round
 from backend.services.projects import count_labeled, count_pool, resolve_budget
 
@@ -47,8 +48,12 @@ def cancel_round(session: Session, project: Project) -> Round:
     """Stops the latest round while it is queued or running; a worker still computing it
     drops its result (worker.rounds stores only into a running round)."""
     round_ = session.scalar(
-        select(Round).where(Round.project_id == project.id).order_by(Round.number.desc()).limit(1)
-        .with_for_update(key_share=True))
+        select(Round)
+        .where(Round.project_id == project.id)
+        .order_by(Round.number.desc())
+        .limit(1)
+        .with_for_update(key_share=True)
+    )
     if round_ is None or round_.state not in ACTIVE:
         raise Conflict("only a queued or running round can be cancelled")
     round_.state, round_.progress = "cancelled", {"phase": "cancelled"}
@@ -75,16 +80,15 @@ def progress(session: Session, project: Project) -> dict:
     step = None
     current = open_round(session, project)
     if current is not None:
-        done = session.scalar(
-            select(func.count(Label.id)).where(Label.round_id == current.id, is_current())
-        ) or 0
+        done = session.scalar(select(func.count(Label.id)).where(Label.round_id == current.id, is_current())) or 0
         step = {"round": current.number, "labeled": done, "size": current.n_selected}
     return {
         "state": project.state,
         "pool_size": count_pool(session, project),
         "test_size": session.scalar(
             select(func.count(Image.id)).where(Image.project_id == project.id, Image.split == "test")
-        ) or 0,
+        )
+        or 0,
         "budget": project.budget,
         "labeled": labeled,
         "budget_used": labeled / project.budget if project.budget else None,
@@ -92,8 +96,15 @@ def progress(session: Session, project: Project) -> dict:
         "labels_per_class": labels_per_class(session, project),
         "current_round": rounds[-1] if rounds else None,
         "rounds": [
-            {"number": r.number, "state": r.state, "n_labels": r.n_labels, "n_selected": r.n_selected,
-             "aca": r.metrics.get("aca"), "mca": r.metrics.get("mca"), "queue_empty_s": r.queue_empty_s}
+            {
+                "number": r.number,
+                "state": r.state,
+                "n_labels": r.n_labels,
+                "n_selected": r.n_selected,
+                "aca": r.metrics.get("aca"),
+                "mca": r.metrics.get("mca"),
+                "queue_empty_s": r.queue_empty_s,
+            }
             for r in rounds
         ],
     }

@@ -1,5 +1,6 @@
 """Annotator statistics for the admin dashboard: throughput, agreement, and how often a
 blind label changed once the hints were revealed."""
+
 import statistics
 from collections import defaultdict
 
@@ -24,12 +25,14 @@ def annotator_stats(session: Session, project: Project) -> dict:
     for username, given in sorted(per_user.items()):
         # time spent = lease-to-label durations; throughput = labels per hour of that time
         seconds = [label.duration_ms / 1000 for label in given if label.duration_ms is not None]
-        annotators.append({
-            "username": username,
-            "labels": len(given),
-            "labels_per_hour": round(3600 * len(seconds) / sum(seconds), 1) if seconds and sum(seconds) > 0 else None,
-            "median_seconds": round(statistics.median(seconds), 2) if seconds else None,
-        })
+        annotators.append(
+            {
+                "username": username,
+                "labels": len(given),
+                "labels_per_hour": round(3600 * len(seconds) / sum(seconds), 1) if seconds and sum(seconds) > 0 else None,
+                "median_seconds": round(statistics.median(seconds), 2) if seconds else None,
+            }
+        )
 
     # Agreement: each annotator's latest answer per cell, for cells two or more annotators labeled.
     latest: dict[int, dict[str, int]] = defaultdict(dict)
@@ -51,7 +54,8 @@ def annotator_stats(session: Session, project: Project) -> dict:
     revised = [
         (blind[(label.image_id, label.user_id)], label)
         for label, _ in labels
-        if label.hints_seen and (label.image_id, label.user_id) in blind
+        if label.hints_seen
+        and (label.image_id, label.user_id) in blind
         and label.created_at >= blind[(label.image_id, label.user_id)].created_at
     ]
     return {

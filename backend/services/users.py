@@ -1,4 +1,5 @@
 """Users, passwords (argon2), API tokens (random secrets, stored as sha256) and the sign-in rate limit."""
+
 import hashlib
 import math
 import secrets
@@ -51,7 +52,8 @@ def user_for_token(session: Session, secret: str) -> User | None:
     """The token's user, its last use noted at most once a minute: a write and a commit on
     every request cost the labeling API more than the rest of its authentication."""
     token = session.scalar(
-        select(ApiToken).options(joinedload(ApiToken.user))
+        select(ApiToken)
+        .options(joinedload(ApiToken.user))
         .where(ApiToken.token_hash == _token_hash(secret), ApiToken.revoked_at.is_(None))
     )
     if token is None:
@@ -76,8 +78,9 @@ def login(session: Session, username: str, password: str, client_ip: str) -> Use
         except VerificationError:
             user = None
     now = utcnow()
-    session.execute(delete(LoginAttempt).where(
-        LoginAttempt.created_at < now - timedelta(seconds=get_settings().login_window_seconds)))
+    session.execute(
+        delete(LoginAttempt).where(LoginAttempt.created_at < now - timedelta(seconds=get_settings().login_window_seconds))
+    )
     session.add(LoginAttempt(username=username, client_ip=client_ip, succeeded=user is not None, created_at=now))
     session.flush()
     return user
@@ -98,10 +101,15 @@ def login_blocked_for(session: Session, username: str, client_ip: str) -> LoginB
     now = utcnow()
     window_start = now - timedelta(seconds=settings.login_window_seconds)
     last_success = session.scalar(
-        select(func.max(LoginAttempt.created_at)).where(LoginAttempt.username == username, LoginAttempt.succeeded))
+        select(func.max(LoginAttempt.created_at)).where(LoginAttempt.username == username, LoginAttempt.succeeded)
+    )
     checks = (
-        (LoginAttempt.username == username, max(window_start, last_success or window_start), settings.login_max_failures,
-         "for this user name"),
+        (
+            LoginAttempt.username == username,
+            max(window_start, last_success or window_start),
+            settings.login_max_failures,
+            "for this user name",
+        ),
         (LoginAttempt.client_ip == client_ip, window_start, settings.login_max_failures_per_ip, "from this address"),
     )
     for matches, since, limit, scope in checks:

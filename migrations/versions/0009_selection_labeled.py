@@ -5,8 +5,9 @@ label of the round; and an index on leased_by_id for an annotator's own lease
 Revision ID: 0009
 Revises: 0008
 """
-from alembic import op
+
 import sqlalchemy as sa
+from alembic import op
 
 revision = "0009"
 down_revision = "0008"
@@ -23,8 +24,13 @@ def upgrade() -> None:
         "UPDATE selections SET labeled = EXISTS (SELECT 1 FROM labels WHERE labels.image_id = selections.image_id"
         " AND labels.retracted_at IS NULL AND labels.superseded_at IS NULL)"
     )
-    op.create_index("ix_selections_unlabeled_round_rank", "selections", ["round_id", "rank"],
-                    postgresql_where=sa.text(UNLABELED), sqlite_where=sa.text(UNLABELED))
+    op.create_index(
+        "ix_selections_unlabeled_round_rank",
+        "selections",
+        ["round_id", "rank"],
+        postgresql_where=sa.text(UNLABELED),
+        sqlite_where=sa.text(UNLABELED),
+    )
     op.create_index("ix_selections_leased_by_id", "selections", ["leased_by_id"])
 
 

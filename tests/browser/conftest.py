@@ -3,6 +3,7 @@ session's PostgreSQL database and a real Celery worker, driven through Debian's 
 by Playwright. No browser is downloaded: Playwright launches /usr/bin/chromium.
 
 Where Playwright or Chromium is missing the tests skip; under CI=true they fail."""
+
 import os
 import subprocess
 import sys
@@ -16,8 +17,13 @@ from tests.conftest import ROOT, free_port, require, stop
 
 CHROMIUM = Path(os.environ.get("XAL_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--no-first-run",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
 ]
 SCREENSHOTS = ROOT / "test-output" / "screenshots"
 
@@ -42,7 +48,10 @@ def live_server(service_env, tmp_path_factory):
     log = open(log_path, "w")
     process = subprocess.Popen(
         [sys.executable, "-m", "backend.cli", "serve", "--no-worker", "--port", str(port)],
-        cwd=ROOT, env={**os.environ, **service_env}, stdout=log, stderr=subprocess.STDOUT,
+        cwd=ROOT,
+        env={**os.environ, **service_env},
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60

@@ -2,6 +2,7 @@
 an annotator signs in, labels a whole step by keyboard with the ground truth, undoes and
 relabels, sees the queue wait for the next round and the next batch arrive by itself; an
 admin watches the dashboard update. Screenshots go to test-output/screenshots/."""
+
 import io
 import uuid
 import zipfile
@@ -9,8 +10,7 @@ import zipfile
 import httpx
 import pytest
 
-from tests.conftest import balanced_sample
-from tests.conftest import make_user
+from tests.conftest import balanced_sample, make_user
 
 pytestmark = pytest.mark.slow
 
@@ -36,25 +36,37 @@ def project(live_server, worker, i3a_dir, i3a_rows):
         assert created_user.status_code == 201
         users[role], user_ids[role] = (username, password), created_user.json()["id"]
 
-    created = api.post("/api/projects", json={
-        "name": f"browser-{suffix}", "classes": [{"name": c, "key": KEYS[c]} for c in CLASSES],
-        "strategy": "xal-margin", "budget": BUDGET, "initial_size": INITIAL, "step_size": STEP,
-        "model_settings": {"max_epochs": 2, "patience": 2, "batch_size": 32},
-    })
+    created = api.post(
+        "/api/projects",
+        json={
+            "name": f"browser-{suffix}",
+            "classes": [{"name": c, "key": KEYS[c]} for c in CLASSES],
+            "strategy": "xal-margin",
+            "budget": BUDGET,
+            "initial_size": INITIAL,
+            "step_size": STEP,
+            "model_settings": {"max_epochs": 2, "patience": 2, "batch_size": 32},
+        },
+    )
     assert created.status_code == 201, created.text
     project_id = created.json()["id"]
     assert api.put(f"/api/projects/{project_id}/members/{user_ids['annotator']}").status_code == 204
 
     pool_rows = balanced_sample(i3a_rows, per_class=10)
-    files = [("files", (f"{row['pattern']}-{row['image_id']}.png", (i3a_dir / row["image_path"]).read_bytes(), "image/png"))
-             for row in pool_rows]
+    files = [
+        ("files", (f"{row['pattern']}-{row['image_id']}.png", (i3a_dir / row["image_path"]).read_bytes(), "image/png"))
+        for row in pool_rows
+    ]
     assert api.post(f"/api/projects/{project_id}/images", files=files, data={"split": "pool"}).status_code == 201
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:  # the test split's classes: one folder per class
         for row in balanced_sample(i3a_rows, per_class=5, offset=10):
             archive.writestr(f"{row['pattern']}/{row['image_id']}.png", (i3a_dir / row["image_path"]).read_bytes())
-    test_upload = api.post(f"/api/projects/{project_id}/images", data={"split": "test"},
-                           files=[("files", ("test.zip", buffer.getvalue(), "application/zip"))])
+    test_upload = api.post(
+        f"/api/projects/{project_id}/images",
+        data={"split": "test"},
+        files=[("files", ("test.zip", buffer.getvalue(), "application/zip"))],
+    )
     assert test_upload.status_code == 201, test_upload.text
 
     images = api.get(f"/api/projects/{project_id}/images", params={"split": "pool", "limit": 1000}).json()["items"]
@@ -79,7 +91,9 @@ def shown_cell(page) -> int:
 def wait_for_other_cell(page, previous: int | None, timeout: float = 15_000) -> int:
     page.wait_for_function(
         "previous => { const id = document.querySelector('#stage').dataset.imageId; return id && id !== String(previous); }",
-        arg=previous, timeout=timeout)
+        arg=previous,
+        timeout=timeout,
+    )
     return shown_cell(page)
 
 
@@ -93,7 +107,9 @@ def label_until_the_queue_is_empty(page, truth, first: int, limit: int) -> list[
         page.wait_for_function(
             "previous => { const id = document.querySelector('#stage').dataset.imageId;"
             " return (id && id !== String(previous)) || !document.querySelector('#waiting').hidden; }",
-            arg=cell, timeout=15_000)
+            arg=cell,
+            timeout=15_000,
+        )
         cell = None if page.is_visible("#waiting") else shown_cell(page)
     return labeled
 
@@ -227,30 +243,43 @@ def expect_text(page, selector: str, text: str, timeout: float = 15_000):
     try:
         page.wait_for_function(
             "([selector, text]) => (document.querySelector(selector)?.textContent || '').includes(text)",
-            arg=[selector, text], timeout=timeout)
+            arg=[selector, text],
+            timeout=timeout,
+        )
     except PlaywrightTimeout:
         shown = page.evaluate("selector => document.querySelector(selector)?.textContent", selector)
         raise AssertionError(f"{selector} does not say {text!r}; it says {shown!r}") from None
 
 
 def test_label_first_then_reveal_keeps_both_answers_and_survives_a_lost_connection(
-        project, browser, screenshot, i3a_dir, i3a_rows):
+    project, browser, screenshot, i3a_dir, i3a_rows
+):
     """A blind first answer, the hints revealed, a changed answer; a label typed while the
     network is down is sent when it is back."""
     url, api = project["url"], project["api"]
     username, password = f"ui-blind-{uuid.uuid4().hex[:6]}", f"pw-{uuid.uuid4().hex}"
     blind_user = api.post("/api/users", json={"username": username, "role": "annotator", "password": password})
     assert blind_user.status_code == 201
-    created = api.post("/api/projects", json={
-        "name": f"blind-{uuid.uuid4().hex[:6]}", "classes": [{"name": c, "key": KEYS[c]} for c in CLASSES],
-        "strategy": "entropy", "budget": 8, "initial_size": 4, "step_size": 4, "reveal_after_label": True,
-        "model_settings": {"max_epochs": 1},
-    })
+    created = api.post(
+        "/api/projects",
+        json={
+            "name": f"blind-{uuid.uuid4().hex[:6]}",
+            "classes": [{"name": c, "key": KEYS[c]} for c in CLASSES],
+            "strategy": "entropy",
+            "budget": 8,
+            "initial_size": 4,
+            "step_size": 4,
+            "reveal_after_label": True,
+            "model_settings": {"max_epochs": 1},
+        },
+    )
     assert created.status_code == 201, created.text
     blind_id = created.json()["id"]
     assert api.put(f"/api/projects/{blind_id}/members/{blind_user.json()['id']}").status_code == 204
-    files = [("files", (f"cell-{row['image_id']}.png", (i3a_dir / row["image_path"]).read_bytes(), "image/png"))
-             for row in balanced_sample(i3a_rows, per_class=1, offset=40)]
+    files = [
+        ("files", (f"cell-{row['image_id']}.png", (i3a_dir / row["image_path"]).read_bytes(), "image/png"))
+        for row in balanced_sample(i3a_rows, per_class=1, offset=40)
+    ]
     assert api.post(f"/api/projects/{blind_id}/images", files=files, data={"split": "pool"}).status_code == 201
     assert api.post(f"/api/projects/{blind_id}/start").status_code == 202
 
@@ -299,9 +328,9 @@ def test_label_first_then_reveal_keeps_both_answers_and_survives_a_lost_connecti
     context.close()
 
 
-
-def test_admin_creates_a_project_and_imports_a_folder_of_classes_and_a_zip(live_server, browser, screenshot,
-                                                                          i3a_dir, i3a_rows, tmp_path):
+def test_admin_creates_a_project_and_imports_a_folder_of_classes_and_a_zip(
+    live_server, browser, screenshot, i3a_dir, i3a_rows, tmp_path
+):
     _, admin_headers = make_user("admin")
     username, password = f"ui-creator-{uuid.uuid4().hex[:6]}", f"pw-{uuid.uuid4().hex}"
     api = httpx.Client(base_url=live_server, headers=admin_headers, timeout=60)

@@ -1,4 +1,5 @@
 """coverage-entropy: typical cells of the parts of the pool no label covers, then diverse uncertainty."""
+
 import numpy as np
 import pytest
 import torch
@@ -50,16 +51,26 @@ def test_uncertainty_spreads_the_batch_over_the_uncertain_cells():
 
 def _context(pool_embeddings, probabilities, accuracy, labeled_embeddings, options=None) -> SelectionContext:
     context = SelectionContext(
-        model=None, device=torch.device("cpu"), labeled_images=np.zeros((len(labeled_embeddings), 112, 112), np.float32),
-        labeled_labels=np.zeros(len(labeled_embeddings), np.int64), pool_size=len(pool_embeddings),
-        load_pool_images=lambda: None, rng=np.random.default_rng(0), options=options or {},
-        cached_pool_probabilities=probabilities, cached_pool_embeddings=pool_embeddings, batch_cells=3,
-        model_accuracy=accuracy)
+        model=None,
+        device=torch.device("cpu"),
+        labeled_images=np.zeros((len(labeled_embeddings), 112, 112), np.float32),
+        labeled_labels=np.zeros(len(labeled_embeddings), np.int64),
+        pool_size=len(pool_embeddings),
+        load_pool_images=lambda: None,
+        rng=np.random.default_rng(0),
+        options=options or {},
+        cached_pool_probabilities=probabilities,
+        cached_pool_embeddings=pool_embeddings,
+        batch_cells=3,
+        model_accuracy=accuracy,
+    )
     context.labeled_embeddings = lambda: labeled_embeddings  # as the model's trunk would give them
     return context
 
 
-@pytest.mark.parametrize("accuracy, phase", [(None, "coverage"), (0.5, "coverage"), (0.85, "uncertainty"), (0.95, "uncertainty")])
+@pytest.mark.parametrize(
+    "accuracy, phase", [(None, "coverage"), (0.5, "coverage"), (0.85, "uncertainty"), (0.95, "uncertainty")]
+)
 def test_the_model_accuracy_hands_over_from_coverage_to_uncertainty(accuracy, phase):
     pool, _ = blobs(CENTRES, per_blob=20, spread=0.3)
     probabilities = np.random.default_rng(1).dirichlet(np.ones(4), len(pool))
@@ -71,6 +82,12 @@ def test_the_model_accuracy_hands_over_from_coverage_to_uncertainty(accuracy, ph
 
 def test_options_are_checked():
     assert parse_options({"handover_accuracy": 0.7}).handover_accuracy == 0.7
-    for bad in ({"handover_accuracy": 1.5}, {"handover_accuracy": "high"}, {"candidates": 0}, {"neighbours": True}, {"k": 1}):
+    for bad in (
+        {"handover_accuracy": 1.5},
+        {"handover_accuracy": "high"},
+        {"candidates": 0},
+        {"neighbours": True},
+        {"k": 1},
+    ):
         with pytest.raises(ValueError):
             parse_options(bad)

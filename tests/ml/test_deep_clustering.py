@@ -1,11 +1,13 @@
 """Deep embedded clustering (thesis 3.1, 4.1): the three autoencoders of Table 1 /
 Fig. 12 / Fig. 14, the k-means clustering layer, training, and the clustering scores."""
+
 import numpy as np
 import pytest
 import torch
 from sklearn.cluster import KMeans
 from torch import nn
 
+from backend.core.images import load_cell
 from conftest import balanced_sample
 from worker.ml.cluster_metrics import clustering_accuracy, clustering_scores, match_clusters_to_classes, pca_2d
 from worker.ml.deep_clustering import (
@@ -17,7 +19,6 @@ from worker.ml.deep_clustering import (
     init_centroids_kmeans,
     train_deep_clustering,
 )
-from backend.core.images import load_cell
 
 CPU = torch.device("cpu")
 
@@ -60,7 +61,9 @@ def test_case_1_decodes_from_the_latent_alone_case_2_also_from_pooling_indices_a
 
 def test_case_3_fuses_the_main_reconstruction_with_two_early_streams_by_a_1x1_conv():
     model = model_of_case(3)
-    from_conv3, from_conv4, fused = (captured_inputs(m) for m in (model.stream_from_conv3, model.stream_from_conv4, model.fusion))
+    from_conv3, from_conv4, fused = (
+        captured_inputs(m) for m in (model.stream_from_conv3, model.stream_from_conv4, model.fusion)
+    )
     model(torch.rand(2, 1, 112, 112))
     assert from_conv3 == [(2, 128, 28, 28)] and from_conv4 == [(2, 256, 14, 14)]
     assert fused == [(2, 3, 112, 112)]
@@ -140,7 +143,9 @@ def test_a_short_run_on_real_cells_reconstructs_better_and_clusters_above_chance
     images, labels = real_cells
     config = DeepClusteringConfig(pretrain_epochs=2, cluster_epochs=2, batch_size=32, seed=0)
     epochs_seen = []
-    result = train_deep_clustering(model_of_case(1), images, 6, config, CPU, progress=lambda done, total: epochs_seen.append((done, total)))
+    result = train_deep_clustering(
+        model_of_case(1), images, 6, config, CPU, progress=lambda done, total: epochs_seen.append((done, total))
+    )
     print([round(row["recon_mse"], 5) for row in result.history], result.recon_mse, f"{result.seconds:.0f} s")
     assert epochs_seen == [(1, 4), (2, 4), (3, 4), (4, 4)]
     assert [row["phase"] for row in result.history] == ["pretrain"] * 2 + ["cluster"] * 2

@@ -13,6 +13,8 @@ from worker.ml.network import (
 )
 from worker.ml.training import TrainingConfig, train_classifier
 from worker.ml.zennit_compat import zennit  # noqa: F401
+
+# isort: split
 from zennit.canonizers import SequentialMergeBatchNorm
 from zennit.core import collect_leaves
 from zennit.layer import Sum

@@ -1,4 +1,5 @@
 """Contrastive pretraining without labels (worker.ml.pretext) on real cells."""
+
 import numpy as np
 import torch
 

@@ -1,10 +1,11 @@
 """Relevance maps of real I3A cells under a briefly trained network."""
+
 import numpy as np
 import pytest
 import torch
 
-from conftest import balanced_sample
 from backend.core.images import load_cell
+from conftest import balanced_sample
 from worker.ml.network import LAST_BLOCK, ParallelResidualNet
 from worker.ml.relevance import INPUT_BOUNDS, METHODS, project_to_image, relevance_maps
 from worker.ml.training import TrainingConfig, train_classifier

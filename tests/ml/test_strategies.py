@@ -6,10 +6,10 @@ import torch
 
 from worker.ml.network import ParallelResidualNet
 from worker.ml.strategies import (
-    cluster_spread_ranking,
     STRATEGIES,
     Ranking,
     SelectionContext,
+    cluster_spread_ranking,
     entropy_scores,
     least_confidence_scores,
     margin_scores,

@@ -136,7 +136,9 @@ def test_checkpoint_keeps_frozen_early_layers_frozen():
 
 def test_checkpoint_of_another_architecture_version_is_refused():
     buffer = io.BytesIO()
-    torch.save({"architecture": "parallel-residual-net", "architecture_version": 999, "n_classes": 2, "state_dict": {}}, buffer)
+    torch.save(
+        {"architecture": "parallel-residual-net", "architecture_version": 999, "n_classes": 2, "state_dict": {}}, buffer
+    )
     with pytest.raises(ValueError, match="version 999"):
         load_checkpoint(buffer.getvalue())
 
@@ -152,8 +154,9 @@ def test_a_fixed_validation_set_is_used_whole_and_no_label_is_held_out():
     images, labels = bright_or_dark_cells(20)
     validation = bright_or_dark_cells(12, seed=1)
     torch.manual_seed(0)
-    trained = train_classifier(ParallelResidualNet(2), images, labels, TrainingConfig(max_epochs=2, batch_size=8), CPU,
-                               validation=validation)
+    trained = train_classifier(
+        ParallelResidualNet(2), images, labels, TrainingConfig(max_epochs=2, batch_size=8), CPU, validation=validation
+    )
     accuracies = [h["val_acc"] for h in trained.history]
     assert all(round(a * 12) == a * 12 for a in accuracies)  # twelfths: judged on the 12 validation cells
 

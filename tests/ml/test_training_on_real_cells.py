@@ -1,12 +1,13 @@
 """Train on a few real I3A cells and classify cells the model never saw."""
+
 import time
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import balanced_sample
 from backend.core.images import load_cell
+from conftest import balanced_sample
 from worker.ml.metrics import classification_metrics
 from worker.ml.network import ParallelResidualNet
 from worker.ml.training import TrainingConfig, predict_proba, train_classifier

@@ -1,12 +1,13 @@
 """The explainable strategies: score functions on arrays, centres, and whole rankings of real cells."""
+
 import json
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import balanced_sample
 from backend.core.images import load_cell
+from conftest import balanced_sample
 from worker.ml.network import ParallelResidualNet
 from worker.ml.strategies import STRATEGIES, SelectionContext, rank_pool
 from worker.ml.training import TrainingConfig, train_classifier
@@ -45,6 +46,7 @@ def blobs(n_per_blob: int, centres: np.ndarray, spread: float, seed: int = 0) ->
 
 # --- score functions ---
 
+
 def test_entropy_ranks_the_equidistant_row_first():
     scores = xal_entropy_scores(DISTANCES)
     assert np.argsort(-scores).tolist() == [1, 3, 0, 2]
@@ -72,6 +74,7 @@ def test_a_cell_on_every_centre_gets_uniform_shares_not_nan():
 
 
 # --- centres ---
+
 
 def test_medoid_is_the_member_with_the_least_summed_distance_not_the_one_nearest_the_mean():
     points = np.array([[0.0], [1.0], [2.0], [3.0], [100.0]])
@@ -143,6 +146,7 @@ def test_the_reference_sample_is_class_balanced_and_fills_up_from_larger_classes
 
 # --- options ---
 
+
 def test_options_default_to_concept_clusters_and_deeptaylor():
     assert parse_options({}) == XalOptions("deeptaylor", "concept", "clusters", 50, 2000, None)
 
@@ -152,7 +156,10 @@ def test_options_default_to_concept_clusters_and_deeptaylor():
     [
         ({"representation": "sorted"}, r"'representation' is 'sorted'; allowed: pixel, concept"),
         ({"centres": "means"}, r"'centres' is 'means'; allowed: clusters, classes"),
-        ({"relevance_method": "occlusion"}, r"'relevance_method' is 'occlusion'; allowed: deeptaylor, lrp-epsilon, gradient"),
+        (
+            {"relevance_method": "occlusion"},
+            r"'relevance_method' is 'occlusion'; allowed: deeptaylor, lrp-epsilon, gradient",
+        ),
         ({"pca_dims": 0}, r"'pca_dims' is 0; allowed: an integer >= 1"),
         ({"n_clusters": 1}, r"'n_clusters' is 1; allowed: an integer >= 2"),
         ({"max_reference": "all"}, r"'max_reference' is 'all'"),
@@ -165,6 +172,7 @@ def test_bad_options_are_named_with_what_is_allowed(options, message):
 
 
 # --- whole rankings of real cells ---
+
 
 @pytest.fixture(scope="module")
 def real_cells(i3a_dir, i3a_rows):

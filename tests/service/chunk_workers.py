@@ -1,6 +1,7 @@
 """Fixtures of the tests of jobs computed in chunks (worker.jobs), imported by their modules:
 two worker processes on a queue of their own, with the module's `scoring_chunk_size` fixture
 as XAL_SCORING_CHUNK_SIZE."""
+
 import os
 import subprocess
 import sys
@@ -33,11 +34,23 @@ def private_queue(service_env):
 def two_chunking_workers(private_queue, scoring_chunk_size, tmp_path):
     """One thread each: two of them share the 2 cores of a CI machine, and a test can compute
     its one-pass reference in the same arithmetic (torch.set_num_threads(1))."""
-    env = {**os.environ, "XAL_QUEUE": private_queue, "XAL_SCORING_CHUNK_SIZE": str(scoring_chunk_size),
-           "OMP_NUM_THREADS": "1"}
+    env = {
+        **os.environ,
+        "XAL_QUEUE": private_queue,
+        "XAL_SCORING_CHUNK_SIZE": str(scoring_chunk_size),
+        "OMP_NUM_THREADS": "1",
+    }
     logs = [open(tmp_path / f"worker-{i}.log", "w") for i in range(2)]
-    workers = [subprocess.Popen([sys.executable, "-m", "backend.cli", "worker", "--concurrency", "1"], cwd=ROOT, env=env,
-                                stdout=log, stderr=subprocess.STDOUT) for log in logs]
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-m", "backend.cli", "worker", "--concurrency", "1"],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        for log in logs
+    ]
     yield workers
     for worker, log in zip(workers, logs):
         stop(worker)

@@ -1,4 +1,5 @@
 """Bearer tokens on every route, and roles."""
+
 from sqlalchemy import select
 
 from tests.conftest import make_user
@@ -20,8 +21,11 @@ def test_annotators_cannot_change_projects_and_clients_only_read(app_client, adm
 
 
 def test_login_issues_a_token_that_can_be_revoked(app_client, admin_headers):
-    created = app_client.post("/api/users", headers=admin_headers,
-                              json={"username": "pathologist", "role": "annotator", "password": "correct horse"})
+    created = app_client.post(
+        "/api/users",
+        headers=admin_headers,
+        json={"username": "pathologist", "role": "annotator", "password": "correct horse"},
+    )
     assert created.status_code == 201
     assert app_client.post("/api/auth/token", json={"username": "pathologist", "password": "wrong"}).status_code == 401
     login = app_client.post("/api/auth/token", json={"username": "pathologist", "password": "correct horse"})
@@ -33,23 +37,46 @@ def test_login_issues_a_token_that_can_be_revoked(app_client, admin_headers):
 
 
 def test_projects_reject_bad_settings_with_clear_messages(app_client, admin_headers):
-    duplicate = app_client.post("/api/projects", headers=admin_headers,
-                                json={"name": "dup-classes", "classes": [{"name": "a"}, {"name": "a"}]})
+    duplicate = app_client.post(
+        "/api/projects", headers=admin_headers, json={"name": "dup-classes", "classes": [{"name": "a"}, {"name": "a"}]}
+    )
     assert duplicate.status_code == 422 and "unique" in duplicate.json()["detail"]
-    strategy = app_client.post("/api/projects", headers=admin_headers,
-                               json={"name": "bad-strategy", "classes": [{"name": "a"}, {"name": "b"}], "strategy": "magic"})
+    strategy = app_client.post(
+        "/api/projects",
+        headers=admin_headers,
+        json={"name": "bad-strategy", "classes": [{"name": "a"}, {"name": "b"}], "strategy": "magic"},
+    )
     assert strategy.status_code == 422 and "unknown selection strategy 'magic'" in strategy.json()["detail"]
-    options = app_client.post("/api/projects", headers=admin_headers, json={
-        "name": "bad-options", "classes": [{"name": "a"}, {"name": "b"}],
-        "strategy": "xal-margin", "strategy_options": {"representation": "voxels"}})
+    options = app_client.post(
+        "/api/projects",
+        headers=admin_headers,
+        json={
+            "name": "bad-options",
+            "classes": [{"name": "a"}, {"name": "b"}],
+            "strategy": "xal-margin",
+            "strategy_options": {"representation": "voxels"},
+        },
+    )
     assert options.status_code == 422 and "representation: Input should be 'pixel' or 'concept'" in options.json()["detail"]
-    softmax_options = app_client.post("/api/projects", headers=admin_headers, json={
-        "name": "entropy-options", "classes": [{"name": "a"}, {"name": "b"}], "strategy_options": {"centres": "classes"}})
+    softmax_options = app_client.post(
+        "/api/projects",
+        headers=admin_headers,
+        json={
+            "name": "entropy-options",
+            "classes": [{"name": "a"}, {"name": "b"}],
+            "strategy_options": {"centres": "classes"},
+        },
+    )
     assert softmax_options.status_code == 422 and "takes no options" in softmax_options.json()["detail"]
-    keys = app_client.post("/api/projects", headers=admin_headers,
-                           json={"name": "bad-keys", "classes": [{"name": "a", "key": "x"}, {"name": "b", "key": "x"}]})
+    keys = app_client.post(
+        "/api/projects",
+        headers=admin_headers,
+        json={"name": "bad-keys", "classes": [{"name": "a", "key": "x"}, {"name": "b", "key": "x"}]},
+    )
     assert keys.status_code == 422
-    empty = app_client.post("/api/projects", headers=admin_headers, json={"name": "empty", "classes": [{"name": "a"}, {"name": "b"}]})
+    empty = app_client.post(
+        "/api/projects", headers=admin_headers, json={"name": "empty", "classes": [{"name": "a"}, {"name": "b"}]}
+    )
     assert app_client.post(f"/api/projects/{empty.json()['id']}/start", headers=admin_headers).status_code == 409
     assert app_client.get("/api/projects", headers=admin_headers).status_code == 200
     names = {p["name"] for p in app_client.get("/api/projects", headers=admin_headers).json()}
@@ -57,11 +84,17 @@ def test_projects_reject_bad_settings_with_clear_messages(app_client, admin_head
 
 
 def test_a_null_in_a_project_update_changes_nothing(app_client, admin_headers):
-    created = app_client.post("/api/projects", headers=admin_headers,
-                              json={"name": "nulls", "classes": [{"name": "a"}, {"name": "b"}], "reveal_after_label": True})
+    created = app_client.post(
+        "/api/projects",
+        headers=admin_headers,
+        json={"name": "nulls", "classes": [{"name": "a"}, {"name": "b"}], "reveal_after_label": True},
+    )
     project_id = created.json()["id"]
-    response = app_client.patch(f"/api/projects/{project_id}", headers=admin_headers,
-                                json={"reveal_after_label": None, "description": None, "cold_start": None, "strategy": None})
+    response = app_client.patch(
+        f"/api/projects/{project_id}",
+        headers=admin_headers,
+        json={"reveal_after_label": None, "description": None, "cold_start": None, "strategy": None},
+    )
     assert response.status_code == 200
     assert response.json()["reveal_after_label"] is True and response.json()["strategy"] == "random"
 

@@ -2,6 +2,7 @@
 client address; 429 with Retry-After until the window has passed, even for the right password.
 Each test signs in from its own address and shrinks the limits through the settings; the
 passing of the window is played by moving the recorded attempts back in time."""
+
 import uuid
 from datetime import timedelta
 
@@ -32,8 +33,9 @@ def client_from_own_address(app_client, address: str | None = None) -> TestClien
 
 def new_user(app_client, admin_headers) -> tuple[str, str]:
     username, password = f"rate-{uuid.uuid4().hex[:8]}", f"pw-{uuid.uuid4().hex}"
-    created = app_client.post("/api/users", headers=admin_headers,
-                              json={"username": username, "role": "annotator", "password": password})
+    created = app_client.post(
+        "/api/users", headers=admin_headers, json={"username": username, "role": "annotator", "password": password}
+    )
     assert created.status_code == 201
     return username, password
 
@@ -56,8 +58,9 @@ def age_attempts(seconds: int, **where) -> None:
     from backend.core.db.session import new_session
 
     with new_session() as session:
-        session.execute(update(LoginAttempt).filter_by(**where)
-                        .values(created_at=LoginAttempt.created_at - timedelta(seconds=seconds)))
+        session.execute(
+            update(LoginAttempt).filter_by(**where).values(created_at=LoginAttempt.created_at - timedelta(seconds=seconds))
+        )
         session.commit()
 
 

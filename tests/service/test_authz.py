@@ -5,6 +5,7 @@ another project (not a member: the project must not exist for them); an admin. A
 request validation, a 409 from the project's state or a 404 for a missing relevance map or
 token means the request passed the authorization checks (authorization runs before the body
 is validated)."""
+
 import io
 import uuid
 import zipfile
@@ -20,47 +21,47 @@ P = "/api/projects/{project_id}"
 
 # what each role gets:                              anonymous annotator client outsider admin
 MATRIX = {
-    "GET /api/health":                                 (200, 200, 200, 200, 200),
-    "GET /api/openapi.json":                           (200, 200, 200, 200, 200),
-    "GET /api/docs":                                   (200, 200, 200, 200, 200),
-    "POST /api/auth/token":                            (422, 422, 422, 422, 422),
-    "GET /api/me":                                     (401, 200, 200, 200, 200),
-    "GET /api/users":                                  (401, 403, 403, 403, 200),
-    "POST /api/users":                                 (401, 403, 403, 403, 422),
-    "POST /api/users/{user_id}/tokens":                (401, 403, 403, 403, 201),
-    "DELETE /api/tokens/{token_id}":                   (401, 404, 404, 404, 204),  # others' tokens: admins only
-    "GET /api/models":                                 (401, 200, 200, 200, 200),
-    "GET /api/strategies":                             (401, 200, 200, 200, 200),
-    "POST /api/projects":                              (401, 403, 403, 403, 422),
-    "GET /api/projects":                               (401, 200, 200, 200, 200),
-    f"GET {P}":                                        (401, 200, 200, 404, 200),
-    f"PATCH {P}":                                      (401, 403, 403, 404, 422),
-    f"POST {P}/start":                                 (401, 403, 403, 404, 409),
-    f"GET {P}/progress":                               (401, 200, 200, 404, 200),
-    f"GET {P}/members":                                (401, 403, 403, 404, 200),
-    f"PUT {P}/members/{{user_id}}":                    (401, 403, 403, 404, 204),
-    f"DELETE {P}/members/{{user_id}}":                 (401, 403, 403, 404, 204),
-    f"POST {P}/images":                                (401, 403, 403, 404, 422),
-    f"GET {P}/images":                                 (401, 200, 200, 404, 200),
-    f"GET {P}/images/{{image_id}}":                    (401, 200, 200, 404, 200),
-    f"GET {P}/images/{{image_id}}/file":               (401, 200, 200, 404, 200),
-    f"GET {P}/images/{{image_id}}/mask":               (401, 200, 200, 404, 200),
-    f"GET {P}/images/{{image_id}}/maps":               (401, 200, 200, 404, 200),
+    "GET /api/health": (200, 200, 200, 200, 200),
+    "GET /api/openapi.json": (200, 200, 200, 200, 200),
+    "GET /api/docs": (200, 200, 200, 200, 200),
+    "POST /api/auth/token": (422, 422, 422, 422, 422),
+    "GET /api/me": (401, 200, 200, 200, 200),
+    "GET /api/users": (401, 403, 403, 403, 200),
+    "POST /api/users": (401, 403, 403, 403, 422),
+    "POST /api/users/{user_id}/tokens": (401, 403, 403, 403, 201),
+    "DELETE /api/tokens/{token_id}": (401, 404, 404, 404, 204),  # others' tokens: admins only
+    "GET /api/models": (401, 200, 200, 200, 200),
+    "GET /api/strategies": (401, 200, 200, 200, 200),
+    "POST /api/projects": (401, 403, 403, 403, 422),
+    "GET /api/projects": (401, 200, 200, 200, 200),
+    f"GET {P}": (401, 200, 200, 404, 200),
+    f"PATCH {P}": (401, 403, 403, 404, 422),
+    f"POST {P}/start": (401, 403, 403, 404, 409),
+    f"GET {P}/progress": (401, 200, 200, 404, 200),
+    f"GET {P}/members": (401, 403, 403, 404, 200),
+    f"PUT {P}/members/{{user_id}}": (401, 403, 403, 404, 204),
+    f"DELETE {P}/members/{{user_id}}": (401, 403, 403, 404, 204),
+    f"POST {P}/images": (401, 403, 403, 404, 422),
+    f"GET {P}/images": (401, 200, 200, 404, 200),
+    f"GET {P}/images/{{image_id}}": (401, 200, 200, 404, 200),
+    f"GET {P}/images/{{image_id}}/file": (401, 200, 200, 404, 200),
+    f"GET {P}/images/{{image_id}}/mask": (401, 200, 200, 404, 200),
+    f"GET {P}/images/{{image_id}}/maps": (401, 200, 200, 404, 200),
     f"GET {P}/images/{{image_id}}/maps/{{map_id}}.{{kind}}": (401, 404, 404, 404, 404),  # round 0 draws no maps
-    f"GET {P}/queue":                                  (401, 200, 200, 404, 200),
-    f"POST {P}/queue/next":                            (401, 200, 403, 404, 200),
-    f"POST {P}/labels":                                (401, 422, 403, 404, 422),
-    f"POST {P}/queue/skip":                            (401, 422, 403, 404, 422),
-    f"POST {P}/labels/undo":                           (401, 409, 403, 404, 409),  # no label of theirs yet
-    f"GET {P}/labels/export":                          (401, 200, 200, 404, 200),
-    f"GET {P}/stats":                                  (401, 403, 403, 404, 200),
-    f"GET {P}/rounds":                                 (401, 200, 200, 404, 200),
-    f"GET {P}/rounds/{{number}}":                      (401, 200, 200, 404, 200),
-    f"GET {P}/rounds/{{number}}/selections":           (401, 200, 200, 404, 200),
-    f"POST {P}/rounds/retry":                          (401, 403, 403, 404, 409),  # round 0 is done
-    f"POST {P}/rounds/cancel":                         (401, 403, 403, 404, 409),
-    f"POST {P}/clustering":                            (401, 403, 403, 404, 422),
-    f"GET {P}/clustering":                             (401, 200, 200, 404, 200),
+    f"GET {P}/queue": (401, 200, 200, 404, 200),
+    f"POST {P}/queue/next": (401, 200, 403, 404, 200),
+    f"POST {P}/labels": (401, 422, 403, 404, 422),
+    f"POST {P}/queue/skip": (401, 422, 403, 404, 422),
+    f"POST {P}/labels/undo": (401, 409, 403, 404, 409),  # no label of theirs yet
+    f"GET {P}/labels/export": (401, 200, 200, 404, 200),
+    f"GET {P}/stats": (401, 403, 403, 404, 200),
+    f"GET {P}/rounds": (401, 200, 200, 404, 200),
+    f"GET {P}/rounds/{{number}}": (401, 200, 200, 404, 200),
+    f"GET {P}/rounds/{{number}}/selections": (401, 200, 200, 404, 200),
+    f"POST {P}/rounds/retry": (401, 403, 403, 404, 409),  # round 0 is done
+    f"POST {P}/rounds/cancel": (401, 403, 403, 404, 409),
+    f"POST {P}/clustering": (401, 403, 403, 404, 422),
+    f"GET {P}/clustering": (401, 200, 200, 404, 200),
 }
 
 # bodies that fail validation, so that a write route's "allowed" is a 422 that changes nothing
@@ -78,7 +79,7 @@ CLASSES = ["Homogeneous", "Speckled", "Nucleolar", "Centromere", "NuMem", "Golgi
 
 
 def api_routes(app) -> set[str]:
-    """"METHOD path" of every route under /api, included routers expanded."""
+    """ "METHOD path" of every route under /api, included routers expanded."""
     return {
         f"{method} {context.path}"
         for context in iter_route_contexts(app.routes)
@@ -96,10 +97,17 @@ def authz_project(app_client, admin_headers, i3a_dir, i3a_rows):
     from backend.services.users import issue_token
     from worker.round_job import run_round
 
-    created = app_client.post("/api/projects", headers=admin_headers, json={
-        "name": f"authz-{uuid.uuid4().hex[:6]}", "classes": [{"name": c} for c in CLASSES],
-        "budget": 12, "initial_size": 6, "step_size": 6,
-    })
+    created = app_client.post(
+        "/api/projects",
+        headers=admin_headers,
+        json={
+            "name": f"authz-{uuid.uuid4().hex[:6]}",
+            "classes": [{"name": c} for c in CLASSES],
+            "budget": 12,
+            "initial_size": 6,
+            "step_size": 6,
+        },
+    )
     assert created.status_code == 201, created.text
     project_id = created.json()["id"]
     pool, test = io.BytesIO(), io.BytesIO()
@@ -112,8 +120,12 @@ def authz_project(app_client, admin_headers, i3a_dir, i3a_rows):
             archive.writestr(f"{row['pattern']}/{row['image_id']}.png", (i3a_dir / row["image_path"]).read_bytes())
     image_ids = {}
     for split, archive in (("pool", pool), ("test", test)):
-        uploaded = app_client.post(f"/api/projects/{project_id}/images", headers=admin_headers, data={"split": split},
-                                   files=[("files", (f"{split}.zip", archive.getvalue(), "application/zip"))])
+        uploaded = app_client.post(
+            f"/api/projects/{project_id}/images",
+            headers=admin_headers,
+            data={"split": split},
+            files=[("files", (f"{split}.zip", archive.getvalue(), "application/zip"))],
+        )
         assert uploaded.status_code == 201, uploaded.text
         image_ids[split] = uploaded.json()["image_ids"]
     assert app_client.post(f"/api/projects/{project_id}/start", headers=admin_headers).status_code == 202
@@ -136,8 +148,15 @@ def authz_project(app_client, admin_headers, i3a_dir, i3a_rows):
             "outsider": make_user("annotator")[1],
             "admin": admin_headers,
         },
-        "values": {"project_id": project_id, "user_id": bystander_id, "token_id": token_id,
-                   "image_id": image_ids["pool"][0], "number": 0, "map_id": 1, "kind": "png"},
+        "values": {
+            "project_id": project_id,
+            "user_id": bystander_id,
+            "token_id": token_id,
+            "image_id": image_ids["pool"][0],
+            "number": 0,
+            "map_id": 1,
+            "kind": "png",
+        },
     }
 
 
@@ -154,8 +173,9 @@ def test_every_route_answers_each_role_as_the_matrix_says(app_client, authz_proj
         method, template = route.split(" ")
         path = template.format(**authz_project["values"])
         for role, status in zip(ROLES, expected):
-            response = app_client.request(method, path, headers=authz_project["headers"][role],
-                                          json=INVALID_BODIES.get(route))
+            response = app_client.request(
+                method, path, headers=authz_project["headers"][role], json=INVALID_BODIES.get(route)
+            )
             detail = response.json().get("detail") if response.status_code >= 400 else None
             # a project hides itself from non-members, and only from them
             hides = response.status_code == 404 and detail == hidden
@@ -208,9 +228,13 @@ def test_memberships_go_with_their_user_or_project(db):
     from backend.core.db.models import Project, ProjectClass, ProjectMember, User
     from backend.services.members import add_member
 
-    projects = [Project(name=f"cascade-{uuid.uuid4().hex[:6]}",
-                        classes=[ProjectClass(name=c, key=str(i + 1), position=i) for i, c in enumerate("ab")])
-                for _ in range(2)]
+    projects = [
+        Project(
+            name=f"cascade-{uuid.uuid4().hex[:6]}",
+            classes=[ProjectClass(name=c, key=str(i + 1), position=i) for i, c in enumerate("ab")],
+        )
+        for _ in range(2)
+    ]
     users = [User(username=f"cascade-{uuid.uuid4().hex[:6]}", role="annotator") for _ in range(2)]
     db.add_all(projects + users)
     db.flush()
@@ -221,8 +245,9 @@ def test_memberships_go_with_their_user_or_project(db):
     db.delete(users[0])
     db.delete(projects[0])
     db.commit()
-    left = db.execute(select(ProjectMember.project_id, ProjectMember.user_id)
-                      .where(ProjectMember.project_id.in_([p.id for p in projects]))).all()
+    left = db.execute(
+        select(ProjectMember.project_id, ProjectMember.user_id).where(ProjectMember.project_id.in_([p.id for p in projects]))
+    ).all()
     assert left == [(projects[1].id, users[1].id)]
 
 
@@ -238,6 +263,8 @@ def test_create_user_on_the_command_line_makes_a_member(app_client, admin_header
     assert [p["id"] for p in app_client.get("/api/projects", headers=headers).json()] == [project_id]
 
     with pytest.raises(SystemExit, match="no project 'no-such-project'"):
-        main(["create-user", f"{name}-2", "--role", "annotator", "--project", str(project_id), "--project", "no-such-project"])
+        main(
+            ["create-user", f"{name}-2", "--role", "annotator", "--project", str(project_id), "--project", "no-such-project"]
+        )
     users = {u["username"] for u in app_client.get("/api/users", headers=admin_headers).json()}
     assert name in users and f"{name}-2" not in users  # all projects found, or no user at all

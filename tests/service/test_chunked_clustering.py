@@ -1,5 +1,6 @@
 """A pool clustering whose encoding is split into chunks for two real Celery worker processes
 stores the clusters, coordinates and metrics of one pass over the whole pool."""
+
 import numpy as np
 import pytest
 from sqlalchemy import select
@@ -19,7 +20,8 @@ def scoring_chunk_size():
 
 
 def test_a_pool_encoded_in_chunks_on_two_workers_is_clustered_as_in_one_pass(
-        app_client, admin_headers, two_chunking_workers, i3a_dir, i3a_rows):
+    app_client, admin_headers, two_chunking_workers, i3a_dir, i3a_rows
+):
     import torch
     from threadpoolctl import threadpool_limits
 
@@ -30,13 +32,18 @@ def test_a_pool_encoded_in_chunks_on_two_workers_is_clustered_as_in_one_pass(
     from worker.rounds import load_cells
 
     client = app_client
-    project_id = client.post("/api/projects", headers=admin_headers, json={
-        "name": "chunked-clustering", "classes": [{"name": c} for c in CLASSES]}).json()["id"]
+    project_id = client.post(
+        "/api/projects",
+        headers=admin_headers,
+        json={"name": "chunked-clustering", "classes": [{"name": c} for c in CLASSES]},
+    ).json()["id"]
     _upload_pool_with_classes(client, admin_headers, project_id, balanced_sample(i3a_rows, per_class=45, offset=60), i3a_dir)
     url = f"/api/projects/{project_id}/clustering"
-    response = client.post(url, headers=admin_headers,
-                           json={"representation": "autoencoder", "case": 1, "pretrain_epochs": 1, "cluster_epochs": 1,
-                                 "max_cells": 48})
+    response = client.post(
+        url,
+        headers=admin_headers,
+        json={"representation": "autoencoder", "case": 1, "pretrain_epochs": 1, "cluster_epochs": 1, "max_cells": 48},
+    )
     assert response.status_code == 202, response.text
 
     def finished():
@@ -54,10 +61,16 @@ def test_a_pool_encoded_in_chunks_on_two_workers_is_clustered_as_in_one_pass(
         config, attempt = dict(row.config), row.attempts
         project = session.get(Project, project_id)
         positions = {cls.id: cls.position for cls in project.classes}
-        pool = session.execute(select(Image.id, Image.content_hash, Image.reference_class_id)
-                               .where(Image.project_id == project_id, Image.split == "pool").order_by(Image.id)).all()
-        stored = session.execute(select(ImageCluster.image_id, ImageCluster.cluster, ImageCluster.x, ImageCluster.y)
-                                 .where(ImageCluster.clustering_id == row.id).order_by(ImageCluster.image_id)).all()
+        pool = session.execute(
+            select(Image.id, Image.content_hash, Image.reference_class_id)
+            .where(Image.project_id == project_id, Image.split == "pool")
+            .order_by(Image.id)
+        ).all()
+        stored = session.execute(
+            select(ImageCluster.image_id, ImageCluster.cluster, ImageCluster.x, ImageCluster.y)
+            .where(ImageCluster.clustering_id == row.id)
+            .order_by(ImageCluster.image_id)
+        ).all()
         channel = project.channel
     reference = np.array([positions.get(c, -1) if c is not None else -1 for _, _, c in pool], dtype=np.int64)
     threads = torch.get_num_threads()

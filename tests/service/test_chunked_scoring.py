@@ -1,5 +1,6 @@
 """A pool scored in chunks by two real Celery worker processes picks the same cells with the
 same scores as one unchunked pass over the same round inputs and the same trained model."""
+
 import os
 import time
 import uuid
@@ -39,23 +40,41 @@ def test_chunks_on_two_workers_pick_what_one_pass_picks(app_client, admin_header
         round_ = session.scalar(select(Round).where(Round.project_id == project["id"], Round.number == 1))
         inputs = gather_round(session, round_)
         checkpoint = session.get(ModelVersion, round_.model_version_id).checkpoint_key
-        stored = session.execute(select(Selection.image_id, Selection.score, Selection.details)
-                                 .where(Selection.round_id == round_.id).order_by(Selection.rank)).all()
+        stored = session.execute(
+            select(Selection.image_id, Selection.score, Selection.details)
+            .where(Selection.round_id == round_.id)
+            .order_by(Selection.rank)
+        ).all()
         round_id, attempt = round_.id, round_.attempts
         assert session.get(Project, project["id"]).state == "active"
     inputs.render_maps = False
     assert len(inputs.pool_ids) == 90
     model = load_checkpoint(get_blob_store().get(checkpoint))
     device = next(model.parameters()).device
-    outputs = compute_pool_outputs(model, load_cells(inputs.pool_hashes, inputs.channel), inputs.strategy,
-                                   inputs.strategy_options, device, scoring_batch_size(inputs))
+    outputs = compute_pool_outputs(
+        model,
+        load_cells(inputs.pool_hashes, inputs.channel),
+        inputs.strategy,
+        inputs.strategy_options,
+        device,
+        scoring_batch_size(inputs),
+    )
     reference = RoundResult()
-    select_batch(inputs, model, device, load_cells(inputs.labeled_hashes, inputs.channel), outputs, reference,
-                 lambda **progress: None, time.perf_counter())
+    select_batch(
+        inputs,
+        model,
+        device,
+        load_cells(inputs.labeled_hashes, inputs.channel),
+        outputs,
+        reference,
+        lambda **progress: None,
+        time.perf_counter(),
+    )
 
     assert [image_id for image_id, _, _ in stored] == [image_id for image_id, _, _ in reference.selected]
-    np.testing.assert_allclose([score for _, score, _ in stored], [score for _, score, _ in reference.selected],
-                               rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(
+        [score for _, score, _ in stored], [score for _, score, _ in reference.selected], rtol=1e-6, atol=1e-9
+    )
     for (_, _, details), (_, _, expected) in zip(stored, reference.selected):
         np.testing.assert_allclose(details["distances"], expected["distances"], rtol=1e-6, atol=1e-9)
         np.testing.assert_allclose(details["probabilities"], expected["probabilities"], rtol=1e-6, atol=1e-9)
@@ -68,8 +87,9 @@ def test_chunks_on_two_workers_pick_what_one_pass_picks(app_client, admin_header
     assert score_chunk(round_id, attempt, 0) == "dropped"
     with new_session() as session:
         assert session.scalar(select(Round.n_selected).where(Round.id == round_id)) == 10
-        assert session.scalars(select(Selection.image_id).where(Selection.round_id == round_id)
-                               .order_by(Selection.rank)).all() == [image_id for image_id, _, _ in stored]
+        assert session.scalars(
+            select(Selection.image_id).where(Selection.round_id == round_id).order_by(Selection.rank)
+        ).all() == [image_id for image_id, _, _ in stored]
 
 
 def _project_with_a_labeled_first_batch(client, headers, i3a_dir, i3a_rows, offset: int, run_round_0=None) -> dict:
@@ -78,14 +98,21 @@ def _project_with_a_labeled_first_batch(client, headers, i3a_dir, i3a_rows, offs
     rows = balanced_sample(i3a_rows, per_class=17, offset=offset)
     classes = sorted({row["pattern"] for row in rows})
     truth = {f"{row['image_id']}.png": row["pattern"] for row in rows}
-    project = client.post("/api/projects", headers=headers, json={
-        "name": f"chunked-{uuid.uuid4().hex[:6]}", "classes": [{"name": c} for c in classes],
-        "budget": 32, "initial_size": 12, "step_size": 10, "strategy": "xal-entropy",
-        "strategy_options": {"representation": "concept", "centres": "classes"},
-        "model_settings": {"max_epochs": 2, "patience": 2, "batch_size": 16},
-    }).json()
-    files = [("files", (name, (i3a_dir / row["image_path"]).read_bytes(), "image/png"))
-             for name, row in zip(truth, rows)]
+    project = client.post(
+        "/api/projects",
+        headers=headers,
+        json={
+            "name": f"chunked-{uuid.uuid4().hex[:6]}",
+            "classes": [{"name": c} for c in classes],
+            "budget": 32,
+            "initial_size": 12,
+            "step_size": 10,
+            "strategy": "xal-entropy",
+            "strategy_options": {"representation": "concept", "centres": "classes"},
+            "model_settings": {"max_epochs": 2, "patience": 2, "batch_size": 16},
+        },
+    ).json()
+    files = [("files", (name, (i3a_dir / row["image_path"]).read_bytes(), "image/png")) for name, row in zip(truth, rows)]
     assert client.post(f"/api/projects/{project['id']}/images", headers=headers, files=files).status_code == 201
     assert client.post(f"/api/projects/{project['id']}/start", headers=headers).status_code == 202
     if run_round_0 is not None:
@@ -93,8 +120,14 @@ def _project_with_a_labeled_first_batch(client, headers, i3a_dir, i3a_rows, offs
     assert wait_for_round(client, headers, project["id"], 0, timeout=300)["n_selected"] == 12
     for _ in range(12):
         cell = client.post(f"/api/projects/{project['id']}/queue/next", headers=headers).json()["cell"]
-        assert client.post(f"/api/projects/{project['id']}/labels", headers=headers, json={
-            "image_id": cell["image_id"], "class_name": truth[cell["filename"]]}).status_code == 201
+        assert (
+            client.post(
+                f"/api/projects/{project['id']}/labels",
+                headers=headers,
+                json={"image_id": cell["image_id"], "class_name": truth[cell["filename"]]},
+            ).status_code
+            == 201
+        )
     return project
 
 
@@ -115,7 +148,8 @@ def _round_row(round_id: int):
 
 
 def test_a_chunk_delivered_twice_is_counted_once_and_the_merge_is_sent_once(
-        app_client, admin_headers, private_queue, i3a_dir, i3a_rows):
+    app_client, admin_headers, private_queue, i3a_dir, i3a_rows
+):
     """The tasks run here, in this process, in an order a broker may deliver them: chunk 0
     twice before the others, the last chunk twice after the set is complete, the merge twice."""
     from backend.core.db.models import Round
@@ -127,14 +161,19 @@ def test_a_chunk_delivered_twice_is_counted_once_and_the_merge_is_sent_once(
     os.environ["XAL_SCORING_CHUNK_SIZE"] = str(CHUNK_SIZE)
     get_settings.cache_clear()
     try:
-        project = _project_with_a_labeled_first_batch(app_client, admin_headers, i3a_dir, i3a_rows, offset=230,
-                                                      run_round_0=run_round)
+        project = _project_with_a_labeled_first_batch(
+            app_client, admin_headers, i3a_dir, i3a_rows, offset=230, run_round_0=run_round
+        )
         round_id = _round_id(project["id"], 1)
         assert run_round(round_id) == "scoring in chunks"
         round_ = _round_row(round_id)
         attempt = round_.attempts
         assert round_.state == "running" and round_.progress == {
-            "phase": "scoring", "pool": 90, "chunks_done": 0, "chunks": 3}
+            "phase": "scoring",
+            "pool": 90,
+            "chunks_done": 0,
+            "chunks": 3,
+        }
 
         assert score_chunk(round_id, attempt, 0) == "done"
         assert score_chunk(round_id, attempt, 0) == "done"

@@ -1,5 +1,6 @@
 """Deep clustering of the pool over HTTP with a real worker, and a cold start spread
 evenly over the clusters."""
+
 import io
 import zipfile
 
@@ -18,18 +19,31 @@ def _upload_pool_with_classes(client, headers, project_id, rows, i3a_dir):
     with zipfile.ZipFile(buffer, "w") as archive:
         for row in rows:
             archive.writestr(f"{row['pattern']}/{row['image_id']}.png", (i3a_dir / row["image_path"]).read_bytes())
-    response = client.post(f"/api/projects/{project_id}/images", headers=headers,
-                           files=[("files", ("pool.zip", buffer.getvalue(), "application/zip"))], data={"split": "pool"})
+    response = client.post(
+        f"/api/projects/{project_id}/images",
+        headers=headers,
+        files=[("files", ("pool.zip", buffer.getvalue(), "application/zip"))],
+        data={"split": "pool"},
+    )
     assert response.status_code == 201, response.text
     return response.json()["image_ids"]
 
 
 def test_a_clustered_pool_gives_a_cold_start_spread_over_its_clusters(app_client, admin_headers, worker, i3a_dir, i3a_rows):
     client = app_client
-    response = client.post("/api/projects", headers=admin_headers, json={
-        "name": "clustering-e2e", "classes": [{"name": c} for c in CLASSES], "strategy": "entropy",
-        "budget": 12, "initial_size": 6, "step_size": 6, "cold_start": "clusters",
-    })
+    response = client.post(
+        "/api/projects",
+        headers=admin_headers,
+        json={
+            "name": "clustering-e2e",
+            "classes": [{"name": c} for c in CLASSES],
+            "strategy": "entropy",
+            "budget": 12,
+            "initial_size": 6,
+            "step_size": 6,
+            "cold_start": "clusters",
+        },
+    )
     assert response.status_code == 201, response.text
     assert response.json()["cold_start"] == "clusters"
     project_id = response.json()["id"]
@@ -38,13 +52,22 @@ def test_a_clustered_pool_gives_a_cold_start_spread_over_its_clusters(app_client
     assert len(pool_ids) == 36
 
     assert client.get(url, headers=admin_headers).json() == {"clustering": None, "clusters": [], "points": []}
-    for bad in ({"case": 4}, {"n_clusters": 1}, {"pretrain_epochs": -1}, {"pretext_epochs": 0}, {"representation": "pixels"},
-                {"unknown": 1}):
+    for bad in (
+        {"case": 4},
+        {"n_clusters": 1},
+        {"pretrain_epochs": -1},
+        {"pretext_epochs": 0},
+        {"representation": "pixels"},
+        {"unknown": 1},
+    ):
         assert client.post(url, headers=admin_headers, json=bad).status_code == 422, bad
     assert client.get(url, headers=admin_headers).json()["clustering"] is None  # nothing stored
 
-    response = client.post(url, headers=admin_headers,
-                           json={"representation": "autoencoder", "case": 1, "pretrain_epochs": 1, "cluster_epochs": 1})
+    response = client.post(
+        url,
+        headers=admin_headers,
+        json={"representation": "autoencoder", "case": 1, "pretrain_epochs": 1, "cluster_epochs": 1},
+    )
     assert response.status_code == 202, response.text
     assert response.json()["state"] == "queued" and response.json()["config"]["n_clusters"] == 6
     # the worker needs seconds for even one epoch, so the first request is still queued or running
@@ -79,12 +102,22 @@ def test_a_clustered_pool_gives_a_cold_start_spread_over_its_clusters(app_client
     assert [s["details"]["cluster"] for s in selections] == picked_clusters
 
 
-def test_a_cluster_cold_start_without_a_clustering_falls_back_to_random(app_client, admin_headers, worker, i3a_dir, i3a_rows):
+def test_a_cluster_cold_start_without_a_clustering_falls_back_to_random(
+    app_client, admin_headers, worker, i3a_dir, i3a_rows
+):
     client = app_client
-    response = client.post("/api/projects", headers=admin_headers, json={
-        "name": "clustering-fallback", "classes": [{"name": c} for c in CLASSES],
-        "budget": 12, "initial_size": 6, "step_size": 6, "cold_start": "clusters",
-    })
+    response = client.post(
+        "/api/projects",
+        headers=admin_headers,
+        json={
+            "name": "clustering-fallback",
+            "classes": [{"name": c} for c in CLASSES],
+            "budget": 12,
+            "initial_size": 6,
+            "step_size": 6,
+            "cold_start": "clusters",
+        },
+    )
     project_id = response.json()["id"]
     _upload_pool_with_classes(client, admin_headers, project_id, balanced_sample(i3a_rows, per_class=2, offset=6), i3a_dir)
     assert client.post(f"/api/projects/{project_id}/start", headers=admin_headers).status_code == 202
@@ -96,12 +129,21 @@ def test_a_cluster_cold_start_without_a_clustering_falls_back_to_random(app_clie
 
 
 def test_a_contrastive_clustering_pretrains_the_start_model_and_coverage_picks_from_its_features(
-        app_client, admin_headers, worker, i3a_dir, i3a_rows):
+    app_client, admin_headers, worker, i3a_dir, i3a_rows
+):
     client = app_client
-    response = client.post("/api/projects", headers=admin_headers, json={
-        "name": "contrastive-start", "classes": [{"name": c} for c in CLASSES], "strategy": "coverage-entropy",
-        "budget": 12, "initial_size": 6, "step_size": 6,
-    })
+    response = client.post(
+        "/api/projects",
+        headers=admin_headers,
+        json={
+            "name": "contrastive-start",
+            "classes": [{"name": c} for c in CLASSES],
+            "strategy": "coverage-entropy",
+            "budget": 12,
+            "initial_size": 6,
+            "step_size": 6,
+        },
+    )
     project_id = response.json()["id"]
     url = f"/api/projects/{project_id}/clustering"
     _upload_pool_with_classes(client, admin_headers, project_id, balanced_sample(i3a_rows, per_class=6, offset=12), i3a_dir)

@@ -4,6 +4,7 @@ at a time, and every label a client was told was stored is in the database exact
 
 A real server rather than TestClient: the requests then run in parallel across processes and
 threads, over real connections, the way a lab's annotators reach the service."""
+
 import os
 import random
 import subprocess
@@ -29,10 +30,24 @@ def api_server(service_env):
     """The API in its own uvicorn process with two workers, on a free loopback port."""
     port = free_port()
     server = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "backend.api.app:create_app", "--factory", "--host", "127.0.0.1",
-         "--port", str(port), "--workers", "2", "--log-level", "warning"],
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "backend.api.app:create_app",
+            "--factory",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "2",
+            "--log-level",
+            "warning",
+        ],
         # at most 2 x 15 connections: with the other tests' processes, under PostgreSQL's 100
-        cwd=ROOT, env={**os.environ, **service_env, "XAL_DATABASE_MAX_OVERFLOW": "5"},
+        cwd=ROOT,
+        env={**os.environ, **service_env, "XAL_DATABASE_MAX_OVERFLOW": "5"},
     )
     base_url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
@@ -53,9 +68,19 @@ def api_server(service_env):
 def queued_project(app_client, admin_headers, i3a_dir, i3a_rows):
     """A started project whose round 0 queued its whole pool (budget = pool): one step."""
     rows = balanced_sample(i3a_rows, per_class=CELLS_PER_CLASS, offset=300)
-    project_id = started_project(app_client, admin_headers, i3a_dir, rows, {
-        "classes": [{"name": c} for c in CLASSES], "strategy": "random",
-        "budget": len(rows), "initial_size": len(rows), "step_size": len(rows)})
+    project_id = started_project(
+        app_client,
+        admin_headers,
+        i3a_dir,
+        rows,
+        {
+            "classes": [{"name": c} for c in CLASSES],
+            "strategy": "random",
+            "budget": len(rows),
+            "initial_size": len(rows),
+            "step_size": len(rows),
+        },
+    )
     return project_id, len(rows)
 
 
@@ -103,16 +128,18 @@ def _annotate(base_url: str, project_id: int, username: str, headers: dict, hold
             holders.give_up(cell["image_id"])  # the label or skip below ends the lease
             if may_skip:
                 may_skip = False
-                response = client.post(f"/api/projects/{project_id}/queue/skip",
-                                       json={"image_id": cell["image_id"], "reason": "skip"})
+                response = client.post(
+                    f"/api/projects/{project_id}/queue/skip", json={"image_id": cell["image_id"], "reason": "skip"}
+                )
                 if response.status_code == 200:
                     skipped.append(cell["image_id"])
                 else:
                     failures.append(("skip", response.status_code, response.text))
                 continue
             class_name = rng.choice(CLASSES)
-            response = client.post(f"/api/projects/{project_id}/labels",
-                                   json={"image_id": cell["image_id"], "class_name": class_name})
+            response = client.post(
+                f"/api/projects/{project_id}/labels", json={"image_id": cell["image_id"], "class_name": class_name}
+            )
             if response.status_code == 201:
                 label = response.json()
                 acknowledged.append((label["id"], cell["image_id"], class_name))
@@ -140,8 +167,11 @@ def test_fifty_annotators_never_share_a_cell_and_no_label_is_lost_or_doubled(api
     failures = [(r["username"], *f) for r in results for f in r["failures"]]
     assert failures == []
     assert holders.double_leases == []
-    acknowledged = {label_id: (r["username"], image_id, class_name)
-                    for r in results for label_id, image_id, class_name in r["acknowledged"]}
+    acknowledged = {
+        label_id: (r["username"], image_id, class_name)
+        for r in results
+        for label_id, image_id, class_name in r["acknowledged"]
+    }
     assert sum(len(r["acknowledged"]) for r in results) == len(acknowledged) == n_cells
     assert sum(1 for r in results if r["acknowledged"]) > ANNOTATORS // 2  # the work was really shared
 
@@ -150,12 +180,17 @@ def test_fifty_annotators_never_share_a_cell_and_no_label_is_lost_or_doubled(api
             label.id: (username, label.image_id, class_name, label.retracted_at, label.superseded_at)
             for label, username, class_name in session.execute(
                 select(Label, User.username, ProjectClass.name)
-                .join(User, User.id == Label.user_id).join(ProjectClass, ProjectClass.id == Label.class_id)
-                .where(Label.project_id == project_id))
+                .join(User, User.id == Label.user_id)
+                .join(ProjectClass, ProjectClass.id == Label.class_id)
+                .where(Label.project_id == project_id)
+            )
         }
         pool = set(session.scalars(select(Image.id).where(Image.project_id == project_id, Image.split == "pool")))
-        still_leased = session.scalar(select(func.count(Selection.id)).join(Round, Round.id == Selection.round_id)
-                                      .where(Round.project_id == project_id, Selection.leased_by_id.is_not(None)))
+        still_leased = session.scalar(
+            select(func.count(Selection.id))
+            .join(Round, Round.id == Selection.round_id)
+            .where(Round.project_id == project_id, Selection.leased_by_id.is_not(None))
+        )
         notes = session.scalar(select(func.count(CellNote.id)).where(CellNote.project_id == project_id))
         rounds = list(session.scalars(select(Round.number).where(Round.project_id == project_id).order_by(Round.number)))
 

@@ -1,6 +1,7 @@
 """`xal serve` with no XAL_* settings: SQLite, Celery's filesystem broker and a worker
 process under ./xal-data — nothing but Python — running the same code as production:
 Alembic migrations, the Celery round task, real training."""
+
 import os
 import re
 import subprocess
@@ -19,22 +20,37 @@ def test_the_service_runs_the_loop_on_the_embedded_default(tmp_path, i3a_dir, i3
     env = {key: value for key, value in os.environ.items() if not key.startswith("XAL_")}
     log_path = tmp_path / "serve.log"
     with open(log_path, "w") as log:
-        server = subprocess.Popen([sys.executable, "-m", "backend.cli", "serve", "--port", str(port)],
-                                  cwd=tmp_path, env={**env, "PYTHONPATH": str(ROOT)}, stdout=log, stderr=subprocess.STDOUT)
+        server = subprocess.Popen(
+            [sys.executable, "-m", "backend.cli", "serve", "--port", str(port)],
+            cwd=tmp_path,
+            env={**env, "PYTHONPATH": str(ROOT)},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     try:
-        token = wait_for(lambda: re.search(r"API token: (\S+)", log_path.read_text()), timeout=120,
-                         message="the first-start token").group(1)
+        token = wait_for(
+            lambda: re.search(r"API token: (\S+)", log_path.read_text()), timeout=120, message="the first-start token"
+        ).group(1)
         client = httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {token}"}, timeout=30)
         wait_for(lambda: _healthy(client), timeout=60, message="the API")
         assert "sqlite" in log_path.read_text() and "filesystem://" in log_path.read_text()
 
         classes = sorted({row["pattern"] for row in i3a_rows})
-        project = client.post("/api/projects", json={
-            "name": "embedded", "classes": [{"name": c} for c in classes], "budget": 12, "initial_size": 6,
-            "step_size": 6, "model_settings": {"max_epochs": 1, "batch_size": 16}}).json()
+        project = client.post(
+            "/api/projects",
+            json={
+                "name": "embedded",
+                "classes": [{"name": c} for c in classes],
+                "budget": 12,
+                "initial_size": 6,
+                "step_size": 6,
+                "model_settings": {"max_epochs": 1, "batch_size": 16},
+            },
+        ).json()
         rows = balanced_sample(i3a_rows, per_class=4, offset=400)
-        files = [("files", (f"{row['image_id']}.png", (i3a_dir / row["image_path"]).read_bytes(), "image/png"))
-                 for row in rows]
+        files = [
+            ("files", (f"{row['image_id']}.png", (i3a_dir / row["image_path"]).read_bytes(), "image/png")) for row in rows
+        ]
         assert client.post(f"/api/projects/{project['id']}/images", files=files).status_code == 201
         assert client.post(f"/api/projects/{project['id']}/start").status_code == 202
         truth = {f"{row['image_id']}.png": row["pattern"] for row in rows}
@@ -42,8 +58,13 @@ def test_the_service_runs_the_loop_on_the_embedded_default(tmp_path, i3a_dir, i3
             assert wait_for_round(client, {}, project["id"], number, timeout=180)["n_selected"] == 6
             for _ in range(6):
                 cell = client.post(f"/api/projects/{project['id']}/queue/next").json()["cell"]
-                assert client.post(f"/api/projects/{project['id']}/labels", json={
-                    "image_id": cell["image_id"], "class_name": truth[cell["filename"]]}).status_code == 201
+                assert (
+                    client.post(
+                        f"/api/projects/{project['id']}/labels",
+                        json={"image_id": cell["image_id"], "class_name": truth[cell["filename"]]},
+                    ).status_code
+                    == 201
+                )
         final = wait_for_round(client, {}, project["id"], 2, timeout=180)
         assert final["n_labels"] == 12 and final["model_version_id"]
         assert (tmp_path / "xal-data" / "xal.db").is_file()
@@ -69,4 +90,3 @@ def _healthy(client) -> bool:
         return client.get("/api/health").status_code == 200
     except httpx.HTTPError:
         return False
-

@@ -6,6 +6,7 @@ database, a Redis and a data dir of its own, so that stopping them disturbs noth
 the machine: the PostgreSQL that is restarted and every Redis are private instances started
 here. Rounds are sent again by the API's sweeper (backend.services.jobs.send_waiting_jobs),
 which with XAL_JOB_LEASE_SECONDS = LEASE_S looks every LEASE_S / 4 seconds."""
+
 import os
 import re
 import shutil
@@ -25,7 +26,15 @@ import psycopg
 import pytest
 
 from tests.conftest import (
-    POSTGRES_ADMIN_URL, ROOT, _sqlalchemy_url, balanced_sample, free_port, require, stop, wait_for, wait_for_round,
+    POSTGRES_ADMIN_URL,
+    ROOT,
+    _sqlalchemy_url,
+    balanced_sample,
+    free_port,
+    require,
+    stop,
+    wait_for,
+    wait_for_round,
 )
 
 pytestmark = pytest.mark.slow
@@ -45,8 +54,22 @@ class PrivateRedis:
 
     def start(self) -> None:
         self.process = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--daemonize", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--daemonize",
+                "no",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+        )
         wait_for(self._answers, timeout=60, message="the private redis-server")
 
     def stop(self) -> None:
@@ -81,8 +104,19 @@ class PrivatePostgres:
         self._pg("initdb", "-D", str(self.folder / "data"), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync")
 
     def start(self) -> None:
-        self._pg("pg_ctl", "-D", str(self.folder / "data"), "-l", str(self.folder / "server.log"), "-w", "-t", "300",
-                 "-o", f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1", "start")
+        self._pg(
+            "pg_ctl",
+            "-D",
+            str(self.folder / "data"),
+            "-l",
+            str(self.folder / "server.log"),
+            "-w",
+            "-t",
+            "300",
+            "-o",
+            f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1",
+            "start",
+        )
 
     def stop(self) -> None:
         """Immediate: the server processes end at once, as in a crash; the next start recovers from the WAL."""
@@ -100,9 +134,17 @@ class Service:
     def __init__(self, folder: Path, **settings: str) -> None:
         self.folder = folder
         self.env = {key: value for key, value in os.environ.items() if not key.startswith("XAL_")}
-        self.env.update({"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "XAL_DEVICE": "cpu",
-                         "XAL_JOB_LEASE_SECONDS": str(LEASE_S), "XAL_DATA_DIR": str(folder / "xal-data"),
-                         "XAL_QUEUE": f"xal-faults-{uuid.uuid4().hex[:8]}", **settings})
+        self.env.update(
+            {
+                "PYTHONPATH": str(ROOT),
+                "OMP_NUM_THREADS": "1",
+                "XAL_DEVICE": "cpu",
+                "XAL_JOB_LEASE_SECONDS": str(LEASE_S),
+                "XAL_DATA_DIR": str(folder / "xal-data"),
+                "XAL_QUEUE": f"xal-faults-{uuid.uuid4().hex[:8]}",
+                **settings,
+            }
+        )
         self.processes: list[subprocess.Popen] = []
         self.api: subprocess.Popen | None = None
 
@@ -110,8 +152,9 @@ class Service:
         """`xal serve --no-worker`: migrates the database, creates the admin; a client signed in as them."""
         port = free_port()
         self.api = self._start("api", "serve", "--no-worker", "--port", str(port))
-        token = wait_for(lambda: re.search(r"API token: (\S+)", self.log("api")), timeout=180,
-                         message="the API's first-start token").group(1)
+        token = wait_for(
+            lambda: re.search(r"API token: (\S+)", self.log("api")), timeout=180, message="the API's first-start token"
+        ).group(1)
         client = httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {token}"}, timeout=120)
         wait_for(lambda: _healthy(client), timeout=120, message="the API")
         return client
@@ -129,8 +172,9 @@ class Service:
 
     def _start(self, name: str, *args: str) -> subprocess.Popen:
         with open(self.folder / f"{name}.log", "w") as log:
-            process = subprocess.Popen([sys.executable, "-m", "backend.cli", *args], cwd=ROOT, env=self.env,
-                                       stdout=log, stderr=subprocess.STDOUT)
+            process = subprocess.Popen(
+                [sys.executable, "-m", "backend.cli", *args], cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT
+            )
         self.processes.append(process)
         return process
 
@@ -175,13 +219,21 @@ def services(tmp_path) -> Iterator[list[Service]]:
 
 def _start_project(client: httpx.Client, i3a_dir: Path, rows: list[dict], **settings) -> tuple[int, dict[str, str]]:
     """A project on these pool cells, started (round 0 queued); returns (id, class of each file)."""
-    response = client.post("/api/projects", json={
-        "name": f"faults-{uuid.uuid4().hex[:6]}", "classes": [{"name": c} for c in sorted({r["pattern"] for r in rows})],
-        "strategy": "entropy", **settings})
+    response = client.post(
+        "/api/projects",
+        json={
+            "name": f"faults-{uuid.uuid4().hex[:6]}",
+            "classes": [{"name": c} for c in sorted({r["pattern"] for r in rows})],
+            "strategy": "entropy",
+            **settings,
+        },
+    )
     assert response.status_code == 201, response.text
     project_id = response.json()["id"]
-    files = [("files", (f"{row['pattern']}-{row['image_id']}.png", (i3a_dir / row["image_path"]).read_bytes(), "image/png"))
-             for row in rows]
+    files = [
+        ("files", (f"{row['pattern']}-{row['image_id']}.png", (i3a_dir / row["image_path"]).read_bytes(), "image/png"))
+        for row in rows
+    ]
     assert client.post(f"/api/projects/{project_id}/images", files=files, data={"split": "pool"}).status_code == 201
     assert client.post(f"/api/projects/{project_id}/start").status_code == 202
     return project_id, {f"{row['pattern']}-{row['image_id']}.png": row["pattern"] for row in rows}
@@ -201,8 +253,11 @@ def _annotator(client: httpx.Client, project_id: int) -> dict[str, str]:
 def _label_next(client: httpx.Client, headers: dict, project_id: int, truth: dict[str, str]) -> dict:
     cell = client.post(f"/api/projects/{project_id}/queue/next", headers=headers).json()["cell"]
     assert cell is not None, "the queue served no cell"
-    response = client.post(f"/api/projects/{project_id}/labels", headers=headers,
-                           json={"image_id": cell["image_id"], "class_name": truth[cell["filename"]]})
+    response = client.post(
+        f"/api/projects/{project_id}/labels",
+        headers=headers,
+        json={"image_id": cell["image_id"], "class_name": truth[cell["filename"]]},
+    )
     assert response.status_code == 201, response.text
     return cell
 
@@ -219,21 +274,32 @@ def _exported(client: httpx.Client, project_id: int) -> dict[str, str]:
 
 
 def test_a_round_whose_worker_is_killed_runs_again_once_and_the_queue_goes_on(
-        fresh_database, private_redis, services, tmp_path, i3a_dir, i3a_rows):
+    fresh_database, private_redis, services, tmp_path, i3a_dir, i3a_rows
+):
     service = Service(tmp_path, XAL_DATABASE_URL=fresh_database, XAL_BROKER_URL=private_redis.url)
     services.append(service)
     client = service.start_api()
     first_worker = service.start_worker("worker-1")
     project_id, truth = _start_project(
-        client, i3a_dir, balanced_sample(i3a_rows, per_class=6, offset=600), budget=24, initial_size=12, step_size=12,
-        model_settings={"max_epochs": EPOCHS, "patience": EPOCHS, "batch_size": 16})
+        client,
+        i3a_dir,
+        balanced_sample(i3a_rows, per_class=6, offset=600),
+        budget=24,
+        initial_size=12,
+        step_size=12,
+        model_settings={"max_epochs": EPOCHS, "patience": EPOCHS, "batch_size": 16},
+    )
     annotator = _annotator(client, project_id)
     wait_for_round(client, {}, project_id, 0, timeout=300)
     labeled = [_label_next(client, annotator, project_id, truth)["filename"] for _ in range(12)]
 
     def computing():
         round_ = _round(client, project_id, 1)
-        return round_ is not None and round_["state"] == "running" and round_["progress"].get("phase") in ("training", "scoring")
+        return (
+            round_ is not None
+            and round_["state"] == "running"
+            and round_["progress"].get("phase") in ("training", "scoring")
+        )
 
     wait_for(computing, timeout=300, interval=0.2, message="round 1 to be computed")
     first_worker.send_signal(signal.SIGKILL)
@@ -254,8 +320,12 @@ def test_a_round_whose_worker_is_killed_runs_again_once_and_the_queue_goes_on(
     # sweeper passes several times: neither takes the round from its live worker
     for _ in range(12):
         assert _label_next(client, annotator, project_id, truth)["round"] == 1
-    wait_for(lambda: (_round(client, project_id, 2) or {}).get("state") == "running", timeout=300, interval=0.2,
-             message="round 2 to start")
+    wait_for(
+        lambda: (_round(client, project_id, 2) or {}).get("state") == "running",
+        timeout=300,
+        interval=0.2,
+        message="round 2 to start",
+    )
     service.start_worker("worker-3")
     round_2 = wait_for_round(client, {}, project_id, 2, timeout=600)
     assert round_2["attempts"] == 1 and round_2["n_labels"] == 24
@@ -265,8 +335,10 @@ def test_a_round_whose_worker_is_killed_runs_again_once_and_the_queue_goes_on(
 
 @pytest.fixture
 def private_postgres() -> Iterator[PrivatePostgres]:
-    require((POSTGRES_BIN / "initdb").is_file() and (POSTGRES_BIN / "pg_ctl").is_file(),
-             f"PostgreSQL 15 server binaries not found in {POSTGRES_BIN}")
+    require(
+        (POSTGRES_BIN / "initdb").is_file() and (POSTGRES_BIN / "pg_ctl").is_file(),
+        f"PostgreSQL 15 server binaries not found in {POSTGRES_BIN}",
+    )
     if os.geteuid() == 0:
         require(shutil.which("runuser") is not None, "runuser is needed to run initdb as the postgres user")
     postgres = PrivatePostgres()
@@ -279,14 +351,21 @@ def private_postgres() -> Iterator[PrivatePostgres]:
 
 
 def test_submissions_during_a_postgres_restart_succeed_or_ask_to_retry_and_none_is_lost(
-        private_postgres, private_redis, services, tmp_path, i3a_dir, i3a_rows):
+    private_postgres, private_redis, services, tmp_path, i3a_dir, i3a_rows
+):
     service = Service(tmp_path, XAL_DATABASE_URL=private_postgres.url, XAL_BROKER_URL=private_redis.url)
     services.append(service)
     client = service.start_api()
     service.start_worker("worker")
     project_id, truth = _start_project(
-        client, i3a_dir, balanced_sample(i3a_rows, per_class=10, offset=700), budget=60, initial_size=60, step_size=10,
-        model_settings={"max_epochs": 1, "batch_size": 16})
+        client,
+        i3a_dir,
+        balanced_sample(i3a_rows, per_class=10, offset=700),
+        budget=60,
+        initial_size=60,
+        step_size=10,
+        model_settings={"max_epochs": 1, "batch_size": 16},
+    )
     wait_for_round(client, {}, project_id, 0, timeout=300)
 
     acknowledged: list[tuple[int, str]] = []  # labels the API answered 201 to
@@ -303,8 +382,10 @@ def test_submissions_during_a_postgres_restart_succeed_or_ask_to_retry_and_none_
                     cell = leased.json().get("cell") if leased.status_code == 200 else None
                     if cell is not None:
                         class_name = truth[cell["filename"]]
-                        label = own.post(f"/api/projects/{project_id}/labels",
-                                         json={"image_id": cell["image_id"], "class_name": class_name})
+                        label = own.post(
+                            f"/api/projects/{project_id}/labels",
+                            json={"image_id": cell["image_id"], "class_name": class_name},
+                        )
                         responses.append(label)
                         if label.status_code == 201:
                             acknowledged.append((cell["image_id"], class_name))
@@ -337,22 +418,33 @@ def test_submissions_during_a_postgres_restart_succeed_or_ask_to_retry_and_none_
         if response.status_code == 503:
             assert int(response.headers["Retry-After"]) > 0 and "database" in response.json()["detail"]
     with psycopg.connect(private_postgres.url.replace("+psycopg", "")) as conn:
-        stored = dict(conn.execute(
-            "SELECT l.image_id, c.name FROM labels l JOIN project_classes c ON c.id = l.class_id "
-            "WHERE l.project_id = %s AND l.retracted_at IS NULL AND l.superseded_at IS NULL", (project_id,)).fetchall())
+        stored = dict(
+            conn.execute(
+                "SELECT l.image_id, c.name FROM labels l JOIN project_classes c ON c.id = l.class_id "
+                "WHERE l.project_id = %s AND l.retracted_at IS NULL AND l.superseded_at IS NULL",
+                (project_id,),
+            ).fetchall()
+        )
     assert dict(acknowledged).items() <= stored.items()  # every acknowledged label is in the database
     assert len(set(image_id for image_id, _ in acknowledged)) == len(acknowledged)
 
 
 def test_labels_are_stored_while_redis_is_down_and_the_round_runs_once_it_is_back(
-        fresh_database, private_redis, services, tmp_path, i3a_dir, i3a_rows):
+    fresh_database, private_redis, services, tmp_path, i3a_dir, i3a_rows
+):
     service = Service(tmp_path, XAL_DATABASE_URL=fresh_database, XAL_BROKER_URL=private_redis.url)
     services.append(service)
     client = service.start_api()
     service.start_worker("worker")
     project_id, truth = _start_project(
-        client, i3a_dir, balanced_sample(i3a_rows, per_class=6, offset=800), budget=24, initial_size=12, step_size=12,
-        model_settings={"max_epochs": 2, "batch_size": 16})
+        client,
+        i3a_dir,
+        balanced_sample(i3a_rows, per_class=6, offset=800),
+        budget=24,
+        initial_size=12,
+        step_size=12,
+        model_settings={"max_epochs": 2, "batch_size": 16},
+    )
     annotator = _annotator(client, project_id)
     wait_for_round(client, {}, project_id, 0, timeout=300)
     for _ in range(11):
@@ -363,8 +455,11 @@ def test_labels_are_stored_while_redis_is_down_and_the_round_runs_once_it_is_bac
     assert len(_exported(client, project_id)) == 12
     assert _round(client, project_id, 1)["state"] == "queued"
     # the sweeper keeps trying, and the round stays queued (not failed) meanwhile
-    wait_for(lambda: service.log("api").count("could not send Round id") >= 3, timeout=300,
-             message="the sweeper to try the broker again")
+    wait_for(
+        lambda: service.log("api").count("could not send Round id") >= 3,
+        timeout=300,
+        message="the sweeper to try the broker again",
+    )
     assert _round(client, project_id, 1)["state"] == "queued"
     waiting = client.post(f"/api/projects/{project_id}/queue/next", headers=annotator)
     assert waiting.status_code == 200 and waiting.json()["round_state"] == "queued"  # annotators are told, not failed
@@ -376,31 +471,42 @@ def test_labels_are_stored_while_redis_is_down_and_the_round_runs_once_it_is_bac
 
 
 def test_a_pool_clustering_whose_worker_is_killed_runs_again_once(
-        fresh_database, private_redis, services, tmp_path, i3a_dir, i3a_rows):
+    fresh_database, private_redis, services, tmp_path, i3a_dir, i3a_rows
+):
     """Pool clusterings are jobs like rounds: the same lease, the same sweeper."""
     service = Service(tmp_path, XAL_DATABASE_URL=fresh_database, XAL_BROKER_URL=private_redis.url)
     services.append(service)
     client = service.start_api()
     first_worker = service.start_worker("worker-1")
-    response = client.post("/api/projects", json={
-        "name": "faults-clustering", "classes": [{"name": c} for c in sorted({r["pattern"] for r in i3a_rows})]})
+    response = client.post(
+        "/api/projects",
+        json={"name": "faults-clustering", "classes": [{"name": c} for c in sorted({r["pattern"] for r in i3a_rows})]},
+    )
     project_id = response.json()["id"]
     rows = balanced_sample(i3a_rows, per_class=6, offset=900)
     files = [("files", (f"{row['image_id']}.png", (i3a_dir / row["image_path"]).read_bytes(), "image/png")) for row in rows]
     assert client.post(f"/api/projects/{project_id}/images", files=files).status_code == 201
     url = f"/api/projects/{project_id}/clustering"
-    assert client.post(url, json={"representation": "autoencoder", "pretrain_epochs": 20, "cluster_epochs": 5}).status_code == 202
+    assert (
+        client.post(url, json={"representation": "autoencoder", "pretrain_epochs": 20, "cluster_epochs": 5}).status_code
+        == 202
+    )
 
     def clustering() -> dict:
         return client.get(url).json()["clustering"]
 
-    wait_for(lambda: clustering()["progress"].get("phase") == "training" and clustering()["progress"]["epoch"] >= 1,
-             timeout=300, interval=0.2, message="the clustering to train")
+    wait_for(
+        lambda: clustering()["progress"].get("phase") == "training" and clustering()["progress"]["epoch"] >= 1,
+        timeout=300,
+        interval=0.2,
+        message="the clustering to train",
+    )
     first_worker.send_signal(signal.SIGKILL)
     first_worker.wait(timeout=60)
     service.start_worker("worker-2")
-    finished = wait_for(lambda: clustering()["state"] in ("done", "failed") and clustering(), timeout=600,
-                        message="the clustering to finish")
+    finished = wait_for(
+        lambda: clustering()["state"] in ("done", "failed") and clustering(), timeout=600, message="the clustering to finish"
+    )
     assert finished["state"] == "done", finished["error"]
     assert sum(finished["metrics"]["sizes"]) == len(rows)
     with psycopg.connect(fresh_database.replace("+psycopg", "")) as conn:

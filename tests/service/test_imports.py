@@ -2,6 +2,7 @@
 
 Real I3A cells are read in place (tests/conftest.py); zips are built in memory. Every
 rejected import must leave the project's image count exactly as it was."""
+
 import csv
 import io
 import struct
@@ -14,8 +15,7 @@ import pytest
 from PIL import Image as PILImage
 from sqlalchemy import func, select
 
-from tests.conftest import balanced_sample
-from tests.conftest import make_user
+from tests.conftest import balanced_sample, make_user
 
 CLASSES = ["Homogeneous", "Speckled", "Nucleolar", "Centromere", "NuMem", "Golgi"]
 
@@ -76,9 +76,9 @@ def class_names_by_id(project_id: int) -> dict[int, str]:
     from backend.core.db.session import new_session
 
     with new_session() as session:
-        return dict(session.execute(
-            select(ProjectClass.id, ProjectClass.name).where(ProjectClass.project_id == project_id)
-        ).all())
+        return dict(
+            session.execute(select(ProjectClass.id, ProjectClass.name).where(ProjectClass.project_id == project_id)).all()
+        )
 
 
 def upload(client, headers, project_id, files: list[tuple[str, bytes]], **form):
@@ -135,20 +135,26 @@ def write_labels(path, rows: list[dict]) -> None:
 # --- folders and the CLI --------------------------------------------------------------------
 
 
-def test_folder_import_with_labels_csv_keeps_class_mask_and_metadata(
-    project_id, i3a_dir, i3a_rows, tmp_path, monkeypatch
-):
+def test_folder_import_with_labels_csv_keeps_class_mask_and_metadata(project_id, i3a_dir, i3a_rows, tmp_path, monkeypatch):
     from backend import cli_import
     from backend.core.blobs import get_blob_store
 
     monkeypatch.setattr(cli_import, "BATCH_SIZE", 7)  # several flushes in one transaction
     (tmp_path / "cells").symlink_to(i3a_dir)
     rows = balanced_sample(i3a_rows, per_class=5)
-    write_labels(tmp_path / "subset.csv", [
-        {"image_id": r["image_id"], "pattern": r["pattern"], "image_path": f"cells/{r['image_path']}",
-         "mask_path": f"cells/{r['mask_path']}", "specimen": "s7"}
-        for r in rows
-    ])
+    write_labels(
+        tmp_path / "subset.csv",
+        [
+            {
+                "image_id": r["image_id"],
+                "pattern": r["pattern"],
+                "image_path": f"cells/{r['image_path']}",
+                "mask_path": f"cells/{r['mask_path']}",
+                "specimen": "s7",
+            }
+            for r in rows
+        ],
+    )
 
     report = cli_import.run_import(str(project_id), tmp_path, tmp_path / "subset.csv", "pool", "error", "error")
 
@@ -170,17 +176,13 @@ def test_folder_import_with_labels_csv_keeps_class_mask_and_metadata(
         assert image.meta == {"path": f"cells/{row['image_path']}", "image_id": row["image_id"], "specimen": "s7"}
 
 
-def test_cli_import_by_project_name_is_all_or_nothing_across_batches(
-    project_id, i3a_dir, i3a_rows, tmp_path, monkeypatch
-):
+def test_cli_import_by_project_name_is_all_or_nothing_across_batches(project_id, i3a_dir, i3a_rows, tmp_path, monkeypatch):
     from backend import cli_import
     from backend.core.errors import Invalid
 
     monkeypatch.setattr(cli_import, "BATCH_SIZE", 7)
     (tmp_path / "cells").symlink_to(i3a_dir)
-    rows = [
-        {"pattern": r["pattern"], "path": f"cells/{r['image_path']}"} for r in balanced_sample(i3a_rows, per_class=4)
-    ]
+    rows = [{"pattern": r["pattern"], "path": f"cells/{r['image_path']}"} for r in balanced_sample(i3a_rows, per_class=4)]
     rows[-1]["pattern"] = "Mitotic"  # the 24th file, in the 4th batch
     write_labels(tmp_path / "labels.csv", rows)
     name = stored_project_name(project_id)
@@ -250,7 +252,10 @@ def test_flat_folder_imports_every_image_without_a_class(project_id, cells, tmp_
         ([{"image_path": "Golgi/missing.png", "pattern": "Golgi"}], "line 2: 'Golgi/missing.png' does not exist"),
         ([{"image_path": "../outside.png", "pattern": "Golgi"}], "lies outside the CSV's folder"),
         ([{"image_path": "/etc/passwd", "pattern": "Golgi"}], "lies outside the CSV's folder"),
-        ([{"image_path": "Golgi/cell.png", "mask_path": "Golgi/none_Mask.png"}], "mask 'Golgi/none_Mask.png' does not exist"),
+        (
+            [{"image_path": "Golgi/cell.png", "mask_path": "Golgi/none_Mask.png"}],
+            "mask 'Golgi/none_Mask.png' does not exist",
+        ),
         ([{"image_path": "Golgi/cell.png", "pattern": "Mitotic"}], "unknown class 'Mitotic'"),
     ],
 )
@@ -368,49 +373,104 @@ ZEROS = b"\0" * (25 * 1024 * 1024)
 # name -> cell -> (files, form fields, status, fragments the message must contain)
 BAD_UPLOADS = {
     "corrupt image": lambda cell: (
-        [("cut.png", cell["data"][: len(cell["data"]) // 2])], {}, 422, ["cut.png", "corrupt or truncated"]),
-    "not an image": lambda cell: (
-        [("notes.png", b"these are my notes")], {}, 422, ["notes.png", "not an image"]),
+        [("cut.png", cell["data"][: len(cell["data"]) // 2])],
+        {},
+        422,
+        ["cut.png", "corrupt or truncated"],
+    ),
+    "not an image": lambda cell: ([("notes.png", b"these are my notes")], {}, 422, ["notes.png", "not an image"]),
     "empty file": lambda cell: ([("empty.png", b"")], {}, 422, ["empty.png", "empty"]),
     "too many pixels": lambda cell: (
-        [("huge.png", png_header(50000, 50000))], {}, 422, ["huge.png", "too large", "2500000000 pixels"]),
+        [("huge.png", png_header(50000, 50000))],
+        {},
+        422,
+        ["huge.png", "too large", "2500000000 pixels"],
+    ),
     "more pixels than the settings allow": lambda cell: (
-        [("big.png", png_header(5000, 5000))], {}, 422, ["big.png", "5000x5000", "at most 16777216"]),
+        [("big.png", png_header(5000, 5000))],
+        {},
+        422,
+        ["big.png", "5000x5000", "at most 16777216"],
+    ),
     "not a zip": lambda cell: (
-        [("cells.zip", b"PK\x03\x04 but not really a zip")], {}, 422, ["cells.zip", "not a zip file"]),
+        [("cells.zip", b"PK\x03\x04 but not really a zip")],
+        {},
+        422,
+        ["cells.zip", "not a zip file"],
+    ),
     "zip without images": lambda cell: (
-        [("empty.zip", make_zip({"readme.txt": b"hi"}))], {}, 422, ["empty.zip", "no image files"]),
-    "zip with nothing at all": lambda cell: (
-        [("nothing.zip", make_zip({}))], {}, 422, ["nothing.zip", "no image files"]),
+        [("empty.zip", make_zip({"readme.txt": b"hi"}))],
+        {},
+        422,
+        ["empty.zip", "no image files"],
+    ),
+    "zip with nothing at all": lambda cell: ([("nothing.zip", make_zip({}))], {}, 422, ["nothing.zip", "no image files"]),
     "zip path traversal": lambda cell: (
-        [("evil.zip", make_zip({"../../etc/cell.png": cell["data"]}))], {}, 422,
-        ["evil.zip", "unsafe path", "../../etc/cell.png"]),
+        [("evil.zip", make_zip({"../../etc/cell.png": cell["data"]}))],
+        {},
+        422,
+        ["evil.zip", "unsafe path", "../../etc/cell.png"],
+    ),
     "zip absolute path": lambda cell: (
-        [("abs.zip", make_zip({"/tmp/cell.png": cell["data"]}))], {}, 422, ["abs.zip", "unsafe path"]),
+        [("abs.zip", make_zip({"/tmp/cell.png": cell["data"]}))],
+        {},
+        422,
+        ["abs.zip", "unsafe path"],
+    ),
     "zip bomb, declared": lambda cell: (
-        [("bomb.zip", make_zip({"bomb.png": ZEROS}))], {}, 413, ["bomb.zip", "bomb.png", "unpacks to 26214400 bytes"]),
+        [("bomb.zip", make_zip({"bomb.png": ZEROS}))],
+        {},
+        413,
+        ["bomb.zip", "bomb.png", "unpacks to 26214400 bytes"],
+    ),
     "zip bomb, huge total": lambda cell: (
-        [("total.zip", with_declared_size(make_zip({"a.png": cell["data"]}), 2**32 - 1))], {}, 413,
-        ["total.zip", "would unpack to"]),
+        [("total.zip", with_declared_size(make_zip({"a.png": cell["data"]}), 2**32 - 1))],
+        {},
+        413,
+        ["total.zip", "would unpack to"],
+    ),
     "zip bomb, compression ratio": lambda cell: (
-        [("ratio.zip", make_zip({"r.png": ZEROS[: 8 * 2**20]}, zipfile.ZIP_BZIP2))], {}, 422,
-        ["ratio.zip", "r.png", "zip bomb"]),
+        [("ratio.zip", make_zip({"r.png": ZEROS[: 8 * 2**20]}, zipfile.ZIP_BZIP2))],
+        {},
+        422,
+        ["ratio.zip", "r.png", "zip bomb"],
+    ),
     "zip that lies about its size": lambda cell: (
-        [("liar.zip", with_declared_size(make_zip({"l.png": ZEROS[: 2**20]}), 100))], {}, 422,
-        ["liar.zip", "l.png", "cannot be unpacked"]),
+        [("liar.zip", with_declared_size(make_zip({"l.png": ZEROS[: 2**20]}), 100))],
+        {},
+        422,
+        ["liar.zip", "l.png", "cannot be unpacked"],
+    ),
     "mask of another size": lambda cell: (
         [("m.zip", make_zip({"c.png": cell["data"], "c_Mask.png": encoded(np.zeros((5, 5), np.uint8), "PNG")}))],
-        {}, 422, ["c.png", "its mask is 5x5 pixels"]),
+        {},
+        422,
+        ["c.png", "its mask is 5x5 pixels"],
+    ),
     "mask not an image": lambda cell: (
-        [("n.zip", make_zip({"c.png": cell["data"], "c_mask.png": b"nope"}))], {}, 422,
-        ["c.png", "its mask is not usable"]),
+        [("n.zip", make_zip({"c.png": cell["data"], "c_mask.png": b"nope"}))],
+        {},
+        422,
+        ["c.png", "its mask is not usable"],
+    ),
     "unknown class": lambda cell: (
-        [("k.zip", make_zip({"labels.csv": b"path,pattern\nc.png,Mitotic\n", "c.png": cell["data"]}))], {}, 422,
-        ["c.png", "unknown class 'Mitotic'", "Homogeneous"]),
+        [("k.zip", make_zip({"labels.csv": b"path,pattern\nc.png,Mitotic\n", "c.png": cell["data"]}))],
+        {},
+        422,
+        ["c.png", "unknown class 'Mitotic'", "Homogeneous"],
+    ),
     "test split without class": lambda cell: (
-        [("plain.png", cell["data"])], {"split": "test"}, 422, ["plain.png", "needs a reference class"]),
+        [("plain.png", cell["data"])],
+        {"split": "test"},
+        422,
+        ["plain.png", "needs a reference class"],
+    ),
     "duplicate within the upload": lambda cell: (
-        [("a.png", cell["data"]), ("b.png", cell["data"])], {}, 409, ["b.png", "same content as a.png in this upload"]),
+        [("a.png", cell["data"]), ("b.png", cell["data"])],
+        {},
+        409,
+        ["b.png", "same content as a.png in this upload"],
+    ),
     "unknown split": lambda cell: ([("a.png", cell["data"])], {"split": "train"}, 422, ["split"]),
 }
 
@@ -495,16 +555,21 @@ def test_limits_from_settings_are_enforced(app_client, admin_headers, project_id
 
     monkeypatch.setattr(settings, "max_image_bytes", 10**6)
     monkeypatch.setattr(settings, "max_zip_members", 3)
-    many = upload(app_client, admin_headers, project_id,
-                  [("many.zip", make_zip({f"{i}.png": c["data"] for i, c in enumerate(cells)}))])
+    many = upload(
+        app_client, admin_headers, project_id, [("many.zip", make_zip({f"{i}.png": c["data"] for i, c in enumerate(cells)}))]
+    )
     assert many.status_code == 413 and "many.zip has 12 entries, at most 3" in many.json()["detail"]
 
     monkeypatch.setattr(settings, "max_upload_bytes", 2000)
     whole = upload(app_client, admin_headers, project_id, [("c.png", cells[0]["data"]), ("d.png", cells[1]["data"])])
     assert whole.status_code == 413 and "larger than 2000 bytes" in whole.json()["detail"]
     # without a Content-Length the body is counted as it arrives
-    body = (b'--cut\r\nContent-Disposition: form-data; name="files"; filename="c.png"\r\n\r\n'
-            + cells[0]["data"] + cells[1]["data"] + b"\r\n--cut--\r\n")
+    body = (
+        b'--cut\r\nContent-Disposition: form-data; name="files"; filename="c.png"\r\n\r\n'
+        + cells[0]["data"]
+        + cells[1]["data"]
+        + b"\r\n--cut--\r\n"
+    )
     chunked = app_client.post(
         f"/api/projects/{project_id}/images",
         headers={**admin_headers, "Content-Type": "multipart/form-data; boundary=cut"},
@@ -526,9 +591,7 @@ def test_only_admins_upload(app_client, project_id, cells):
 # --- reading images back ----------------------------------------------------------------------
 
 
-def test_image_list_filters_and_hides_the_reference_class_from_annotators(
-    app_client, admin_headers, project_id, cells
-):
+def test_image_list_filters_and_hides_the_reference_class_from_annotators(app_client, admin_headers, project_id, cells):
     from backend.core.db.models import Label, ProjectClass, User, utcnow
     from backend.core.db.session import new_session
 
@@ -542,14 +605,26 @@ def test_image_list_filters_and_hides_the_reference_class_from_annotators(
         user_id = session.scalar(select(User.id).where(User.username == annotator_name))
         class_id = {c.name: c.id for c in session.scalars(select(ProjectClass).where(ProjectClass.project_id == project_id))}
         now = utcnow()
-        session.add_all([
-            Label(project_id=project_id, image_id=image_ids[0], class_id=class_id["Golgi"], user_id=user_id),
-            Label(project_id=project_id, image_id=image_ids[1], class_id=class_id["Golgi"], user_id=user_id,
-                  superseded_at=now),
-            Label(project_id=project_id, image_id=image_ids[1], class_id=class_id["NuMem"], user_id=user_id),
-            Label(project_id=project_id, image_id=image_ids[2], class_id=class_id["Golgi"], user_id=user_id,
-                  retracted_at=now),
-        ])
+        session.add_all(
+            [
+                Label(project_id=project_id, image_id=image_ids[0], class_id=class_id["Golgi"], user_id=user_id),
+                Label(
+                    project_id=project_id,
+                    image_id=image_ids[1],
+                    class_id=class_id["Golgi"],
+                    user_id=user_id,
+                    superseded_at=now,
+                ),
+                Label(project_id=project_id, image_id=image_ids[1], class_id=class_id["NuMem"], user_id=user_id),
+                Label(
+                    project_id=project_id,
+                    image_id=image_ids[2],
+                    class_id=class_id["Golgi"],
+                    user_id=user_id,
+                    retracted_at=now,
+                ),
+            ]
+        )
         session.commit()
     base = f"/api/projects/{project_id}/images"
 
@@ -587,8 +662,10 @@ def test_an_image_of_another_project_is_not_found_there(app_client, admin_header
 
     image_id = upload(app_client, admin_headers, project_id, [("a.png", cells[0]["data"])]).json()["image_ids"][0]
     with new_session() as session:
-        other = Project(name=f"other-{uuid.uuid4().hex[:8]}",
-                        classes=[ProjectClass(name=n, key=str(i), position=i) for i, n in enumerate("ab")])
+        other = Project(
+            name=f"other-{uuid.uuid4().hex[:8]}",
+            classes=[ProjectClass(name=n, key=str(i), position=i) for i, n in enumerate("ab")],
+        )
         session.add(other)
         session.commit()
         other_id = other.id

@@ -1,5 +1,6 @@
 """Leases, labels, undo, relabel and export against real PostgreSQL. Round 0 (random
 picks, no training) is computed in-process so these tests need no worker."""
+
 import csv
 import io
 import uuid
@@ -16,8 +17,13 @@ CLASSES = ["Homogeneous", "Speckled", "Nucleolar", "Centromere", "NuMem", "Golgi
 @pytest.fixture
 def open_project(app_client, admin_headers, i3a_dir, i3a_rows):
     """A started project whose round 0 queued 6 of its 24 pool cells."""
-    return started_project(app_client, admin_headers, i3a_dir, balanced_sample(i3a_rows, per_class=4, offset=200), {
-        "classes": [{"name": c} for c in CLASSES], "budget": 12, "initial_size": 6, "step_size": 6})
+    return started_project(
+        app_client,
+        admin_headers,
+        i3a_dir,
+        balanced_sample(i3a_rows, per_class=4, offset=200),
+        {"classes": [{"name": c} for c in CLASSES], "budget": 12, "initial_size": 6, "step_size": 6},
+    )
 
 
 def _next(client, project_id, headers):
@@ -27,8 +33,9 @@ def _next(client, project_id, headers):
 
 
 def _label(client, project_id, headers, image_id, class_name="Golgi"):
-    return client.post(f"/api/projects/{project_id}/labels", headers=headers,
-                       json={"image_id": image_id, "class_name": class_name})
+    return client.post(
+        f"/api/projects/{project_id}/labels", headers=headers, json={"image_id": image_id, "class_name": class_name}
+    )
 
 
 def _label_rows(project_id):
@@ -90,8 +97,11 @@ def test_undo_returns_the_cell_to_its_annotator_and_keeps_the_history(app_client
     history = [row for row in export.json() if row["image_id"] == cell["image_id"]]
     assert [row["class_name"] for row in history] == ["Speckled", "Centromere", "Nucleolar"]
     assert history[0]["retracted_at"] and history[1]["superseded_at"] and not history[2]["superseded_at"]
-    current = list(csv.DictReader(io.StringIO(
-        app_client.get(f"/api/projects/{open_project}/labels/export", headers=admin_headers).text)))
+    current = list(
+        csv.DictReader(
+            io.StringIO(app_client.get(f"/api/projects/{open_project}/labels/export", headers=admin_headers).text)
+        )
+    )
     assert [row["class_name"] for row in current if row["image_id"] == str(cell["image_id"])] == ["Nucleolar"]
 
     _, other = make_user("annotator", project_ids=[open_project])
@@ -103,8 +113,12 @@ def test_the_last_label_of_a_step_opens_the_next_round_once(app_client, open_pro
     annotators = [make_user("annotator", project_ids=[open_project])[1] for _ in range(6)]
     cells = [_next(app_client, open_project, headers) for headers in annotators]
     with ThreadPoolExecutor(6) as pool:
-        statuses = list(pool.map(lambda pair: _label(app_client, open_project, pair[0], pair[1]["image_id"]).status_code,
-                                 zip(annotators, cells)))
+        statuses = list(
+            pool.map(
+                lambda pair: _label(app_client, open_project, pair[0], pair[1]["image_id"]).status_code,
+                zip(annotators, cells),
+            )
+        )
     assert statuses == [201] * 6
     rounds = app_client.get(f"/api/projects/{open_project}/rounds", headers=admin_headers).json()
     assert [r["number"] for r in rounds] == [0, 1]
@@ -119,22 +133,32 @@ def test_a_skipped_cell_goes_back_to_the_queue_and_its_annotator_gets_others_fir
 
     _, annotator = make_user("annotator", project_ids=[open_project])
     first = _next(app_client, open_project, annotator)
-    response = app_client.post(f"/api/projects/{open_project}/queue/skip", headers=annotator,
-                               json={"image_id": first["image_id"], "reason": "unsure", "note": "between speckled and homogeneous"})
+    response = app_client.post(
+        f"/api/projects/{open_project}/queue/skip",
+        headers=annotator,
+        json={"image_id": first["image_id"], "reason": "unsure", "note": "between speckled and homogeneous"},
+    )
     assert response.status_code == 200
     assert _next(app_client, open_project, annotator)["image_id"] != first["image_id"]
     _, colleague = make_user("annotator", project_ids=[open_project])
     assert _next(app_client, open_project, colleague)["image_id"] == first["image_id"]  # back in the queue
     note = db.scalar(select(CellNote).where(CellNote.image_id == first["image_id"]))
     assert note.kind == "unsure" and note.note == "between speckled and homogeneous"
-    bad = app_client.post(f"/api/projects/{open_project}/queue/skip", headers=annotator,
-                          json={"image_id": first["image_id"], "reason": "bored"})
+    bad = app_client.post(
+        f"/api/projects/{open_project}/queue/skip",
+        headers=annotator,
+        json={"image_id": first["image_id"], "reason": "bored"},
+    )
     assert bad.status_code == 422
 
 
 def test_label_first_then_reveal_keeps_both_answers(app_client, open_project, admin_headers):
-    assert app_client.patch(f"/api/projects/{open_project}", headers=admin_headers,
-                            json={"reveal_after_label": True}).status_code == 200
+    assert (
+        app_client.patch(
+            f"/api/projects/{open_project}", headers=admin_headers, json={"reveal_after_label": True}
+        ).status_code
+        == 200
+    )
     _, annotator = make_user("annotator", project_ids=[open_project])
     cell = app_client.post(f"/api/projects/{open_project}/queue/next", headers=annotator).json()["cell"]
     assert cell["hints_hidden"] and cell["details"] == {}
@@ -142,11 +166,17 @@ def test_label_first_then_reveal_keeps_both_answers(app_client, open_project, ad
     assert all(entry["details"] == {} for entry in queue)
     blind = _label(app_client, open_project, annotator, cell["image_id"], "Speckled").json()
     assert blind["hints_seen"] is False and blind["hints"]["strategy"] == "random"
-    revised = app_client.post(f"/api/projects/{open_project}/labels", headers=annotator,
-                              json={"image_id": cell["image_id"], "class_name": "Homogeneous", "after_reveal": True})
+    revised = app_client.post(
+        f"/api/projects/{open_project}/labels",
+        headers=annotator,
+        json={"image_id": cell["image_id"], "class_name": "Homogeneous", "after_reveal": True},
+    )
     assert revised.status_code == 201 and revised.json()["hints_seen"] is True
-    again = app_client.post(f"/api/projects/{open_project}/labels", headers=annotator,
-                            json={"image_id": cell["image_id"], "class_name": "Golgi", "after_reveal": True})
+    again = app_client.post(
+        f"/api/projects/{open_project}/labels",
+        headers=annotator,
+        json={"image_id": cell["image_id"], "class_name": "Golgi", "after_reveal": True},
+    )
     assert again.status_code == 409
     stats = app_client.get(f"/api/projects/{open_project}/stats", headers=admin_headers).json()
     assert stats["reveal"] == {"n": 1, "changed": 1}
@@ -187,5 +217,7 @@ def test_relevance_maps_list_is_empty_before_a_model_exists(app_client, open_pro
     cell = _next(app_client, open_project, annotator)
     maps = app_client.get(f"/api/projects/{open_project}/images/{cell['image_id']}/maps", headers=annotator)
     assert maps.status_code == 200 and maps.json() == []
-    assert app_client.get(f"/api/projects/{open_project}/images/{cell['image_id']}/maps/1.png",
-                          headers=annotator).status_code == 404
+    assert (
+        app_client.get(f"/api/projects/{open_project}/images/{cell['image_id']}/maps/1.png", headers=annotator).status_code
+        == 404
+    )

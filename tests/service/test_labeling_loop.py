@@ -1,13 +1,13 @@
 """The whole budget loop on real parts: PostgreSQL, Redis, a Celery worker process,
 real I3A cells, real training. The ground truth plays the annotator."""
+
 import csv
 import io
 
 import numpy as np
 import pytest
 
-from tests.conftest import balanced_sample
-from tests.conftest import make_user, wait_for_round
+from tests.conftest import balanced_sample, make_user, wait_for_round
 
 pytestmark = pytest.mark.slow
 
@@ -16,8 +16,10 @@ BUDGET, INITIAL, STEP = 60, 20, 20
 
 
 def _upload(client, headers, project_id, rows, i3a_dir, split):
-    files = [("files", (f"{row['pattern']}-{row['image_id']}.png", (i3a_dir / row["image_path"]).read_bytes(), "image/png"))
-             for row in rows]
+    files = [
+        ("files", (f"{row['pattern']}-{row['image_id']}.png", (i3a_dir / row["image_path"]).read_bytes(), "image/png"))
+        for row in rows
+    ]
     if split == "test":  # the test split needs its classes: folder-per-class in a zip
         import zipfile
 
@@ -37,11 +39,19 @@ def test_budget_loop_runs_rounds_until_the_budget_is_spent(app_client, admin_hea
     test_rows = balanced_sample(i3a_rows, per_class=10, offset=50)
     truth = {f"{row['pattern']}-{row['image_id']}.png": row["pattern"] for row in pool_rows}
 
-    response = client.post("/api/projects", headers=admin_headers, json={
-        "name": "loop-e2e", "classes": [{"name": c} for c in CLASSES], "strategy": "entropy",
-        "budget": BUDGET, "initial_size": INITIAL, "step_size": STEP,
-        "model_settings": {"max_epochs": 3, "patience": 2, "batch_size": 32},
-    })
+    response = client.post(
+        "/api/projects",
+        headers=admin_headers,
+        json={
+            "name": "loop-e2e",
+            "classes": [{"name": c} for c in CLASSES],
+            "strategy": "entropy",
+            "budget": BUDGET,
+            "initial_size": INITIAL,
+            "step_size": STEP,
+            "model_settings": {"max_epochs": 3, "patience": 2, "batch_size": 32},
+        },
+    )
     assert response.status_code == 201, response.text
     project_id = response.json()["id"]
     assert [c["key"] for c in response.json()["classes"]] == ["1", "2", "3", "4", "5", "6"]
@@ -58,8 +68,11 @@ def test_budget_loop_runs_rounds_until_the_budget_is_spent(app_client, admin_hea
         for _ in range(expected):
             cell = client.post(f"/api/projects/{project_id}/queue/next", headers=annotator).json()["cell"]
             assert cell is not None
-            label = client.post(f"/api/projects/{project_id}/labels", headers=annotator,
-                                json={"image_id": cell["image_id"], "class_name": truth[cell["filename"]]})
+            label = client.post(
+                f"/api/projects/{project_id}/labels",
+                headers=annotator,
+                json={"image_id": cell["image_id"], "class_name": truth[cell["filename"]]},
+            )
             assert label.status_code == 201, label.text
 
     rounds = client.get(f"/api/projects/{project_id}/rounds", headers=admin_headers).json()
@@ -106,8 +119,9 @@ def test_budget_loop_runs_rounds_until_the_budget_is_spent(app_client, admin_hea
     stop = client.post(f"/api/projects/{project_id}/queue/next", headers=annotator)
     assert stop.status_code == 409 and "budget" in stop.json()["detail"]
 
-    exported = list(csv.DictReader(io.StringIO(
-        client.get(f"/api/projects/{project_id}/labels/export", headers=admin_headers).text)))
+    exported = list(
+        csv.DictReader(io.StringIO(client.get(f"/api/projects/{project_id}/labels/export", headers=admin_headers).text))
+    )
     assert len(exported) == BUDGET
     assert all(row["class_name"] == truth[row["filename"]] for row in exported)
 
@@ -117,11 +131,20 @@ def test_an_explainable_round_shows_why_each_cell_was_picked(app_client, admin_h
     pool_rows = balanced_sample(i3a_rows, per_class=10, offset=300)
     test_rows = balanced_sample(i3a_rows, per_class=5, offset=320)
     truth = {f"{row['pattern']}-{row['image_id']}.png": row["pattern"] for row in pool_rows}
-    response = client.post("/api/projects", headers=admin_headers, json={
-        "name": "xal-e2e", "classes": [{"name": c} for c in CLASSES], "budget": 21, "initial_size": 12, "step_size": 9,
-        "strategy": "xal-margin", "strategy_options": {"representation": "concept", "centres": "classes"},
-        "model_settings": {"max_epochs": 2, "patience": 2, "batch_size": 32},
-    })
+    response = client.post(
+        "/api/projects",
+        headers=admin_headers,
+        json={
+            "name": "xal-e2e",
+            "classes": [{"name": c} for c in CLASSES],
+            "budget": 21,
+            "initial_size": 12,
+            "step_size": 9,
+            "strategy": "xal-margin",
+            "strategy_options": {"representation": "concept", "centres": "classes"},
+            "model_settings": {"max_epochs": 2, "patience": 2, "batch_size": 32},
+        },
+    )
     assert response.status_code == 201, response.text
     project_id = response.json()["id"]
     _upload(client, admin_headers, project_id, pool_rows, i3a_dir, "pool")
@@ -139,11 +162,21 @@ def test_an_explainable_round_shows_why_each_cell_was_picked(app_client, admin_h
                 # one distance per class present among the 12 labeled cells
                 assert 2 <= len(why["distances"]) <= 6 and len(why["top_channels"]) > 0
                 for nearest in why["nearest"]:  # the medoid cells to compare with, under their own labels
-                    assert nearest["class_name"] in CLASSES and nearest["class_name"] == truth_of(client, admin_headers, project_id, nearest["image_id"])
-                    medoid_maps = client.get(f"/api/projects/{project_id}/images/{nearest['image_id']}/maps", headers=annotator)
+                    assert nearest["class_name"] in CLASSES and nearest["class_name"] == truth_of(
+                        client, admin_headers, project_id, nearest["image_id"]
+                    )
+                    medoid_maps = client.get(
+                        f"/api/projects/{project_id}/images/{nearest['image_id']}/maps", headers=annotator
+                    )
                     assert {m["method"] for m in medoid_maps.json()} == {"deeptaylor", "lrp-epsilon"}
-            assert client.post(f"/api/projects/{project_id}/labels", headers=annotator, json={
-                "image_id": cell["image_id"], "class_name": truth[cell["filename"]]}).status_code == 201
+            assert (
+                client.post(
+                    f"/api/projects/{project_id}/labels",
+                    headers=annotator,
+                    json={"image_id": cell["image_id"], "class_name": truth[cell["filename"]]},
+                ).status_code
+                == 201
+            )
             if number == 0:
                 labeled_in_round_0.add(cell["filename"])
     final = wait_for_round(client, admin_headers, project_id, 2)

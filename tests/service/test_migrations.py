@@ -1,4 +1,5 @@
 """Alembic owns the schema: the migrations must build exactly what the models describe."""
+
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 

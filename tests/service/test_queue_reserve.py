@@ -2,6 +2,7 @@
 its step), served while the next round is computed, and the time the queue stood empty is
 recorded per round. Rounds are computed in-process (worker.round_job.run_round, the worker's own
 code), and the API sends them to a queue no worker reads, so the test decides when a round ends."""
+
 import uuid
 
 import pytest
@@ -29,9 +30,19 @@ def unconsumed_queue(service_env, monkeypatch):
 
 
 def _started_project(client, headers, i3a_dir, i3a_rows, budget: int, per_class: int) -> int:
-    return started_project(client, headers, i3a_dir, balanced_sample(i3a_rows, per_class=per_class, offset=300), {
-        "classes": [{"name": c} for c in CLASSES], "budget": budget, "initial_size": 6, "step_size": 6,
-        "model_settings": {"max_epochs": 1, "batch_size": 16}})
+    return started_project(
+        client,
+        headers,
+        i3a_dir,
+        balanced_sample(i3a_rows, per_class=per_class, offset=300),
+        {
+            "classes": [{"name": c} for c in CLASSES],
+            "budget": budget,
+            "initial_size": 6,
+            "step_size": 6,
+            "model_settings": {"max_epochs": 1, "batch_size": 16},
+        },
+    )
 
 
 def _compute_round(project_id: int, number: int) -> None:
@@ -51,8 +62,9 @@ def _next(client, project_id, headers) -> dict:
 
 
 def _label(client, project_id, headers, image_id: int) -> dict:
-    response = client.post(f"/api/projects/{project_id}/labels", headers=headers,
-                           json={"image_id": image_id, "class_name": "Golgi"})
+    response = client.post(
+        f"/api/projects/{project_id}/labels", headers=headers, json={"image_id": image_id, "class_name": "Golgi"}
+    )
     assert response.status_code == 201, response.text
     return response.json()
 
@@ -64,7 +76,8 @@ def _round(client, project_id, headers, number: int) -> dict:
 
 
 def test_the_reserve_is_served_while_the_next_round_is_computed(
-        app_client, admin_headers, i3a_dir, i3a_rows, unconsumed_queue):
+    app_client, admin_headers, i3a_dir, i3a_rows, unconsumed_queue
+):
     # pool 36, budget 24, k = m = 6: round 0 queues 6 step cells and 3 reserve cells
     project_id = _started_project(app_client, admin_headers, i3a_dir, i3a_rows, budget=24, per_class=6)
     _, ann = make_user("annotator", project_ids=[project_id])
@@ -111,7 +124,8 @@ def test_the_reserve_is_served_while_the_next_round_is_computed(
 
 
 def test_a_cell_labeled_while_the_round_was_computed_is_not_queued_again(
-        app_client, admin_headers, i3a_dir, i3a_rows, unconsumed_queue, monkeypatch):
+    app_client, admin_headers, i3a_dir, i3a_rows, unconsumed_queue, monkeypatch
+):
     """The round reads the unlabeled pool when it starts; a reserve cell labeled after that can
     be among the cells it picks. Storing the round marks that selection labeled, so the cell is
     not served a second time and the round's step still completes."""
@@ -157,6 +171,7 @@ def test_no_reserve_in_the_last_step_of_the_budget(app_client, admin_headers, i3
         _label(app_client, project_id, ann, _next(app_client, project_id, ann)["cell"]["image_id"])
     assert _next(app_client, project_id, ann)["cell"] is None
     reserve = app_client.get(f"/api/projects/{project_id}/rounds/0/selections", headers=admin_headers).json()[6:]
-    refused = app_client.post(f"/api/projects/{project_id}/labels", headers=ann,
-                              json={"image_id": reserve[0]["image_id"], "class_name": "Golgi"})
+    refused = app_client.post(
+        f"/api/projects/{project_id}/labels", headers=ann, json={"image_id": reserve[0]["image_id"], "class_name": "Golgi"}
+    )
     assert refused.status_code == 409 and "not in the labeling queue" in refused.json()["detail"]

@@ -1,4 +1,5 @@
 """Where to cut a pool into chunks for separate workers (issue #6)."""
+
 import math
 
 

@@ -1,6 +1,7 @@
 """Scoring clusters against known classes (thesis 4.1.1): clustering accuracy with
 the best one-to-one cluster-to-class match (Hungarian), NMI and ARI; and the 2-D
 PCA view of latent features the thesis plots (Fig. 25, 27, 29)."""
+
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 from sklearn.decomposition import PCA

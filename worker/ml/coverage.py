@@ -18,6 +18,7 @@ normalised; in round 0 the start model's, e.g. one pretrained without labels on 
 - uncertainty, from then on: the `candidates` x batch cells of highest softmax entropy, k-means
   into batch clusters, the most uncertain cell of each.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
@@ -76,7 +77,9 @@ def typicality(points: np.ndarray, neighbours: int) -> np.ndarray:
     return 1.0 / np.maximum(distances.mean(axis=1), 1e-12)
 
 
-def coverage_order(pool: np.ndarray, labeled: np.ndarray, batch: int, neighbours: int, seed: int) -> tuple[np.ndarray, list[dict], dict]:
+def coverage_order(
+    pool: np.ndarray, labeled: np.ndarray, batch: int, neighbours: int, seed: int
+) -> tuple[np.ndarray, list[dict], dict]:
     """Pool indices, most useful for coverage first: round-robin over the clusters (uncovered
     ones largest first, then covered ones largest first), each giving its cells in order of
     typicality. Returns the order, a detail per ordered cell and a summary."""
@@ -92,18 +95,28 @@ def coverage_order(pool: np.ndarray, labeled: np.ndarray, batch: int, neighbours
         ranked = members[np.lexsort((members, -typical))]
         queues.append(list(ranked[::-1]))  # popped from the end: most typical first
         for index, value in zip(members, typical):
-            detail_of[int(index)] = {"phase": "coverage", "cluster": int(cluster), "cluster_size": int(size),
-                                     "cluster_covered": cluster in covered, "typicality": float(value)}
+            detail_of[int(index)] = {
+                "phase": "coverage",
+                "cluster": int(cluster),
+                "cluster_size": int(size),
+                "cluster_covered": cluster in covered,
+                "typicality": float(value),
+            }
     order = []
     while queues:
         for queue in queues:
             order.append(int(queue.pop()))
         queues = [queue for queue in queues if queue]
-    summary = {"n_clusters": int(len(set(clusters.tolist()))), "uncovered_clusters": int(sum(c not in covered for c in ids.tolist()))}
+    summary = {
+        "n_clusters": int(len(set(clusters.tolist()))),
+        "uncovered_clusters": int(sum(c not in covered for c in ids.tolist())),
+    }
     return np.array(order, dtype=np.int64), [detail_of[i] for i in order], summary
 
 
-def uncertainty_order(pool: np.ndarray, entropy: np.ndarray, batch: int, candidates: int, seed: int) -> tuple[np.ndarray, list[dict], dict]:
+def uncertainty_order(
+    pool: np.ndarray, entropy: np.ndarray, batch: int, candidates: int, seed: int
+) -> tuple[np.ndarray, list[dict], dict]:
     """Pool indices: first the most uncertain cell of each of `batch` clusters of the
     candidates x batch most uncertain cells (by entropy), then every other cell by entropy."""
     by_entropy = np.lexsort((np.arange(len(entropy)), -entropy))
@@ -135,6 +148,8 @@ def coverage_entropy(context: SelectionContext) -> Ranking:
         entropy = entropy_scores(context.pool_probabilities())
         order, details, summary = uncertainty_order(pool, entropy, batch, options.candidates, seed)
     return Ranking(
-        order=order, scores=np.linspace(1.0, 0.0, len(order)) if len(order) else np.zeros(0), details=details,
+        order=order,
+        scores=np.linspace(1.0, 0.0, len(order)) if len(order) else np.zeros(0),
+        details=details,
         summary={"phase": phase, "model_accuracy": accuracy, "handover_accuracy": options.handover_accuracy, **summary},
     )

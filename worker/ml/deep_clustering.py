@@ -37,6 +37,7 @@ Where Table 1 is vague or inconsistent, chosen here:
 Training uses Adam (as the classifier does) instead of the thesis's SGD (lr 0.01,
 momentum 0.9), whose step would have to be retuned for the per-cell sum of squares.
 """
+
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional
@@ -266,14 +267,16 @@ def _train_epochs(
             for name, value in (("recon", recon), ("cluster", cluster), ("loss", loss)):
                 totals[name] += value.item() * len(batch_idx)
         n = len(order)
-        history.append({
-            "phase": phase,
-            "epoch": epoch,
-            "recon_mse": totals["recon"] / n / (INPUT_SIZE * INPUT_SIZE),
-            "cluster_loss": totals["cluster"] / n,
-            "loss": totals["loss"] / n,
-            "seconds": time.perf_counter() - started,
-        })
+        history.append(
+            {
+                "phase": phase,
+                "epoch": epoch,
+                "recon_mse": totals["recon"] / n / (INPUT_SIZE * INPUT_SIZE),
+                "cluster_loss": totals["cluster"] / n,
+                "loss": totals["loss"] / n,
+                "seconds": time.perf_counter() - started,
+            }
+        )
         if progress is not None:
             progress(epoch, epochs)
     return history
@@ -292,7 +295,9 @@ def pretrain_autoencoder(
     _to_device(model, device)
     optimizer = optimizer or torch.optim.Adam(model.parameters(), lr=config.lr)
     tensor = _as_tensor(images)
-    return _train_epochs("pretrain", model, None, tensor, config.pretrain_epochs, config, device, config.seed, optimizer, progress)
+    return _train_epochs(
+        "pretrain", model, None, tensor, config.pretrain_epochs, config, device, config.seed, optimizer, progress
+    )
 
 
 def init_centroids_kmeans(clustering: ClusteringLayer, latent: np.ndarray, seed: int = 0, n_init: int = 10) -> np.ndarray:
@@ -334,7 +339,15 @@ def train_deep_clustering(
     optimizer.add_param_group({"params": list(clustering.parameters())})
     # Its own stream of shuffles and rotations, so that the pretraining draws stay the same whatever follows.
     history += _train_epochs(
-        "cluster", model, clustering, tensor, config.cluster_epochs, config, device, config.seed + 1, optimizer,
+        "cluster",
+        model,
+        clustering,
+        tensor,
+        config.cluster_epochs,
+        config,
+        device,
+        config.seed + 1,
+        optimizer,
         progress and (lambda epoch, _: progress(config.pretrain_epochs + epoch, total)),
     )
 

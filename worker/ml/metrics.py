@@ -1,4 +1,5 @@
 """Per-round classification metrics: ACA, MCA and the confusion matrix."""
+
 import numpy as np
 from sklearn.metrics import confusion_matrix
 

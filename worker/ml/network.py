@@ -21,10 +21,13 @@ and including the second max-pool: what transfer learning freezes) and `late`.
 `fusion_block` is the last residual block; its output (after its ReLU, 128 x
 14 x 14) is where `concept` relevance is read.
 """
+
 import torch
 from torch import nn
 
 from .zennit_compat import zennit  # noqa: F401 - registers the torchvision stand-in first
+
+# isort: split
 from zennit.layer import Sum
 
 INPUT_SIZE = 112  # cells are resized to INPUT_SIZE x INPUT_SIZE; the Haar transform halves it

@@ -12,6 +12,7 @@ cell turned by 90 degrees is still a valid cell, so the angle is not learnable.
 The result is a checkpoint like any other; a project (or the simulator) starts from it as from a
 supervised start model: new head, early layers frozen (worker.rounds).
 """
+
 import copy
 import math
 import time
@@ -64,10 +65,13 @@ def random_views(images: torch.Tensor, config: PretextConfig, generator: torch.G
     scale = uniform(1 - config.zoom, 1 + config.zoom)
     mirror = torch.where(torch.rand(n, generator=generator) < 0.5, -1.0, 1.0)
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
-    theta = torch.stack([
-        torch.stack([cos * mirror, -sin, uniform(-config.shift, config.shift)], 1),
-        torch.stack([sin * mirror, cos, uniform(-config.shift, config.shift)], 1),
-    ], 1)
+    theta = torch.stack(
+        [
+            torch.stack([cos * mirror, -sin, uniform(-config.shift, config.shift)], 1),
+            torch.stack([sin * mirror, cos, uniform(-config.shift, config.shift)], 1),
+        ],
+        1,
+    )
     grid = F.affine_grid(theta, list(images.shape), align_corners=False)
     views = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     mean = views.mean(dim=(1, 2, 3), keepdim=True)
@@ -105,7 +109,9 @@ def pretrain_contrastive(
     if len(cells) < 2:
         raise ValueError("contrastive pretraining needs at least 2 cells")
     model = ParallelResidualNet(n_classes).to(device)
-    projection = nn.Sequential(nn.Linear(FEATURES, FEATURES), nn.ReLU(), nn.Linear(FEATURES, config.projection_dim)).to(device)
+    projection = nn.Sequential(nn.Linear(FEATURES, FEATURES), nn.ReLU(), nn.Linear(FEATURES, config.projection_dim)).to(
+        device
+    )
     parameters = [p for name, p in model.named_parameters() if not name.startswith("head.")] + list(projection.parameters())
     optimizer = torch.optim.Adam(parameters, lr=config.lr, weight_decay=1e-6)
     batches_per_epoch = max(1, len(cells) // config.batch_size)  # the last, short batch is dropped

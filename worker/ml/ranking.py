@@ -1,6 +1,7 @@
 """What every selection strategy works with: the context it is given (the model, the labeled
 set L, the pool U), the ranking it returns, and the uncertainty scores over softmax outputs
 (thesis eq. 1-3), which are pure functions of a probability array."""
+
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Callable, Optional
@@ -48,7 +49,8 @@ class SelectionContext:
         """(N_U, C) softmax outputs of the model on the pool, computed once."""
         if self.cached_pool_probabilities is None:
             self.cached_pool_probabilities, self.cached_pool_embeddings = model_outputs(
-                self.model, self.pool_images, self.device, self.batch_size, self.precision)
+                self.model, self.pool_images, self.device, self.batch_size, self.precision
+            )
         return self.cached_pool_probabilities
 
     def pool_embeddings(self) -> np.ndarray:
@@ -59,7 +61,6 @@ class SelectionContext:
 
     def labeled_embeddings(self) -> np.ndarray:
         return model_outputs(self.model, self.labeled_images, self.device, self.batch_size, self.precision)[1]
-
 
 
 @dataclass
@@ -82,6 +83,7 @@ def rank_by_scores(scores: np.ndarray, details: Optional[list[dict]] = None) -> 
 
 
 # --- score functions over (N, C) softmax outputs; higher = more informative ---
+
 
 def entropy_scores(probabilities: np.ndarray) -> np.ndarray:
     """Shannon entropy in nats, -sum_c p_c log p_c (thesis eq. 3); 0 log 0 = 0."""

@@ -27,6 +27,7 @@ Measured on real I3A cells (tests/ml/test_relevance.py), float32:
   vector for every cell of a class (the head's weight row: global average
   pooling spreads it evenly), so it carries no per-cell information.
 """
+
 import contextlib
 import itertools
 from dataclasses import dataclass
@@ -39,6 +40,8 @@ from .network import FEATURES, INPUT_CONVS, INPUT_SIZE, LAST_BLOCK
 from .training import as_image_tensor
 from .wavelets import haar_torch
 from .zennit_compat import zennit  # noqa: F401 - registers the torchvision stand-in first
+
+# isort: split
 from zennit.canonizers import SequentialMergeBatchNorm
 from zennit.composites import LayerMapComposite, NameLayerMapComposite, layer_map_base
 from zennit.core import Composite
@@ -144,7 +147,9 @@ def relevance_maps(
     model.to(device)
     model.eval()
     captured = {}
-    capture = model.get_submodule(LAST_BLOCK).register_forward_hook(lambda module, inputs, output: captured.update(out=output))
+    capture = model.get_submodule(LAST_BLOCK).register_forward_hook(
+        lambda module, inputs, output: captured.update(out=output)
+    )
     input_maps, concept, logits, explained = [], [], [], []
     try:
         with composite.context(model) if composite is not None else contextlib.nullcontext():

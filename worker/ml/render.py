@@ -7,16 +7,29 @@ stay apart in greyscale too. Each map is scaled symmetrically by its own 99.5th
 percentile of |R| (a handful of extreme pixels would otherwise wash out the rest), so
 colours compare regions within a map, not magnitudes across maps: the raw arrays (npy)
 are there for that."""
+
 import io
 
 import numpy as np
 from PIL import Image
 
 # ColorBrewer RdBu, 11 classes, from strong blue (-1) through white (0) to strong red (+1)
-_RDBU = np.array([
-    (5, 48, 97), (33, 102, 172), (67, 147, 195), (146, 197, 222), (209, 229, 240), (247, 247, 247),
-    (253, 219, 199), (244, 165, 130), (214, 96, 77), (178, 24, 43), (103, 0, 31),
-], dtype=np.float64)
+_RDBU = np.array(
+    [
+        (5, 48, 97),
+        (33, 102, 172),
+        (67, 147, 195),
+        (146, 197, 222),
+        (209, 229, 240),
+        (247, 247, 247),
+        (253, 219, 199),
+        (244, 165, 130),
+        (214, 96, 77),
+        (178, 24, 43),
+        (103, 0, 31),
+    ],
+    dtype=np.float64,
+)
 PALETTE_NAME = "ColorBrewer RdBu (blue = negative, white = 0, red = positive), symmetric, 99.5th percentile of |R|"
 
 

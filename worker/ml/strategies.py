@@ -10,6 +10,7 @@ for the xal-* strategies, its relevance) is independent per cell, so a large poo
 computed in chunks (`pool_chunks`) by separate workers and concatenated in pool order
 before the ranking, which runs once.
 """
+
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -17,10 +18,15 @@ import numpy as np
 import torch
 
 from .chunking import batch_aligned_chunks
-from .ranking import (  # noqa: F401 - part of this module's interface
-    Ranking, SelectionContext, entropy_scores, least_confidence_scores, margin_scores, rank_by_scores,
-)
 from .coverage import coverage_entropy, parse_options as parse_coverage_options
+from .ranking import (  # noqa: F401 - part of this module's interface
+    Ranking,
+    SelectionContext,
+    entropy_scores,
+    least_confidence_scores,
+    margin_scores,
+    rank_by_scores,
+)
 from .relevance import RelevanceMaps
 from .training import model_outputs
 from .xal import RELEVANCE_BATCH_SIZE, cell_relevance, parse_options as parse_xal_options, xal_entropy, xal_least, xal_margin
@@ -49,10 +55,15 @@ class PoolOutputs:
     def from_arrays(cls, arrays) -> "PoolOutputs":
         relevance = None
         if "concept" in arrays:
-            relevance = RelevanceMaps(input_maps=arrays["input_maps"] if "input_maps" in arrays else None,
-                                      **{name: arrays[name] for name in RELEVANCE_ARRAYS})
-        return cls(probabilities=arrays["probabilities"], relevance=relevance,
-                   embeddings=arrays["embeddings"] if "embeddings" in arrays else None)
+            relevance = RelevanceMaps(
+                input_maps=arrays["input_maps"] if "input_maps" in arrays else None,
+                **{name: arrays[name] for name in RELEVANCE_ARRAYS},
+            )
+        return cls(
+            probabilities=arrays["probabilities"],
+            relevance=relevance,
+            embeddings=arrays["embeddings"] if "embeddings" in arrays else None,
+        )
 
 
 RELEVANCE_ARRAYS = ("concept", "logits", "predicted", "target")
@@ -64,8 +75,15 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
     return exp / exp.sum(axis=1, keepdims=True)
 
 
-def compute_pool_outputs(model, images: np.ndarray, strategy: str, options: dict, device: torch.device,
-                         batch_size: int = 128, precision: str = "fp32") -> Optional[PoolOutputs]:
+def compute_pool_outputs(
+    model,
+    images: np.ndarray,
+    strategy: str,
+    options: dict,
+    device: torch.device,
+    batch_size: int = 128,
+    precision: str = "fp32",
+) -> Optional[PoolOutputs]:
     """The per-cell work of ranking `images` (the pool, or a chunk of it) with `strategy`; None for
     a strategy that reads nothing of the pool's cells (random). The xal-* strategies take the
     softmax outputs from the logits of their relevance pass, not from a second forward pass."""

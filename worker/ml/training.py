@@ -3,6 +3,7 @@
 Images come in as (N, 112, 112) float32 arrays made by `backend.core.images.load_cell`; the
 Haar transform runs here, per batch, on the training device.
 """
+
 import copy
 import io
 import math
@@ -60,7 +61,7 @@ class TrainingResult:
 
 
 def resolve_device(name: str) -> torch.device:
-    """"auto" (CUDA if available, else CPU), "cpu" or "cuda"."""
+    """ "auto" (CUDA if available, else CPU), "cpu" or "cuda"."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cpu":
@@ -155,8 +156,15 @@ def class_weights(labels: np.ndarray, n_classes: int) -> torch.Tensor:
     return torch.tensor(weights, dtype=torch.float32)
 
 
-def _evaluate(model, images: torch.Tensor, labels: torch.Tensor, device, batch_size: int,
-              weight: Optional[torch.Tensor], precision: str) -> tuple[float, float]:
+def _evaluate(
+    model,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    device,
+    batch_size: int,
+    weight: Optional[torch.Tensor],
+    precision: str,
+) -> tuple[float, float]:
     """(loss, accuracy) in eval mode; with `weight`, each class's cells weigh alike in the loss."""
     model.eval()
     total_loss, total_weight, correct = 0.0, 0.0, 0
@@ -197,7 +205,9 @@ def train_classifier(
     if config.lr_decay not in LR_DECAYS:
         raise ValueError(f"unknown lr_decay {config.lr_decay!r}; expected one of {', '.join(LR_DECAYS)}")
     if config.class_weighting not in CLASS_WEIGHTINGS:
-        raise ValueError(f"unknown class_weighting {config.class_weighting!r}; expected one of {', '.join(CLASS_WEIGHTINGS)}")
+        raise ValueError(
+            f"unknown class_weighting {config.class_weighting!r}; expected one of {', '.join(CLASS_WEIGHTINGS)}"
+        )
 
     rng = np.random.default_rng(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
@@ -279,14 +289,16 @@ def train_classifier(
     )
 
 
-def predict_proba(model: ParallelResidualNet, images: np.ndarray, device: torch.device, batch_size: int = 128,
-                  precision: str = "fp32") -> np.ndarray:
+def predict_proba(
+    model: ParallelResidualNet, images: np.ndarray, device: torch.device, batch_size: int = 128, precision: str = "fp32"
+) -> np.ndarray:
     """(N, 112, 112) images -> (N, n_classes) softmax probabilities (float64), in eval mode."""
     return model_outputs(model, images, device, batch_size, precision)[0]
 
 
-def model_outputs(model: ParallelResidualNet, images: np.ndarray, device: torch.device, batch_size: int = 128,
-                  precision: str = "fp32") -> tuple[np.ndarray, np.ndarray]:
+def model_outputs(
+    model: ParallelResidualNet, images: np.ndarray, device: torch.device, batch_size: int = 128, precision: str = "fp32"
+) -> tuple[np.ndarray, np.ndarray]:
     """(softmax probabilities (N, n_classes) float64, trunk features (N, 128) float32) in one pass."""
     tensor = as_image_tensor(images)
     model.to(device)

@@ -5,6 +5,7 @@ cH + cV + cD (thesis 3.2.2). `haar_numpy` is the reference (pywavelets);
 `haar_torch` is the same transform as a fixed stride-2 convolution, for
 batches on the training device. A test keeps the two equal.
 """
+
 import numpy as np
 import pywt
 import torch

@@ -12,6 +12,7 @@ distance array alone.
 
 Project options (`SelectionContext.options`): see OPTION_CHOICES and XalOptions.
 """
+
 from __future__ import annotations
 
 import time
@@ -75,6 +76,7 @@ def parse_options(options: dict) -> XalOptions:
 
 # --- score functions over (N, K) distances to K centres; higher = more informative ---
 
+
 def _distance_shares(distances: np.ndarray) -> np.ndarray:
     """q_k = d_k / sum_j d_j; a cell at distance 0 from every centre gets uniform shares."""
     d = np.asarray(distances, dtype=np.float64)
@@ -106,6 +108,7 @@ def xal_least_scores(distances: np.ndarray) -> np.ndarray:
 
 
 # --- reference set, representations, centres ---
+
 
 def balanced_subset(labels: np.ndarray, cap: int, rng: np.random.Generator) -> np.ndarray:
     """Sorted indices of at most `cap` items, as class-balanced as the counts allow.
@@ -229,10 +232,17 @@ def find_centres(vectors: np.ndarray, labels: np.ndarray, kind: str, n_clusters:
 
 # --- the strategies ---
 
+
 def cell_relevance(model, images: np.ndarray, options: XalOptions, device) -> RelevanceMaps:
     """Each cell's relevance as the strategies compare it: the input maps only for `pixel`."""
-    return relevance_maps(model, images, options.relevance_method, device, batch_size=RELEVANCE_BATCH_SIZE,
-                          want_input_maps=options.representation == "pixel")
+    return relevance_maps(
+        model,
+        images,
+        options.relevance_method,
+        device,
+        batch_size=RELEVANCE_BATCH_SIZE,
+        want_input_maps=options.representation == "pixel",
+    )
 
 
 def _top_channels(concept: np.ndarray) -> list[dict]:
@@ -249,7 +259,9 @@ def xal_ranking(context: SelectionContext, strategy: str, score: Callable[[np.nd
     n_clusters = options.n_clusters or context.model.n_classes
     n_reference = min(len(labels), options.max_reference)
     if options.centres == "clusters" and n_reference < n_clusters:
-        raise ValueError(f"{strategy} needs at least {n_clusters} reference cells for {n_clusters} clusters; has {n_reference}")
+        raise ValueError(
+            f"{strategy} needs at least {n_clusters} reference cells for {n_clusters} clusters; has {n_reference}"
+        )
     if options.centres == "classes" and len(np.unique(labels)) < 2:
         raise ValueError(f"{strategy} with per-class centres needs labeled cells of at least 2 classes")
     reference = balanced_subset(labels, options.max_reference, context.rng)
@@ -274,7 +286,8 @@ def xal_ranking(context: SelectionContext, strategy: str, score: Callable[[np.nd
 
     labeled_index = reference[centres.reference_medoids]
     centre_facts = [
-        {"centre": k, "labeled_index": int(i), "class": int(c)} for k, (i, c) in enumerate(zip(labeled_index, centres.classes))
+        {"centre": k, "labeled_index": int(i), "class": int(c)}
+        for k, (i, c) in enumerate(zip(labeled_index, centres.classes))
     ]
     details = []
     for i, row in enumerate(distances):

@@ -12,6 +12,7 @@ untouched. Where a working torchvision exists, it is used as is.
 Import zennit through this module (`from worker.ml.zennit_compat import zennit`)
 or call `ensure_zennit()` before the first `import zennit`.
 """
+
 import importlib
 import sys
 import types

@@ -1,4 +1,5 @@
 """Run Alembic programmatically (xal serve, xal migrate, the tests)."""
+
 from pathlib import Path
 
 from alembic import command

@@ -1,4 +1,5 @@
 """Typed SQLAlchemy 2 models. Alembic (migrations/) owns the schema; these mirror it."""
+
 from datetime import datetime, timezone
 from typing import Any
 
@@ -180,9 +181,15 @@ class Selection(Base):
 
     __tablename__ = "selections"
     __table_args__ = (
-        UniqueConstraint("round_id", "image_id"), UniqueConstraint("round_id", "rank"),
-        Index("ix_selections_unlabeled_round_rank", "round_id", "rank",
-              postgresql_where=text("NOT labeled"), sqlite_where=text("NOT labeled")),
+        UniqueConstraint("round_id", "image_id"),
+        UniqueConstraint("round_id", "rank"),
+        Index(
+            "ix_selections_unlabeled_round_rank",
+            "round_id",
+            "rank",
+            postgresql_where=text("NOT labeled"),
+            sqlite_where=text("NOT labeled"),
+        ),
     )
     id: Mapped[int] = mapped_column(primary_key=True)
     round_id: Mapped[int] = mapped_column(ForeignKey("rounds.id", ondelete="CASCADE"), index=True)

@@ -1,4 +1,5 @@
 """Engine and sessions. One engine per database URL per process."""
+
 from functools import lru_cache
 
 from sqlalchemy import Engine, create_engine, event
@@ -23,8 +24,13 @@ def engine_for(url: str) -> Engine:
     # pre-ping: connections the server dropped (it restarted) are replaced, not handed out;
     # connect_timeout: an unreachable server fails a request in seconds (the API answers 503)
     settings = get_settings()
-    return create_engine(url, pool_pre_ping=True, pool_size=settings.database_pool_size,
-                         max_overflow=settings.database_max_overflow, connect_args={"connect_timeout": 5})
+    return create_engine(
+        url,
+        pool_pre_ping=True,
+        pool_size=settings.database_pool_size,
+        max_overflow=settings.database_max_overflow,
+        connect_args={"connect_timeout": 5},
+    )
 
 
 def get_engine() -> Engine:
