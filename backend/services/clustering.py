@@ -66,7 +66,8 @@ def clustering_overview(session: Session, project: Project, show_reference: bool
         .where(ImageCluster.clustering_id == clustering.id)
         .order_by(ImageCluster.image_id)
     ).all()
-    points, members = [], {}
+    points: list[dict] = []
+    members: dict[int, list[int]] = {}
     for image_id, x, y, cluster, labeled_as, reference_class in rows:
         points.append(
             {

@@ -10,9 +10,11 @@ lost with a broker that restarted empty). Workers claim only queued jobs, by com
 (worker.jobs.claim), so a message too many is skipped and no job is computed twice at once."""
 
 import logging
-from datetime import timedelta
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import cast
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import ColumnElement, or_, select, update
 
 from backend.core.broker import sender
 from backend.core.db.models import PoolClustering, Round, utcnow
@@ -22,7 +24,8 @@ from backend.core.settings import get_settings
 
 log = logging.getLogger(__name__)
 
-TASKS = {Round: Task.RUN_ROUND, PoolClustering: Task.CLUSTER_POOL}
+JobModel = type[Round] | type[PoolClustering]
+TASKS: dict[JobModel, Task] = {Round: Task.RUN_ROUND, PoolClustering: Task.CLUSTER_POOL}
 
 
 def enqueue(job: Round | PoolClustering) -> bool:
@@ -35,12 +38,13 @@ def enqueue(job: Round | PoolClustering) -> bool:
     model, settings, now = type(job), get_settings(), utcnow()
     lease = now + timedelta(seconds=settings.job_lease_seconds)
     with new_session() as session:
+        # an UPDATE's result is a CursorResult, which has rowcount; execute() is typed as Result (hence the ignore)
         taken = session.execute(
             update(model)
             .where(model.id == job.id, model.state == JobState.QUEUED, _lease_over(model, now))
             .values(lease_expires_at=lease)
             .execution_options(synchronize_session=False)
-        ).rowcount
+        ).rowcount  # type: ignore[attr-defined]
         session.commit()
     if not taken:
         return False
@@ -63,7 +67,7 @@ def enqueue(job: Round | PoolClustering) -> bool:
 def send_waiting_jobs() -> list[Round | PoolClustering]:
     """The sweeper's pass; returns the jobs it sent."""
     now = utcnow()
-    waiting = []
+    waiting: list[Round | PoolClustering] = []
     with new_session() as session:
         for model in TASKS:
             abandoned = session.execute(
@@ -82,12 +86,16 @@ def send_waiting_jobs() -> list[Round | PoolClustering]:
                     job_id,
                     project_id,
                 )
-            waiting += session.scalars(
-                select(model).where(model.state == JobState.QUEUED, _lease_over(model, now)).order_by(model.id)
-            ).all()
+            # cast: mypy joins the union of the two classes to Base when it solves select()'s type variable
+            waiting += cast(
+                Sequence[Round | PoolClustering],
+                session.scalars(
+                    select(model).where(model.state == JobState.QUEUED, _lease_over(model, now)).order_by(model.id)
+                ).all(),
+            )
         session.commit()
     return [job for job in waiting if enqueue(job)]
 
 
-def _lease_over(model, now):
+def _lease_over(model: JobModel, now: datetime) -> ColumnElement[bool]:
     return or_(model.lease_expires_at.is_(None), model.lease_expires_at < now)

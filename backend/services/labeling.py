@@ -25,7 +25,7 @@ from backend.services.projects import count_labeled, image_of_project, project_i
 
 
 def is_leased(selection: Selection, now: datetime) -> bool:
-    return selection.leased_by_id is not None and selection.lease_expires_at > now
+    return selection.leased_by_id is not None and selection.lease_expires_at is not None and selection.lease_expires_at > now
 
 
 def latest_round(session: Session, project: Project) -> Round | None:
@@ -122,17 +122,16 @@ def lease_next_cell(session: Session, project: Project, user: User) -> tuple[Sel
             + ("start it first" if project.state == "draft" else "its budget is spent")
         )
     state = queue_state(session, project)
-    selection = _lease_in(session, state, user) if state.round is not None else None
+    selection = _lease_in(session, state.round, state.reserve, user) if state.round is not None else None
     if selection is None:
         note_empty_queue(session, state.latest)
     return selection, state
 
 
-def _lease_in(session: Session, state: QueueState, user: User) -> Selection | None:
-    round_ = state.round
+def _lease_in(session: Session, round_: Round, reserve: bool, user: User) -> Selection | None:
     now = utcnow()
     expires = now + timedelta(seconds=get_settings().lease_seconds)
-    queue = unlabeled_selections(round_, state.reserve)
+    queue = unlabeled_selections(round_, reserve)
     held = session.scalar(
         queue.where(Selection.leased_by_id == user.id, Selection.lease_expires_at > now).order_by(Selection.rank).limit(1)
     )
@@ -216,7 +215,11 @@ def submit_label(
         step_round = queue.round if not queue.reserve else None
         if selection is None:
             raise Conflict(f"image {image_id} is not in the labeling queue")
-        if selection.leased_by_id not in (None, user.id) and selection.lease_expires_at > now:
+        if (
+            selection.leased_by_id not in (None, user.id)
+            and selection.lease_expires_at is not None
+            and selection.lease_expires_at > now
+        ):
             raise Conflict(
                 f"image {image_id} is leased to another annotator until {selection.lease_expires_at:%H:%M:%S} UTC"
             )

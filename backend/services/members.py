@@ -2,7 +2,9 @@
 projects they are members of. To anyone else a project does not exist (404), so that its
 name and existence are not given away."""
 
-from sqlalchemy import Select, and_, select
+from collections.abc import Sequence
+
+from sqlalchemy import Row, Select, and_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, joinedload
 
@@ -10,7 +12,7 @@ from backend.core.db.models import ModelVersion, Project, ProjectMember, User
 from backend.core.errors import NotFound
 
 
-def visible_projects(user: User) -> Select[tuple[Project]]:
+def visible_projects(user: User) -> Select[Project]:
     """SELECT the projects the user may see, by id."""
     query = select(Project).order_by(Project.id)
     if user.role != "admin":
@@ -54,8 +56,9 @@ def visible_model_versions(session: Session, user: User, project_id: int | None 
     return list(session.scalars(query))
 
 
-def add_member(session: Session, project: Project, user_id: int) -> ProjectMember:
-    """Idempotent: adding a member twice keeps the first membership."""
+def add_member(session: Session, project: Project, user_id: int) -> ProjectMember | None:
+    """Idempotent: adding a member twice keeps the first membership. None only when a concurrent
+    add won and a concurrent remove took the membership away again."""
     if session.get(User, user_id) is None:
         raise NotFound(f"no user {user_id}")
     member = session.get(ProjectMember, (project.id, user_id))
@@ -79,7 +82,8 @@ def remove_member(session: Session, project: Project, user_id: int) -> None:
         session.flush()
 
 
-def list_members(session: Session, project: Project) -> list[tuple[User, ProjectMember]]:
+# quoted: Row takes one type parameter (a tuple) before SQLAlchemy 2.1
+def list_members(session: Session, project: Project) -> "Sequence[Row[User, ProjectMember]]":
     return session.execute(
         select(User, ProjectMember)
         .join(ProjectMember, ProjectMember.user_id == User.id)

@@ -53,7 +53,7 @@ def update_project(session: Session, project: Project, changes: ProjectUpdate) -
         labeled = count_labeled(session, project)
         if fields["budget"] < labeled:
             raise Conflict(f"the budget cannot go below the {labeled} labels already given")
-    if "model_settings" in fields:
+    if "model_settings" in fields and changes.model_settings is not None:  # not None: in fields
         fields["model_settings"] = changes.model_settings.model_dump()
     for name, value in fields.items():
         setattr(project, name, value)

@@ -39,7 +39,11 @@ def annotator_stats(session: Session, project: Project) -> dict:
     for label, username in labels:
         latest[label.image_id][username] = label.class_id
     pairs = [tuple(list(answers.values())[:2]) for answers in latest.values() if len(answers) >= 2]
-    agreement = {"cells_labeled_twice": len(pairs), "percent_agreement": None, "cohen_kappa": None}
+    agreement: dict[str, int | float | None] = {
+        "cells_labeled_twice": len(pairs),
+        "percent_agreement": None,
+        "cohen_kappa": None,
+    }
     if pairs:
         first, second = zip(*pairs)
         agreement["percent_agreement"] = round(100 * sum(a == b for a, b in pairs) / len(pairs), 1)

@@ -54,6 +54,8 @@ class ResidualBlock(nn.Module):
         self.relu1 = nn.ReLU()
         self.conv2 = _conv3x3(mid_channels, out_channels)
         self.bn2 = nn.BatchNorm2d(out_channels)
+        self.skip_conv: nn.Conv2d | None
+        self.skip_bn: nn.BatchNorm2d | None
         if in_channels != out_channels:
             self.skip_conv = nn.Conv2d(in_channels, out_channels, kernel_size=1)
             self.skip_bn = nn.BatchNorm2d(out_channels)
@@ -65,7 +67,7 @@ class ResidualBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         residual = self.bn2(self.conv2(self.relu1(self.bn1(self.conv1(x)))))
-        skip = x if self.skip_conv is None else self.skip_bn(self.skip_conv(x))
+        skip = x if self.skip_conv is None or self.skip_bn is None else self.skip_bn(self.skip_conv(x))  # both or neither
         if self.sum._forward_hooks or self.sum._forward_pre_hooks:
             # zennit has attached its rule: the sum must be a module it can explain
             return self.relu_out(self.sum(torch.stack([residual, skip], dim=-1)))

@@ -57,6 +57,7 @@ class SelectionContext:
         """(N_U, 128) features of the model's trunk on the pool, computed once."""
         if self.cached_pool_embeddings is None:
             self.pool_probabilities()
+        assert self.cached_pool_embeddings is not None, "pool probabilities were given without the pool's embeddings"
         return self.cached_pool_embeddings
 
     def labeled_embeddings(self) -> np.ndarray:

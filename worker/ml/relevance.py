@@ -146,7 +146,7 @@ def relevance_maps(
     was_training = model.training
     model.to(device)
     model.eval()
-    captured = {}
+    captured: dict[str, torch.Tensor] = {}
     capture = model.get_submodule(LAST_BLOCK).register_forward_hook(
         lambda module, inputs, output: captured.update(out=output)
     )
@@ -178,11 +178,11 @@ def relevance_maps(
     def stacked(chunks: list[np.ndarray], empty_shape: tuple, dtype) -> np.ndarray:
         return np.concatenate(chunks).astype(dtype) if chunks else np.zeros(empty_shape, dtype)
 
-    logits = stacked(logits, (0, model.n_classes), np.float32)
+    all_logits = stacked(logits, (0, model.n_classes), np.float32)
     return RelevanceMaps(
         input_maps=stacked(input_maps, (0, 2, INPUT_SIZE // 2, INPUT_SIZE // 2), np.float32) if want_input_maps else None,
         concept=stacked(concept, (0, FEATURES), np.float32),
-        logits=logits,
-        predicted=logits.argmax(1).astype(np.int64),
+        logits=all_logits,
+        predicted=all_logits.argmax(1).astype(np.int64),
         target=stacked(explained, (0,), np.int64),
     )

@@ -136,6 +136,7 @@ def l2_normalise(vectors: np.ndarray) -> np.ndarray:
 def representation_vectors(maps: RelevanceMaps, representation: str) -> np.ndarray:
     """(N, D) L2-normalised vectors: `pixel` = the flattened input map (2 x 56 x 56), `concept` = the 128 channels."""
     if representation == "pixel":
+        assert maps.input_maps is not None, "pixel vectors need relevance maps computed with their input maps"
         return l2_normalise(maps.input_maps.reshape(len(maps.input_maps), -1))
     if representation == "concept":
         return l2_normalise(maps.concept)

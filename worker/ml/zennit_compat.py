@@ -31,10 +31,10 @@ def _register_torchvision_stand_in() -> None:
     class Bottleneck:
         pass
 
-    resnet.BasicBlock = BasicBlock
-    resnet.Bottleneck = Bottleneck
-    models.resnet = resnet
-    package.models = models
+    setattr(resnet, "BasicBlock", BasicBlock)
+    setattr(resnet, "Bottleneck", Bottleneck)
+    setattr(models, "resnet", resnet)
+    setattr(package, "models", models)
     for module in (package, models, resnet):
         setattr(module, STAND_IN_MARKER, True)
         sys.modules[module.__name__] = module
