@@ -41,6 +41,14 @@ class ModelSettings(BaseModel):
     precision: Literal["fp32", "bf16"] = Field(
         default="fp32", description="bf16: bfloat16 autocast, ~2x faster training on CPUs with bf16 support and GPUs"
     )
+    pool_pretraining_epochs: int | None = Field(
+        default=None,
+        ge=0,
+        le=500,
+        description="before round 0, pretrain the network on the pool without labels (contrastive) for this many "
+        "epochs and start from it; 0: none; unset: the server's XAL_POOL_PRETRAINING_EPOCHS (20). "
+        "Not run when the project has a start model",
+    )
 
 
 class ProjectCreate(BaseModel):

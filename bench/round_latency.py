@@ -75,6 +75,7 @@ def run_configuration(pool_size: int, n_workers: int, args, rows: list[dict], cl
     env = {
         "XAL_DATABASE_URL": f"{POSTGRES.rsplit('/', 1)[0].replace('postgresql://', 'postgresql+psycopg://', 1)}/{database}",
         "XAL_BROKER_URL": REDIS,
+        "XAL_POOL_PRETRAINING_EPOCHS": "0",  # round 0 at once: what is timed starts after it
         "XAL_QUEUE": f"xal-bench-{database}",
         "XAL_DATA_DIR": data_dir,
         "XAL_DEVICE": args.device,

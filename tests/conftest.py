@@ -88,6 +88,8 @@ def service_env(tmp_path_factory) -> Iterator[dict[str, str]]:
         "XAL_QUEUE": f"xal-test-{database}",
         "XAL_DATA_DIR": str(tmp_path_factory.mktemp("xal-data")),
         "XAL_DEVICE": "cpu",
+        # no pretraining on the pool before round 0 unless a test asks for it (test_clustering)
+        "XAL_POOL_PRETRAINING_EPOCHS": "0",
     }
     saved = {key: os.environ.get(key) for key in env}
     os.environ.update(env)

@@ -26,6 +26,7 @@ from backend.core.blobs import get_blob_store
 from backend.core.db.models import Image, ImageCluster, ModelVersion, PoolClustering, Project, Round, utcnow
 from backend.core.db.session import new_session
 from backend.core.jobs import JobState, Task
+from backend.core.queries import release_waiting_rounds
 from backend.core.settings import get_settings
 from worker.jobs import (
     chunk_file,
@@ -241,6 +242,7 @@ def run_clustering(clustering_id: int) -> str:
         except Exception as error:
             log.exception("clustering %s failed", clustering_id)
             mark_failed(PoolClustering, clustering_id, attempt, error)
+            send_waiting_rounds(clustering_id)
             return "failed"
         return _store(clustering_id, attempt, image_ids, result)
 
@@ -292,6 +294,7 @@ def merge_clustering(clustering_id: int, attempt: int) -> str:
         except Exception as error:
             log.exception("merging the encoded chunks of clustering %s failed", clustering_id)
             mark_failed(PoolClustering, clustering_id, attempt, error)
+            send_waiting_rounds(clustering_id)
             return "failed"
         stored = _store(clustering_id, attempt, job.image_ids, result)
     remove_job_folders(PoolClustering, clustering_id, attempt)
@@ -325,7 +328,22 @@ def _store(clustering_id: int, attempt: int, image_ids: list[int], result: dict)
         clustering.progress = {"phase": "done"}
         clustering.state, clustering.finished_at = JobState.DONE, utcnow()
         session.commit()
+    send_waiting_rounds(clustering_id)
     return "done"
+
+
+def send_waiting_rounds(clustering_id: int) -> None:
+    """Queues and sends the project's round 0 that waited for this pretraining (done or failed).
+    Sent without the API's lease: should the sweeper send it too, the second message finds it
+    claimed and is skipped (worker.jobs.claim)."""
+    from worker.celery_app import celery_app
+
+    with new_session() as session:
+        project_id = session.scalar(select(PoolClustering.project_id).where(PoolClustering.id == clustering_id))
+        released = session.scalars(release_waiting_rounds(project_id)).all()
+        session.commit()
+    for round_id in released:
+        celery_app.send_task(Task.RUN_ROUND, args=[round_id], queue=get_settings().queue)
 
 
 def _offer_start_model(session, clustering: PoolClustering, checkpoint: bytes) -> None:

@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 
 class JobState(StrEnum):
+    WAITING = "waiting"  # a round 0 waiting for the pool's pretraining (backend.services.rounds.start_project)
     QUEUED = "queued"
     RUNNING = "running"
     DONE = "done"
@@ -15,7 +16,7 @@ class JobState(StrEnum):
     CANCELLED = "cancelled"
 
 
-ACTIVE = (JobState.QUEUED, JobState.RUNNING)
+ACTIVE = (JobState.WAITING, JobState.QUEUED, JobState.RUNNING)
 
 
 class Task(StrEnum):

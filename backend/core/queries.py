@@ -3,7 +3,8 @@
 from sqlalchemy import and_, exists, select, update
 from sqlalchemy.orm import Session
 
-from backend.core.db.models import Image, Label, Round, Selection
+from backend.core.db.models import Image, Label, PoolClustering, Round, Selection
+from backend.core.jobs import ACTIVE, JobState
 
 
 def is_current(label=Label):
@@ -37,5 +38,24 @@ def mark_labeled_cells(session: Session, round_: Round) -> None:
         update(Selection)
         .where(Selection.round_id == round_.id, current_label_exists(Selection.image_id))
         .values(labeled=True)
+        .execution_options(synchronize_session=False)
+    )
+
+
+def release_waiting_rounds(project_id: int | None = None):
+    """The UPDATE ... RETURNING Round.id that queues each round 0 left waiting for a pool
+    pretraining that is over (done or failed), of one project or of all: the worker that stores
+    the pretraining runs it for its project, the API's sweeper for all as a backstop."""
+    pretraining = select(PoolClustering.id).where(
+        PoolClustering.project_id == Round.project_id, PoolClustering.state.in_(ACTIVE)
+    )
+    condition = [Round.state == JobState.WAITING, ~pretraining.exists()]
+    if project_id is not None:
+        condition.append(Round.project_id == project_id)
+    return (
+        update(Round)
+        .where(*condition)
+        .values(state=JobState.QUEUED, lease_expires_at=None, progress={"phase": "queued"})
+        .returning(Round.id)
         .execution_options(synchronize_session=False)
     )

@@ -41,6 +41,9 @@ class Settings(BaseSettings):
     # annotators never wait for a round: each round also queues this share of its step as
     # reserve cells (the next-ranked), served while the next round is computed
     queue_reserve: float = 0.5
+    # a project that leaves model_settings.pool_pretraining_epochs unset pretrains this many
+    # epochs on its pool before round 0 (0: none); docs/method.md
+    pool_pretraining_epochs: int = 20
 
     # sign-in rate limit: after this many failed password sign-ins within the window, a user
     # name (or, with the larger limit, one client address) gets 429 until the window passes

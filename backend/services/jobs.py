@@ -20,6 +20,7 @@ from backend.core.broker import sender
 from backend.core.db.models import PoolClustering, Round, utcnow
 from backend.core.db.session import new_session
 from backend.core.jobs import JobState, Task
+from backend.core.queries import release_waiting_rounds
 from backend.core.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -69,6 +70,7 @@ def send_waiting_jobs() -> list[Round | PoolClustering]:
     now = utcnow()
     waiting: list[Round | PoolClustering] = []
     with new_session() as session:
+        session.execute(release_waiting_rounds())
         for model in TASKS:
             abandoned = session.execute(
                 update(model)

@@ -7,10 +7,11 @@ import logging
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from backend.core.db.models import Image, Label, Project, ProjectClass, Round
+from backend.core.db.models import Image, Label, PoolClustering, Project, ProjectClass, Round
 from backend.core.errors import Conflict
-from backend.core.jobs import ACTIVE, JobState
+from backend.core.jobs import ACTIVE, ClusteringConfig, JobState
 from backend.core.queries import is_current
+from backend.core.settings import get_settings
 from backend.services.jobs import enqueue
 from backend.services.labeling import latest_round, open_round
 from backend.services.projects import count_labeled, count_pool, resolve_budget
@@ -26,11 +27,41 @@ def start_project(session: Session, project: Project) -> Round:
         raise Conflict("import a pool of images before starting the project")
     resolve_budget(project, pool_size)
     project.state = "active"
+    pretraining = pool_pretraining(session, project, pool_size)
     round_ = Round(project_id=project.id, number=0)
+    if pretraining is not None:  # round 0 waits for it; the worker storing it (or the sweeper) sends round 0
+        round_.state, round_.progress = JobState.WAITING, {"phase": "waiting for the pool's pretraining"}
     session.add(round_)
     session.commit()
-    enqueue(round_)
+    if pretraining is not None and pretraining.state == JobState.QUEUED:
+        enqueue(pretraining)
+    else:
+        enqueue(round_)
     return round_
+
+
+def pool_pretraining(session: Session, project: Project, pool_size: int) -> PoolClustering | None:
+    """The pretraining without labels that round 0 must wait for (a pool clustering of the
+    contrastive kind that makes the start model), queued here unless one is already queued or
+    running; None when the project has a start model or asks for no pretraining (0 epochs)."""
+    epochs = project.model_settings.get("pool_pretraining_epochs")
+    epochs = get_settings().pool_pretraining_epochs if epochs is None else epochs
+    if project.start_model_id is not None or epochs == 0 or pool_size < len(project.classes):
+        return None
+    active = session.scalar(
+        select(PoolClustering)
+        .where(PoolClustering.project_id == project.id, PoolClustering.state.in_(ACTIVE))
+        .order_by(PoolClustering.id.desc())
+        .limit(1)
+    )
+    if active is not None:
+        return active if active.config.get("representation") == "contrastive" and active.config.get("start_model") else None
+    config = ClusteringConfig(representation="contrastive", pretext_epochs=epochs, start_model=True).model_dump()
+    pretraining = PoolClustering(
+        project_id=project.id, config={**config, "n_clusters": len(project.classes)}, progress={"phase": "queued"}
+    )
+    session.add(pretraining)
+    return pretraining
 
 
 def rerun_round(session: Session, project: Project) -> Round:

@@ -128,7 +128,7 @@ def test_a_cluster_cold_start_without_a_clustering_falls_back_to_random(
     assert len(selections) == 9 and all(s["details"]["strategy"] == "random" for s in selections)  # k + reserve
 
 
-def test_a_contrastive_clustering_pretrains_the_start_model_and_coverage_picks_from_its_features(
+def test_round_0_waits_for_the_pool_pretraining_and_coverage_picks_from_its_features(
     app_client, admin_headers, worker, i3a_dir, i3a_rows
 ):
     client = app_client
@@ -142,27 +142,24 @@ def test_a_contrastive_clustering_pretrains_the_start_model_and_coverage_picks_f
             "budget": 12,
             "initial_size": 6,
             "step_size": 6,
+            "model_settings": {"pool_pretraining_epochs": 1},  # the server default here is 0 (conftest)
         },
     )
     project_id = response.json()["id"]
     url = f"/api/projects/{project_id}/clustering"
     _upload_pool_with_classes(client, admin_headers, project_id, balanced_sample(i3a_rows, per_class=6, offset=12), i3a_dir)
-    response = client.post(url, headers=admin_headers, json={"pretext_epochs": 1})
-    assert response.status_code == 202 and response.json()["config"]["representation"] == "contrastive"
+    started = client.post(f"/api/projects/{project_id}/start", headers=admin_headers)
+    assert started.status_code == 202 and started.json()["state"] in ("waiting", "queued", "running", "done")
+    pretraining = client.get(url, headers=admin_headers).json()["clustering"]
+    assert pretraining["config"]["representation"] == "contrastive" and pretraining["config"]["pretext_epochs"] == 1
 
-    def finished():
-        overview = client.get(url, headers=admin_headers).json()
-        return overview if overview["clustering"]["state"] in ("done", "failed") else None
-
-    clustering = wait_for(finished, timeout=240, interval=1, message="the contrastive clustering")["clustering"]
+    round_ = wait_for_round(client, admin_headers, project_id, 0, timeout=240)
+    clustering = client.get(url, headers=admin_headers).json()["clustering"]
     assert clustering["state"] == "done", clustering["error"]
     metrics = clustering["metrics"]
     assert metrics["pretext_loss"] > 0 and metrics["start_model"] is True and sum(metrics["sizes"]) == 36
     project = client.get(f"/api/projects/{project_id}", headers=admin_headers).json()
     assert project["start_model_id"] == metrics["model_version_id"]
-
-    assert client.post(f"/api/projects/{project_id}/start", headers=admin_headers).status_code == 202
-    round_ = wait_for_round(client, admin_headers, project_id, 0, timeout=120)
     assert round_["selection_summary"]["phase"] == "coverage"  # round 0 read the pretrained network's features
     selections = client.get(f"/api/projects/{project_id}/rounds/0/selections", headers=admin_headers).json()
     first = [s for s in selections if not s["reserve"]]

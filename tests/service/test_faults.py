@@ -139,6 +139,7 @@ class Service:
                 "PYTHONPATH": str(ROOT),
                 "OMP_NUM_THREADS": "1",
                 "XAL_DEVICE": "cpu",
+                "XAL_POOL_PRETRAINING_EPOCHS": "0",
                 "XAL_JOB_LEASE_SECONDS": str(LEASE_S),
                 "XAL_DATA_DIR": str(folder / "xal-data"),
                 "XAL_QUEUE": f"xal-faults-{uuid.uuid4().hex[:8]}",
