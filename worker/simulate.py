@@ -358,7 +358,12 @@ def _pool_clusters(cells: LabeledCells, split: Split, seed: int, store: BlobStor
             cells.labels[split.pool],
             lambda **progress: bar.update(progress.get("epoch", 0) - bar.n),
         )
-    record = {"config": config, "pool": split.pool.tolist(), "clusters": result.clusters.tolist(), "metrics": result.metrics}
+    record = {
+        "config": config,
+        "pool": split.pool.tolist(),
+        "clusters": result["clusters"].tolist(),
+        "metrics": result["metrics"],
+    }
     _write_json(path, record)
     return record
 
