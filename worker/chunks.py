@@ -64,12 +64,12 @@ class ScoringJob:
 
 def needs_chunks(inputs: RoundInputs) -> bool:
     """Only a round with a model and a strategy that reads the pool's cells scores them one by one."""
-    from worker.ml.strategies import NEEDS
+    from worker.ml.strategies import needs
 
     return (
         inputs.number > 0
         and inputs.batch_size > 0
-        and bool(NEEDS.get(inputs.strategy))
+        and bool(needs(inputs.strategy))
         and len(inputs.pool_ids) > get_settings().scoring_chunk_size
     )
 

@@ -261,9 +261,9 @@ def compute_round(inputs: RoundInputs, report: Callable[..., None] = lambda **pr
 def _cold_start_model(inputs: RoundInputs, device):
     """Round 0 has no trained model; a strategy that works in the model's feature space (e.g.
     coverage-entropy) reads the start model's, such as one pretrained on the pool without labels."""
-    from worker.ml.strategies import NEEDS
+    from worker.ml.strategies import needs
 
-    if inputs.parent_checkpoint is None or "embeddings" not in NEEDS.get(inputs.strategy, ()):
+    if inputs.parent_checkpoint is None or "embeddings" not in needs(inputs.strategy):
         return None
     return _model_for(inputs, device)
 
@@ -344,14 +344,17 @@ def select_batch(
     maps. `model` is the round's trained model, or in round 0 a start model that a strategy reads
     features from (the cold start; it explains nothing yet), or None. `started` is when scoring
     began: score_s runs from there to the end of the ranking."""
-    from worker.ml.strategies import SelectionContext, cluster_spread_ranking, rank_pool
+    from worker.ml.strategies import SelectionContext, rank_pool
     from worker.ml.training import model_outputs
 
     rng = np.random.default_rng([inputs.project_id, inputs.number, inputs.model_settings.get("seed", 0)])
     trained = inputs.number > 0 and model is not None
-    # Round 0 has no trained model: its k cells are random (thesis Table 2, step 2), unless a
-    # strategy can read a start model's features.
+    # Round 0 has no trained model: its k cells are random (thesis Table 2, step 2), spread over
+    # the pool's clusters (cold start `clusters`), or picked by a strategy that reads a start
+    # model's features.
     strategy = inputs.strategy if model is not None else "random"
+    if model is None and inputs.pool_clusters is not None:
+        strategy = "cluster-spread"
     context = SelectionContext(
         model=model,
         device=device,
@@ -368,14 +371,12 @@ def select_batch(
         batch_cells=inputs.batch_size,
         precision=precision(inputs),
         model_accuracy=result.training["val_acc"] if trained and result.training else None,
+        pool_clusters=np.asarray(inputs.pool_clusters) if inputs.pool_clusters is not None else None,
     )
-    if model is None and inputs.pool_clusters is not None:
-        strategy = "cluster-spread"
-        ranking = cluster_spread_ranking(np.asarray(inputs.pool_clusters), rng)
-        ranking.summary = {"cold_start": "clusters"}
-    else:
-        ranking = rank_pool(strategy, context)
+    ranking = rank_pool(strategy, context)
     result.summary = ranking.summary
+    if strategy == "cluster-spread":
+        result.summary["cold_start"] = "clusters"
     if inputs.cold_start_note is not None:
         result.summary["cold_start"] = inputs.cold_start_note
     for medoid in result.summary.get("centre_medoids", []):

@@ -49,6 +49,7 @@ class StrategyInfo:
     needs: frozenset[str]  # what it reads of every pool cell: probabilities, relevance, embeddings
     options: type[BaseModel]
     description: str
+    selectable: bool = True  # False: a cold start of the first batch, not a project's strategy
 
 
 _SOFTMAX = frozenset({"probabilities"})
@@ -89,6 +90,13 @@ CATALOGUE: dict[str, StrategyInfo] = {
             "Cold-start aware: while the model is weak, the most typical cell of each part of the pool no label "
             "covers yet; once it is good enough, the most uncertain cells, spread over the pool.",
         ),
+        StrategyInfo(
+            "cluster-spread",
+            frozenset({"clusters"}),
+            NoOptions,
+            "The cold start `clusters`: the first batch spread evenly over the clusters of the pool.",
+            selectable=False,
+        ),
     )
 }
 
@@ -96,8 +104,9 @@ CATALOGUE: dict[str, StrategyInfo] = {
 def check_strategy(name: str, options: dict) -> None:
     """Invalid (a 422) naming what is wrong with the strategy or its options."""
     info = CATALOGUE.get(name)
-    if info is None:
-        raise Invalid(f"unknown selection strategy {name!r}; known: {', '.join(sorted(CATALOGUE))}")
+    if info is None or not info.selectable:
+        known = ", ".join(sorted(n for n, i in CATALOGUE.items() if i.selectable))
+        raise Invalid(f"unknown selection strategy {name!r}; known: {known}")
     if info.options is NoOptions and options:
         raise Invalid(f"strategy {name!r} takes no options; got {', '.join(map(repr, sorted(options)))}")
     try:
@@ -113,6 +122,7 @@ def catalogue_json() -> list[dict]:
             "name": info.name,
             "needs": sorted(info.needs),
             "description": info.description,
+            "selectable": info.selectable,
             "options": info.options.model_json_schema(),
         }
         for info in CATALOGUE.values()

@@ -56,7 +56,7 @@ function showNewProjectForm() {
 
 // the strategies as the server describes them (GET /api/strategies): names, needs, options
 async function loadStrategies() {
-  state.strategies = await api("/api/strategies");
+  state.strategies = (await api("/api/strategies")).filter((s) => s.selectable);
   for (const select of document.querySelectorAll("select.strategy-choice")) {
     replace(select, state.strategies.map((s) => h("option", { value: s.name, title: s.description, selected: s.default }, s.name)));
   }

@@ -34,6 +34,7 @@ class SelectionContext:
     cached_pool_probabilities: Optional[np.ndarray] = field(default=None, repr=False)
     cached_pool_relevance: Optional[RelevanceMaps] = field(default=None, repr=False)
     cached_pool_embeddings: Optional[np.ndarray] = field(default=None, repr=False)
+    pool_clusters: Optional[np.ndarray] = None  # each pool cell's cluster, for the cold start `clusters`
     batch_cells: int = 1  # cells this round queues (its step), for strategies that pick a batch as a whole
     model_accuracy: Optional[float] = None  # the trained model's accuracy on its validation cells; None before any
     precision: str = "fp32"

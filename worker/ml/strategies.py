@@ -1,9 +1,12 @@
 """Selection strategies: which pool cells are worth an expert's time.
 
-A strategy is a function `SelectionContext -> Ranking`, registered by name in
-STRATEGIES. Adding one is one function plus one registry line. The softmax
-strategies (thesis eq. 1-3) are built from plain score functions over a
-probability array, so they can be tested and reused on arrays alone.
+A strategy (`Strategy`) is registered by name in STRATEGIES: how it ranks the pool (a
+function `SelectionContext -> Ranking`), what it reads of every pool cell (`needs`), and how it
+checks a project's options. Adding one is one function plus one registry entry, and its line in
+the torch-free catalogue (backend.core.strategies; a test keeps the two equal). The softmax
+strategies (thesis eq. 1-3) are built from plain score functions over a probability array, so
+they can be tested and reused on arrays alone. The cold start `cluster-spread` is a strategy
+too, of the first batch only.
 
 What a ranking needs to know of each pool cell (`PoolOutputs`: its softmax outputs and,
 for the xal-* strategies, its relevance) is independent per cell, so a large pool can be
@@ -87,14 +90,14 @@ def compute_pool_outputs(
     """The per-cell work of ranking `images` (the pool, or a chunk of it) with `strategy`; None for
     a strategy that reads nothing of the pool's cells (random). The xal-* strategies take the
     softmax outputs from the logits of their relevance pass, not from a second forward pass."""
-    needs = NEEDS[strategy]
-    if not needs:
+    reads = needs(strategy) - {"clusters"}
+    if not reads:
         return None
-    if "relevance" in needs:
+    if "relevance" in reads:
         relevance = cell_relevance(model, images, parse_xal_options(options), device)
         return PoolOutputs(probabilities=_softmax(relevance.logits), relevance=relevance)
     probabilities, embeddings = model_outputs(model, images, device, batch_size, precision)
-    return PoolOutputs(probabilities=probabilities, embeddings=embeddings if "embeddings" in needs else None)
+    return PoolOutputs(probabilities=probabilities, embeddings=embeddings if "embeddings" in reads else None)
 
 
 def concatenate_pool_outputs(chunks: list[PoolOutputs]) -> PoolOutputs:
@@ -108,7 +111,19 @@ def pool_chunks(pool_size: int, chunk_size: int, batch_size: int) -> list[tuple[
     return batch_aligned_chunks(pool_size, chunk_size, batch_size, RELEVANCE_BATCH_SIZE)
 
 
-Strategy = Callable[[SelectionContext], Ranking]
+def _no_options(options: dict) -> None:
+    if options:
+        raise ValueError(f"this strategy takes no options; got {', '.join(map(repr, sorted(options)))}")
+
+
+@dataclass(frozen=True)
+class Strategy:
+    rank: Callable[[SelectionContext], Ranking]
+    # what it reads of every pool cell: "probabilities", "relevance", "embeddings" (compute_pool_outputs
+    # computes just that); "clusters": the pool's clustering (SelectionContext.pool_clusters)
+    needs: frozenset[str] = frozenset()
+    parse_options: Callable[[dict], object] = _no_options  # raises a ValueError saying what is wrong
+    first_batch_only: bool = False  # a cold start, not a project's strategy
 
 
 class UnknownStrategy(ValueError, KeyError):
@@ -123,18 +138,25 @@ def _softmax_details(probabilities: np.ndarray) -> list[dict]:
 
 
 def _softmax_strategy(score: Callable[[np.ndarray], np.ndarray]) -> Strategy:
-    def strategy(context: SelectionContext) -> Ranking:
+    def rank(context: SelectionContext) -> Ranking:
         probabilities = context.pool_probabilities()
         return rank_by_scores(score(probabilities), _softmax_details(probabilities))
 
-    strategy.__name__ = score.__name__.removesuffix("_scores")
-    strategy.__doc__ = score.__doc__
-    return strategy
+    rank.__name__ = score.__name__.removesuffix("_scores")
+    rank.__doc__ = score.__doc__
+    return Strategy(rank, frozenset({"probabilities"}))
 
 
 def random_ranking(context: SelectionContext) -> Ranking:
     """A uniform random order drawn from context.rng; the score is the draw."""
     return rank_by_scores(context.rng.random(context.pool_size))
+
+
+def cluster_spread(context: SelectionContext) -> Ranking:
+    """The cold start `clusters`: cluster_spread_ranking over the pool's clustering."""
+    if context.pool_clusters is None:
+        raise ValueError("cluster-spread needs the pool's clusters")
+    return cluster_spread_ranking(np.asarray(context.pool_clusters), context.rng)
 
 
 def cluster_spread_ranking(clusters: np.ndarray, rng: np.random.Generator) -> Ranking:
@@ -157,42 +179,30 @@ def cluster_spread_ranking(clusters: np.ndarray, rng: np.random.Generator) -> Ra
     )
 
 
+_XAL = frozenset({"probabilities", "relevance"})
 STRATEGIES: dict[str, Strategy] = {
-    "random": random_ranking,
+    "random": Strategy(random_ranking),
     "entropy": _softmax_strategy(entropy_scores),
     "least_confidence": _softmax_strategy(least_confidence_scores),
     "margin": _softmax_strategy(margin_scores),
-    "xal-entropy": xal_entropy,
-    "xal-margin": xal_margin,
-    "xal-least": xal_least,
-    "coverage-entropy": coverage_entropy,
-}
-
-# What each strategy reads of every pool cell (compute_pool_outputs computes just that).
-NEEDS: dict[str, frozenset[str]] = {
-    "random": frozenset(),
-    **{name: frozenset({"probabilities"}) for name in ("entropy", "least_confidence", "margin")},
-    **{name: frozenset({"probabilities", "relevance"}) for name in ("xal-entropy", "xal-margin", "xal-least")},
-    "coverage-entropy": frozenset({"probabilities", "embeddings"}),
+    "xal-entropy": Strategy(xal_entropy, _XAL, parse_xal_options),
+    "xal-margin": Strategy(xal_margin, _XAL, parse_xal_options),
+    "xal-least": Strategy(xal_least, _XAL, parse_xal_options),
+    "coverage-entropy": Strategy(coverage_entropy, frozenset({"probabilities", "embeddings"}), parse_coverage_options),
+    "cluster-spread": Strategy(cluster_spread, frozenset({"clusters"}), first_batch_only=True),
 }
 
 
-def _no_options(options: dict) -> None:
-    if options:
-        raise ValueError(f"this strategy takes no options; got {', '.join(map(repr, sorted(options)))}")
-
-
-# How each strategy checks a project's options (a ValueError says what is wrong).
-OPTION_PARSERS: dict[str, Callable[[dict], object]] = {
-    **{name: parse_xal_options if "relevance" in NEEDS[name] else _no_options for name in STRATEGIES},
-    "coverage-entropy": parse_coverage_options,
-}
+def needs(name: str) -> frozenset[str]:
+    """What the strategy `name` reads of every pool cell (nothing for an unknown name)."""
+    strategy = STRATEGIES.get(name)
+    return strategy.needs if strategy is not None else frozenset()
 
 
 def check_options(name: str, options: dict) -> None:
     if name not in STRATEGIES:
         raise UnknownStrategy(f"unknown selection strategy {name!r}; known: {', '.join(sorted(STRATEGIES))}")
-    OPTION_PARSERS[name](options)
+    STRATEGIES[name].parse_options(options)
 
 
 def rank_pool(name: str, context: SelectionContext) -> Ranking:
@@ -201,7 +211,7 @@ def rank_pool(name: str, context: SelectionContext) -> Ranking:
         strategy = STRATEGIES[name]
     except KeyError:
         raise UnknownStrategy(f"unknown selection strategy {name!r}; known: {', '.join(sorted(STRATEGIES))}") from None
-    ranking = strategy(context)
+    ranking = strategy.rank(context)
     n = context.pool_size
     if not (len(ranking.order) == len(ranking.scores) == len(ranking.details) == n) or not np.array_equal(
         np.sort(ranking.order), np.arange(n)
