@@ -112,8 +112,8 @@ def _token(args) -> None:
 
 def _roar(args) -> None:
     from backend.core.settings import get_settings
+    from worker.experiments.roar import RoarSettings, run_roar
     from worker.ml.training import resolve_device
-    from worker.roar import RoarSettings, run_roar
 
     settings = RoarSettings(
         data=str(Path(args.data).resolve()),
@@ -149,13 +149,13 @@ def _import(args) -> None:
 
 
 def _simulate(args) -> None:
-    from worker.simulate import CASES, SimulationSettings, simulate
+    from worker.experiments.per_budget import CASES, SimulationSettings, simulate
 
     def listed(values: list[str], convert=str) -> list:  # `--x a b`, `--x a,b` or a mix, as one list
         return [convert(item) for value in values for item in value.split(",") if item]
 
     if args.curve:
-        from worker.simulate_curve import CURVE_CASES, CurveSettings, curve
+        from worker.experiments.curve import CURVE_CASES, CurveSettings, curve
 
         settings = CurveSettings(
             data=str(Path(args.data).resolve()),
@@ -216,8 +216,9 @@ def _pretrain(args) -> None:
     from backend.core.db.models import ModelVersion
     from backend.core.db.session import new_session
     from backend.core.settings import get_settings
+    from worker.experiments.cells import CHANNEL, read_labeled_folder, stratified_sample
+    from worker.experiments.pretrain import pretrain
     from worker.ml.training import TrainingConfig, resolve_device
-    from worker.pretrain import CHANNEL, pretrain, read_labeled_folder, stratified_sample
     from worker.rounds import load_cells
 
     upgrade_database()
@@ -341,7 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument(
         "--curve",
         action="store_true",
-        help="one run per case and seed, step by step up to --to %% of the pool (worker/simulate_curve.py); "
+        help="one run per case and seed, step by step up to --to %% of the pool (worker/experiments/curve.py); "
         "its own defaults: --max-epochs 20 --patience 4, bf16, class-balanced loss",
     )
     simulate.add_argument("--to", type=float, default=10.0, help="--curve: label up to this %% of the pool (at most 20)")

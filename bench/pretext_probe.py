@@ -21,15 +21,15 @@ from sklearn.cluster import KMeans
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
+from worker.experiments.cells import CHANNEL, read_labeled_folder, split_by_hash
+from worker.experiments.store import blob_store_under
 from worker.ml.cluster_metrics import clustering_scores
 from worker.ml.deep_clustering import standardise_cells
 from worker.ml.metrics import classification_metrics
 from worker.ml.network import ParallelResidualNet
 from worker.ml.pretext import embed_cells
 from worker.ml.training import load_checkpoint, stratified_holdout
-from worker.pretrain import CHANNEL, read_labeled_folder
 from worker.rounds import load_cells
-from worker.simulate import _blob_store_under, split_by_hash
 
 CPU = torch.device("cpu")
 
@@ -50,7 +50,7 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     record = json.loads((Path(args.cache) / "contrastive-pool.json").read_text())
-    with _blob_store_under(Path(args.cache)) as store:
+    with blob_store_under(Path(args.cache)) as store:
         cells = read_labeled_folder(Path(args.data), None, store)
         split = split_by_hash(cells, 0.2, 0.03)
         images = load_cells(cells.hashes, CHANNEL)

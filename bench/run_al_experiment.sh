@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The active-learning experiment behind bench/results/al-i3a/ (issue #3, item 7): every case of
-# worker/simulate.py (rs, cal, three xal-*, in-rs, in-al) x seeds 0,1,2 x budgets 2, 5, 10, 20 and
-# 100% of the pool, on real I3A cells, the ground truth as the oracle.
+# worker/experiments/per_budget.py (rs, cal, three xal-*, in-rs, in-al) x seeds 0,1,2 x budgets
+# 2, 5, 10, 20 and 100% of the pool, on real I3A cells, the ground truth as the oracle.
 #
 # Reduced to fit ~90 minutes on 2 CPU cores: a stratified pool of 300 and test split of 200 cells
 # (of 10,872); at most 10 epochs per round and 20 for the trainings done once (pretraining, the

@@ -31,7 +31,7 @@ def test_explicit_settings_are_kept_but_never_exceed_the_pool():
 
 
 def test_the_product_and_the_simulator_size_the_loop_by_one_rule():
-    from worker.simulate import budget_plan
+    from worker.experiments.per_budget import budget_plan
 
     # B = 25: m = 10% of B = 2.5 rounds up, in both (round() had made it 2 in the product, 3 in the simulator)
     project = _project(6)

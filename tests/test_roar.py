@@ -8,8 +8,8 @@ import pytest
 
 from backend.cli import main
 from conftest import balanced_sample
-from worker import roar
-from worker.roar import degrade, random_maps, recommend, replaced_pixels
+from worker.experiments import roar
+from worker.experiments.roar import degrade, random_maps, recommend, replaced_pixels
 
 
 def test_roar_replaces_exactly_the_most_relevant_pixels_by_the_image_mean():

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from conftest import balanced_sample
-from worker.simulate import SimulationSettings, budget_plan, simulate
+from worker.experiments.per_budget import SimulationSettings, budget_plan, simulate
 
 pytestmark = pytest.mark.slow
 
@@ -133,12 +133,13 @@ def test_a_rerun_with_other_settings_into_the_same_folder_is_refused(simulated):
 def test_an_in_run_does_not_depend_on_what_ran_before_it(simulated):
     import torch
 
-    from worker.pretrain import read_labeled_folder
-    from worker.simulate import _blob_store_under, run_case, split_cells
+    from worker.experiments.cells import read_labeled_folder
+    from worker.experiments.per_budget import run_case, split_cells
+    from worker.experiments.store import blob_store_under
 
     settings, out, _ = simulated
     pretrained = json.loads((out / "cache" / "pretrained-seed0.json").read_text())["checkpoint"]
-    with _blob_store_under(out / "cache") as store:
+    with blob_store_under(out / "cache") as store:
         cells = read_labeled_folder(Path(settings.data), None, store)
         split = split_cells(cells, 0, settings)
         runs = []

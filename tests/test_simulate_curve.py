@@ -8,7 +8,7 @@ import shutil
 import pytest
 
 from conftest import balanced_sample
-from worker.simulate_curve import CurveSettings, curve, step_plan, step_sizes
+from worker.experiments.curve import CurveSettings, curve, step_plan, step_sizes
 
 pytestmark = pytest.mark.slow
 

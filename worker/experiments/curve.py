@@ -1,18 +1,20 @@
 """`xal simulate --curve`: the active-learning experiment at the pool's real size, one run per case
 and seed, affordable on a CPU.
 
-The thesis's protocol (worker.simulate) runs every budget B separately, each with its own k = 15%
-and m = 10% of B. Here one run per case and seed labels the pool step by step up to `to_pct` of
-it, training, testing and recording ACA/MCA after every step, so the 2/5/10/20% points are read
-off one curve: k = 10% and m = 5% of the largest budget (20% of the pool), i.e. 2% of the pool
-first, then 1% per step. Each round is the product's own (worker.rounds.compute_round): the
-previous step's model is fine-tuned on every label so far (warm start), with early stopping on a
-validation set that is fixed and the same for every case and seed, not on the strategy's picks.
+The thesis's protocol (worker.experiments.per_budget) runs every budget B separately, each with
+its own k = 15% and m = 10% of B. Here one run per case and seed labels the pool step by step up
+to `to_pct` of it, training, testing and recording ACA/MCA after every step, so the 2/5/10/20%
+points are read off one curve: k = 10% and m = 5% of the largest budget (20% of the pool), i.e.
+2% of the pool first, then 1% per step. Each round is the product's own
+(worker.rounds.compute_round): the previous step's model is fine-tuned on every label so far (warm
+start), with early stopping on a validation set that is fixed and the same for every case and
+seed, not on the strategy's picks.
 
 Split (no seed changes it): with `test_data`, that folder is the test set and `validation_fraction`
 of the data folder, by content hash within each class, is the validation set; without it, the
 data folder's first 20% by hash within each class is the test split and the next
-`validation_fraction` the validation set (worker.simulate.split_by_hash). The pool is the rest.
+`validation_fraction` the validation set (worker.experiments.cells.split_by_hash). The pool is
+the rest.
 
 Start models: `scratch` (a fresh network) or `contrastive` (pretrained on the pool without labels,
 worker.ml.pretext; trained once, kept in the cache, shared by every case and seed, so the
@@ -37,12 +39,12 @@ from tqdm import tqdm
 
 from backend.core.blobs import BlobStore
 from backend.core.errors import Invalid
+from worker.experiments.cells import CHANNEL, LabeledCells, Split, read_labeled_folder, split_by_hash
+from worker.experiments.store import blob_store_under, machine, pyplot, write_csv, write_json
 from worker.ml.metrics import selection_diagnostics
 from worker.ml.pretext import PretextConfig, pretrain_contrastive
 from worker.ml.training import TrainingConfig, resolve_device, save_checkpoint
-from worker.pretrain import CHANNEL, LabeledCells, read_labeled_folder
 from worker.rounds import RoundInputs, compute_round, load_cells
-from worker.simulate import Split, _blob_store_under, _machine, _pyplot, _write_csv, _write_json, split_by_hash
 
 READ_OFF_PCT = (2, 5, 10, 20)
 FULL_BUDGET_PCT = 20.0
@@ -143,7 +145,7 @@ def contrastive_start(cells: LabeledCells, split: Split, settings: CurveSettings
         "seconds": result.seconds,
         "torch_threads": torch.get_num_threads(),
     }
-    _write_json(path, record)
+    write_json(path, record)
     return record
 
 
@@ -275,7 +277,7 @@ def run_curve(
             }
         record["labeled"], record["queued"] = labeled, picked
         record["seconds"] += time.perf_counter() - started
-        _write_json(path, record)
+        write_json(path, record)
         advance()
     return record
 
@@ -290,7 +292,7 @@ def curve(
         raise Invalid(f"unknown case {', '.join(unknown)}; the curve cases are {', '.join(CURVE_CASES)}")
     if not 0 < to_pct <= FULL_BUDGET_PCT:
         raise Invalid(f"--to is a percentage of the pool in (0, {FULL_BUDGET_PCT:g}], got {to_pct}")
-    with _blob_store_under(cache) as store:
+    with blob_store_under(cache) as store:
         cells = read_labeled_folder(Path(settings.data), None, store)
         test_cells = read_labeled_folder(Path(settings.test_data), None, store) if settings.test_data else None
         split = curve_split(cells, test_cells, settings)
@@ -303,7 +305,7 @@ def curve(
             "class_names": cells.class_names,
             "sizes": {**split.sizes, "test": len(test_cells.hashes)},
             "plan_to_20pct": step_plan(len(split.pool), FULL_BUDGET_PCT),
-            "machine": _machine(),
+            "machine": machine(),
         }
         _check_config(out, config)
         start = None
@@ -338,7 +340,7 @@ def _check_config(out: Path, config: dict) -> None:
             raise Invalid(
                 f"{out} holds runs made with other settings ({before['settings']}); rerun with those or use another --out"
             )
-    _write_json(path, config)
+    write_json(path, config)
 
 
 # --- tables and plot ---
@@ -365,7 +367,7 @@ def write_curve_outputs(out: Path) -> None:
     if not records:
         return
     pool_size = records[0]["sizes"]["pool"]
-    _write_csv(
+    write_csv(
         out / "steps.csv",
         [
             "case",
@@ -450,7 +452,7 @@ def write_curve_outputs(out: Path) -> None:
         "mca_minus_rs_per_seed",
         "mca_minus_rs_min",
     ]
-    _write_csv(out / "summary.csv", header, rows)
+    write_csv(out / "summary.csv", header, rows)
     _write_reach(out / "reach.csv", by_case, pool_size)
     _plot(out / "label_efficiency.png", by_case, pool_size)
     if by_case.get("rs"):
@@ -460,7 +462,7 @@ def write_curve_outputs(out: Path) -> None:
 def _plot_trainings(path: Path, record: dict, pool_size: int) -> None:
     """One run's trainings, step after step (warm started): validation loss and accuracy per epoch,
     the checkpoint kept marked, and the test ACA of each step's model."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.2))
     epoch = 0
     for step in record["steps"]:
@@ -525,11 +527,11 @@ def _write_reach(path: Path, by_case: dict, pool_size: int) -> None:
                     "pct_of_pool": round(100 * hit[0] / pool_size, 2) if len(hit) else "",
                 }
             )
-    _write_csv(path, ["case", "target", "aca_target", "labels_needed", "pct_of_pool"], rows)
+    write_csv(path, ["case", "target", "aca_target", "labels_needed", "pct_of_pool"], rows)
 
 
 def _plot(path: Path, by_case: dict, pool_size: int) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
     for ax, metric in zip(axes, ("aca", "mca")):
         for case, runs in by_case.items():

@@ -17,11 +17,7 @@ after every run: steps.csv, summary.csv, diagnostics.csv, reach.csv, confusion.c
 label_efficiency.png, confusion.png. The cache (out/cache unless told) holds the cells' and
 checkpoints' blobs and the pretrained models: copies of the cells, so keep it out of a repository."""
 
-import contextlib
-import csv
 import json
-import os
-import platform
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -32,14 +28,16 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from backend.core.blobs import BlobStore, get_blob_store
+from backend.core.blobs import BlobStore
 from backend.core.budget import budget_sizes, half_up
 from backend.core.errors import Invalid
 from backend.core.settings import get_settings
+from worker.experiments.cells import CHANNEL, LabeledCells, Split, read_labeled_folder, stratified_sample
+from worker.experiments.pretrain import pretrain
+from worker.experiments.store import blob_store_under, machine, pyplot, write_csv, write_json
 from worker.ml.metrics import selection_diagnostics
 from worker.ml.strategies import STRATEGIES
 from worker.ml.training import TrainingConfig, resolve_device, stratified_holdout
-from worker.pretrain import CHANNEL, LabeledCells, pretrain, read_labeled_folder, stratified_sample
 from worker.rounds import RoundInputs, compute_round, load_cells
 
 
@@ -93,19 +91,6 @@ class SimulationSettings:
         return TrainingConfig(max_epochs=epochs, patience=self.patience, batch_size=self.batch_size, seed=seed)
 
 
-@dataclass
-class Split:
-    pool: np.ndarray  # indices into the cells
-    test: np.ndarray
-    pretrain: np.ndarray
-    validation: np.ndarray | None = None  # fixed early-stopping cells shared by every case (else a holdout of the labels)
-
-    @property
-    def sizes(self) -> dict:
-        sizes = {"pool": len(self.pool), "test": len(self.test), "pretrain": len(self.pretrain)}
-        return sizes if self.validation is None else {**sizes, "validation": len(self.validation)}
-
-
 def split_cells(cells: LabeledCells, seed: int, settings: SimulationSettings) -> Split:
     rng = np.random.default_rng(seed)
     everything = np.arange(len(cells.labels))
@@ -123,26 +108,6 @@ def split_cells(cells: LabeledCells, seed: int, settings: SimulationSettings) ->
     return Split(pool, test, pretrain_part)
 
 
-def split_by_hash(cells: LabeledCells, test_fraction: float, validation_fraction: float) -> Split:
-    """A split that no seed changes: within each class the cells ordered by their content hash,
-    the first `test_fraction` the test split, the next `validation_fraction` the validation
-    set, the rest the pool (held in Split.pretrain's place: `validation`)."""
-    test, validation = [], []
-    for c in range(len(cells.class_names)):
-        members = sorted(np.flatnonzero(cells.labels == c), key=lambda i: cells.hashes[i])
-        n_test, n_validation = round(test_fraction * len(members)), round(validation_fraction * len(members))
-        test += members[:n_test]
-        validation += members[n_test : n_test + n_validation]
-    held = set(test) | set(validation)
-    pool = [i for i in range(len(cells.labels)) if i not in held]
-    return Split(
-        np.array(pool, dtype=np.int64),
-        np.sort(np.array(test, dtype=np.int64)),
-        np.zeros(0, dtype=np.int64),
-        np.sort(np.array(validation, dtype=np.int64)),
-    )
-
-
 def budget_plan(pool_size: int, budget_pct: float, n_classes: int) -> list[int]:
     """Cells each round queues: k, then m until the budget B is spent, then 0 (that round only
     trains). B is budget_pct of the pool; k and m as the product sets them (backend.core.budget)."""
@@ -152,29 +117,6 @@ def budget_plan(pool_size: int, budget_pct: float, n_classes: int) -> list[int]:
     while sum(sizes) < budget:
         sizes.append(min(step, budget - sum(sizes)))
     return sizes + [0]
-
-
-@contextlib.contextmanager
-def _blob_store_under(data_dir: Path):
-    """compute_round reads cells and checkpoints from the settings' blob store: point it here."""
-    saved = os.environ.get("XAL_DATA_DIR")
-    os.environ["XAL_DATA_DIR"] = str(data_dir)
-    get_settings.cache_clear()
-    try:
-        yield get_blob_store()
-    finally:
-        if saved is None:
-            os.environ.pop("XAL_DATA_DIR", None)
-        else:
-            os.environ["XAL_DATA_DIR"] = saved
-        get_settings.cache_clear()
-
-
-def _write_json(path: Path, payload: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(payload, indent=1))
-    os.replace(tmp, path)
 
 
 def _run_path(out: Path, case: str, seed: int, budget_pct: float) -> Path:
@@ -327,7 +269,7 @@ def _pretrained_checkpoint(
         **trained.record,
         "settings": asdict(settings),
     }
-    _write_json(path, record)
+    write_json(path, record)
     return record
 
 
@@ -364,7 +306,7 @@ def _pool_clusters(cells: LabeledCells, split: Split, seed: int, store: BlobStor
         "clusters": result["clusters"].tolist(),
         "metrics": result["metrics"],
     }
-    _write_json(path, record)
+    write_json(path, record)
     return record
 
 
@@ -381,7 +323,7 @@ def _check_config(out: Path, config: dict) -> None:
             listed = "; ".join(f"{key}: {old!r} then, {new!r} now" for key, (old, new) in changed.items())
             raise Invalid(f"{out} holds runs made with other settings ({listed}); rerun with those or use another --out")
         config["sizes"] = {**before["sizes"], **config["sizes"]}
-    _write_json(path, config)
+    write_json(path, config)
 
 
 def simulate(
@@ -411,7 +353,7 @@ def simulate(
         raise Invalid(f"budgets are percentages of the pool in (0, 100], got {budgets}")
 
     computed: list[str] = []
-    with _blob_store_under(cache) as store:
+    with blob_store_under(cache) as store:
         cells = read_labeled_folder(Path(settings.data), Path(settings.labels) if settings.labels else None, store)
         splits = {seed: split_cells(cells, seed, settings) for seed in seeds}
         _check_config(
@@ -421,7 +363,7 @@ def simulate(
                 "class_names": cells.class_names,
                 "n_cells": len(cells.hashes),
                 "sizes": {str(seed): split.sizes for seed, split in splits.items()},
-                "machine": _machine(),
+                "machine": machine(),
             },
         )
         todo = [
@@ -465,7 +407,7 @@ def simulate(
                         record["pretraining"] = {k: v for k, v in pretrained.items() if k not in ("checkpoint", "settings")}
                 else:
                     bar.update(len(record["plan"]))
-                _write_json(path, record)
+                write_json(path, record)
                 computed.append(path.name)
                 write_outputs(out)
     write_outputs(out)
@@ -488,18 +430,6 @@ def _shared_ceiling(out: Path, case: str, seed: int, budget: float) -> dict | No
     return None
 
 
-def _machine() -> dict:
-    return {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "device": get_settings().device,
-        "python": platform.python_version(),
-    }
-
-
 # --- tables and plots, rebuilt from the run records ---
 
 
@@ -507,13 +437,6 @@ def _load_records(out: Path) -> list[dict]:
     records = [json.loads(path.read_text()) for path in sorted((out / "runs").glob("*.json"))]
     order = {name: i for i, name in enumerate(CASES)}
     return sorted(records, key=lambda r: (order.get(r["case"], len(order)), r["case"], r["budget_pct"], r["seed"]))
-
-
-def _write_csv(path: Path, header: list[str], rows: list[dict]) -> None:
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, header)
-        writer.writeheader()
-        writer.writerows(rows)
 
 
 def _mean_std(values: list[float]) -> tuple[float, float | None]:
@@ -532,7 +455,7 @@ def write_outputs(out: Path) -> None:
     records = _load_records(out)
     if not records:
         return
-    _write_csv(
+    write_csv(
         out / "steps.csv",
         ["case", "seed", "budget_pct", "step", "n_labels", "aca", "mca"],
         [
@@ -546,7 +469,7 @@ def write_outputs(out: Path) -> None:
             for s in r["steps"]
         ],
     )
-    _write_csv(
+    write_csv(
         out / "diagnostics.csv",
         [
             "case",
@@ -584,7 +507,7 @@ def write_outputs(out: Path) -> None:
             }
         )
     header = ["case", "budget_pct", "n_seeds", "aca_mean", "aca_std", "mca_mean", "mca_std"]
-    _write_csv(
+    write_csv(
         out / "summary.csv",
         header,
         [{**{k: row[k] for k in header}, "budget_pct": f"{row['budget_pct']:g}"} for row in summary],
@@ -615,7 +538,7 @@ def _write_reach(path: Path, summary: list[dict]) -> None:
                 "aca_there": reached["aca_mean"] if reached else "",
             }
         )
-    _write_csv(path, ["case", "ceiling_aca", "smallest_budget_pct_within_1pt", "aca_there"], rows)
+    write_csv(path, ["case", "ceiling_aca", "smallest_budget_pct_within_1pt", "aca_there"], rows)
 
 
 def _row_normalised(confusion) -> np.ndarray:
@@ -631,7 +554,7 @@ def _write_confusion(out: Path, records: list[dict]) -> None:
         key: np.mean([_row_normalised(r["final_metrics"]["confusion"]) for r in group], axis=0)
         for key, group in _groups(records).items()
     }
-    _write_csv(
+    write_csv(
         out / "confusion.csv",
         ["case", "budget_pct", "true_class", *class_names],
         [
@@ -643,7 +566,7 @@ def _write_confusion(out: Path, records: list[dict]) -> None:
     budgets = sorted({budget for _, budget in means})
     shown = max((b for b in budgets if b < CEILING), default=budgets[-1])
     panels = [(case, matrix) for (case, budget), matrix in means.items() if budget == shown]
-    plt = _pyplot()
+    plt = pyplot()
     columns = min(4, len(panels))
     rows = -(-len(panels) // columns)
     fig, axes = plt.subplots(rows, columns, figsize=(3.6 * columns, 3.6 * rows), squeeze=False)
@@ -665,17 +588,8 @@ def _write_confusion(out: Path, records: list[dict]) -> None:
     plt.close(fig)
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _plot_label_efficiency(path: Path, summary: list[dict], subtitle: str) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
     budgets = sorted({row["budget_pct"] for row in summary if row["budget_pct"] < CEILING})
     for ax, metric in zip(axes, ("aca", "mca")):
