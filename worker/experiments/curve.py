@@ -516,6 +516,8 @@ def _write_reach(path: Path, by_case: dict, pool_size: int) -> None:
         if case == "full":
             continue
         n, aca, _ = _mean_curve(runs)
+        if not len(n):  # its runs have queued their first batch only
+            continue
         for name, level in levels:
             hit = n[aca >= level]
             rows.append(
