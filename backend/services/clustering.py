@@ -22,23 +22,36 @@ def latest_clustering(session: Session, project: Project, state: str | None = No
     return session.scalar(query.order_by(PoolClustering.id.desc()).limit(1))
 
 
-def request_clustering(session: Session, project: Project, config: ClusteringConfig) -> PoolClustering:
-    """Queues a clustering of the pool; one at a time per project."""
-    busy = session.scalar(
-        select(PoolClustering.id).where(PoolClustering.project_id == project.id, PoolClustering.state.in_(ACTIVE)).limit(1)
+def active_clustering(session: Session, project: Project) -> PoolClustering | None:
+    """The project's clustering that is queued or running, if any (one at a time)."""
+    return session.scalar(
+        select(PoolClustering)
+        .where(PoolClustering.project_id == project.id, PoolClustering.state.in_(ACTIVE))
+        .order_by(PoolClustering.id.desc())
+        .limit(1)
     )
-    if busy is not None:
-        raise Conflict("a clustering of this pool is already queued or running")
+
+
+def new_clustering(project: Project, config: ClusteringConfig) -> PoolClustering:
+    """A queued clustering's row, not yet added; n_clusters defaults to the number of classes."""
     settings = config.model_dump()
     if settings["n_clusters"] is None:
         settings["n_clusters"] = len(project.classes)
+    return PoolClustering(project_id=project.id, config=settings, progress={"phase": "queued"})
+
+
+def request_clustering(session: Session, project: Project, config: ClusteringConfig) -> PoolClustering:
+    """Queues a clustering of the pool; one at a time per project."""
+    if active_clustering(session, project) is not None:
+        raise Conflict("a clustering of this pool is already queued or running")
+    clustering = new_clustering(project, config)
+    settings = clustering.config
     pool_size = count_pool(session, project)
     if min(pool_size, settings["max_cells"]) < settings["n_clusters"]:
         raise Invalid(
             f"clustering into {settings['n_clusters']} clusters needs at least as many pool cells "
             f"(the pool has {pool_size}, max_cells is {settings['max_cells']})"
         )
-    clustering = PoolClustering(project_id=project.id, config=settings, progress={"phase": "queued"})
     session.add(clustering)
     session.commit()
     enqueue(clustering)

@@ -12,6 +12,7 @@ from backend.core.errors import Conflict
 from backend.core.jobs import ACTIVE, ClusteringConfig, JobState
 from backend.core.queries import is_current
 from backend.core.settings import get_settings
+from backend.services.clustering import active_clustering, new_clustering
 from backend.services.jobs import enqueue
 from backend.services.labeling import latest_round, open_round
 from backend.services.projects import count_labeled, count_pool, resolve_budget
@@ -48,17 +49,11 @@ def pool_pretraining(session: Session, project: Project, pool_size: int) -> Pool
     epochs = get_settings().pool_pretraining_epochs if epochs is None else epochs
     if project.start_model_id is not None or epochs == 0 or pool_size < len(project.classes):
         return None
-    active = session.scalar(
-        select(PoolClustering)
-        .where(PoolClustering.project_id == project.id, PoolClustering.state.in_(ACTIVE))
-        .order_by(PoolClustering.id.desc())
-        .limit(1)
-    )
+    active = active_clustering(session, project)
     if active is not None:
         return active if active.config.get("representation") == "contrastive" and active.config.get("start_model") else None
-    config = ClusteringConfig(representation="contrastive", pretext_epochs=epochs, start_model=True).model_dump()
-    pretraining = PoolClustering(
-        project_id=project.id, config={**config, "n_clusters": len(project.classes)}, progress={"phase": "queued"}
+    pretraining = new_clustering(
+        project, ClusteringConfig(representation="contrastive", pretext_epochs=epochs, start_model=True)
     )
     session.add(pretraining)
     return pretraining
