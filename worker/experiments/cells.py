@@ -18,6 +18,7 @@ from backend.core.blobs import BlobStore
 from backend.core.errors import Invalid
 from backend.core.readers import files_from_folder
 from worker.ml.training import stratified_holdout
+from worker.rounds import RoundInputs
 
 CHANNEL = "luminance"  # of cells read from a folder outside any project (a project's default too)
 
@@ -112,4 +113,44 @@ def split_by_hash(cells: LabeledCells, test_fraction: float, validation_fraction
         np.sort(np.array(test, dtype=np.int64)),
         np.zeros(0, dtype=np.int64),
         np.sort(np.array(validation, dtype=np.int64)),
+    )
+
+
+def oracle_round(
+    cells: LabeledCells,
+    number: int,
+    strategy: str,
+    options: dict,
+    model_settings: dict,
+    batch_size: int,
+    parent: str | None,
+    transfer: bool,
+    labeled: list[int],
+    unlabeled: list[int],
+    test: LabeledCells,
+    **extra,
+) -> RoundInputs:
+    """The inputs of one round of a simulated project, whose annotator is the ground truth of
+    `cells` (`labeled`, `unlabeled`: indices into them); `extra`: further RoundInputs fields."""
+    return RoundInputs(
+        project_id=0,
+        number=number,
+        channel=CHANNEL,
+        class_names=cells.class_names,
+        strategy=strategy,
+        strategy_options=options,
+        model_settings=model_settings,
+        batch_size=batch_size,
+        parent_model_id=None,
+        parent_checkpoint=parent,
+        transfer=transfer,
+        labeled_ids=list(labeled),
+        labeled_hashes=[cells.hashes[i] for i in labeled],
+        labeled_classes=cells.labels[labeled],
+        pool_ids=unlabeled,
+        pool_hashes=[cells.hashes[i] for i in unlabeled],
+        test_hashes=test.hashes,
+        test_classes=test.labels,
+        render_maps=False,
+        **extra,
     )

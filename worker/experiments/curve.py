@@ -39,12 +39,12 @@ from tqdm import tqdm
 
 from backend.core.blobs import BlobStore
 from backend.core.errors import Invalid
-from worker.experiments.cells import CHANNEL, LabeledCells, Split, read_labeled_folder, split_by_hash
+from worker.experiments.cells import CHANNEL, LabeledCells, Split, oracle_round, read_labeled_folder, split_by_hash
 from worker.experiments.store import blob_store_under, machine, pyplot, write_csv, write_json
 from worker.ml.metrics import selection_diagnostics
 from worker.ml.pretext import PretextConfig, pretrain_contrastive
 from worker.ml.training import TrainingConfig, resolve_device, save_checkpoint
-from worker.rounds import RoundInputs, compute_round, load_cells
+from worker.rounds import compute_round, load_cells
 
 READ_OFF_PCT = (2, 5, 10, 20)
 FULL_BUDGET_PCT = 20.0
@@ -214,26 +214,18 @@ def run_curve(
             parent, transfer = start_checkpoint, True
         torch.manual_seed(seed)  # a transferred model's new head is drawn from the global generator
         result = compute_round(
-            RoundInputs(
-                project_id=0,
-                number=number,
-                channel=CHANNEL,
-                class_names=cells.class_names,
-                strategy=case.strategy,
-                strategy_options=case.options,
-                model_settings=model_settings,
-                batch_size=size,
-                parent_model_id=None,
-                parent_checkpoint=parent,
-                transfer=transfer,
-                labeled_ids=list(labeled),
-                labeled_hashes=[cells.hashes[i] for i in labeled],
-                labeled_classes=cells.labels[labeled],
-                pool_ids=unlabeled,
-                pool_hashes=[cells.hashes[i] for i in unlabeled],
-                test_hashes=test.hashes,
-                test_classes=test.labels,
-                render_maps=False,
+            oracle_round(
+                cells,
+                number,
+                case.strategy,
+                case.options,
+                model_settings,
+                size,
+                parent,
+                transfer,
+                labeled,
+                unlabeled,
+                test,
                 **validation,
             )
         )

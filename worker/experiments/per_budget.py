@@ -32,13 +32,13 @@ from backend.core.blobs import BlobStore
 from backend.core.budget import budget_sizes, half_up
 from backend.core.errors import Invalid
 from backend.core.settings import get_settings
-from worker.experiments.cells import CHANNEL, LabeledCells, Split, read_labeled_folder, stratified_sample
+from worker.experiments.cells import CHANNEL, LabeledCells, Split, oracle_round, read_labeled_folder, stratified_sample
 from worker.experiments.pretrain import pretrain
 from worker.experiments.store import blob_store_under, machine, pyplot, write_csv, write_json
 from worker.ml.metrics import selection_diagnostics
 from worker.ml.strategies import STRATEGIES
 from worker.ml.training import TrainingConfig, resolve_device, stratified_holdout
-from worker.rounds import RoundInputs, compute_round, load_cells
+from worker.rounds import compute_round, load_cells
 
 
 @dataclass
@@ -147,30 +147,23 @@ def run_case(
     # compute_round draws a transferred model's new head from torch's global generator: seed it
     # here, or an in-* run would depend on what ran before it in this process.
     torch.manual_seed(seed)
+    test = cells.subset(split.test)
     started = time.perf_counter()
     for number, size in enumerate(plan):
         round_started = time.perf_counter()
         result = compute_round(
-            RoundInputs(
-                project_id=0,
-                number=number,
-                channel=CHANNEL,
-                class_names=cells.class_names,
-                strategy=case.strategy,
-                strategy_options=case.options,
-                model_settings=model_settings,
-                batch_size=size,
-                parent_model_id=None,
-                parent_checkpoint=parent,
-                transfer=transfer,
-                labeled_ids=list(labeled),
-                labeled_hashes=[cells.hashes[i] for i in labeled],
-                labeled_classes=cells.labels[labeled],
-                pool_ids=unlabeled,
-                pool_hashes=[cells.hashes[i] for i in unlabeled],
-                test_hashes=[cells.hashes[i] for i in split.test],
-                test_classes=cells.labels[split.test],
-                render_maps=False,
+            oracle_round(
+                cells,
+                number,
+                case.strategy,
+                case.options,
+                model_settings,
+                size,
+                parent,
+                transfer,
+                labeled,
+                unlabeled,
+                test,
                 pool_clusters=pool_clusters if number == 0 else None,
             )
         )
