@@ -347,7 +347,9 @@ def select_batch(
     from worker.ml.strategies import SelectionContext, rank_pool
     from worker.ml.training import model_outputs
 
-    rng = np.random.default_rng([inputs.project_id, inputs.number, inputs.model_settings.get("seed", 0)])
+    # Seeded by the round and the project's seed only, so that a simulation of the project with the
+    # same seed and labels draws the same cells (tests/service/test_simulation_replays_a_project.py).
+    rng = np.random.default_rng([inputs.number, inputs.model_settings.get("seed", 0)])
     trained = inputs.number > 0 and model is not None
     # Round 0 has no trained model: its k cells are random (thesis Table 2, step 2), spread over
     # the pool's clusters (cold start `clusters`), or picked by a strategy that reads a start

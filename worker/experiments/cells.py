@@ -131,7 +131,10 @@ def oracle_round(
     **extra,
 ) -> RoundInputs:
     """The inputs of one round of a simulated project, whose annotator is the ground truth of
-    `cells` (`labeled`, `unlabeled`: indices into them); `extra`: further RoundInputs fields."""
+    `cells` (`labeled`, `unlabeled`: indices into them); `extra`: further RoundInputs fields.
+    Both are taken in index order, as a project reads its cells in the order of their image ids:
+    cells imported in index order make the project and its simulation train and rank alike."""
+    labeled, unlabeled = sorted(labeled), sorted(unlabeled)
     return RoundInputs(
         project_id=0,
         number=number,

@@ -142,7 +142,7 @@ def run_case(
     labeled: list[int] = []
     unlabeled = [int(i) for i in split.pool]
     parent, transfer = (start_checkpoint, True) if case.pretrained else (None, False)
-    steps, diagnostics, final_metrics = [], [], {}
+    steps, diagnostics, final_metrics, batches = [], [], {}, []
     model_settings = asdict(settings.training_config(seed, single=budget_pct >= CEILING))
     # compute_round draws a transferred model's new head from torch's global generator: seed it
     # here, or an in-* run would depend on what ran before it in this process.
@@ -207,6 +207,7 @@ def run_case(
                     "error_auroc": batch["error_auroc"],
                 }
             )
+        batches.append(picked)
         labeled += picked
         chosen = set(picked)
         unlabeled = [i for i in unlabeled if i not in chosen]
@@ -230,6 +231,7 @@ def run_case(
         "diagnostics": diagnostics,
         "final_metrics": final_metrics,
         "labeled": labeled,  # cell indices in the order they were queued
+        "batches": batches,  # each round's queued cells, in rank order
         "first_batch_summary": first_batch_summary,
         "seconds": time.perf_counter() - started,
         "finished_at": datetime.now(timezone.utc).isoformat(),
