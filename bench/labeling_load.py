@@ -29,7 +29,6 @@ import resource
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -42,9 +41,9 @@ from cpu_speed import python_loop_us
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from backend.testing import POSTGRES_ADMIN_URL, start_worker, stop, throwaway_service, wait_for  # noqa: E402
+
 I3A = Path(os.environ.get("XAL_I3A_DIR", ROOT.parent / "shared" / "data" / "i3a"))
-POSTGRES_ADMIN_URL = os.environ.get("XAL_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
-REDIS_URL = os.environ.get("XAL_BENCH_REDIS", "redis://127.0.0.1:6379/0")
 CLASSES = ["Homogeneous", "Speckled", "Nucleolar", "Centromere", "NuMem", "Golgi"]
 IMPORT_BATCH = 500
 
@@ -69,88 +68,64 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "labeling-load.json"))
     args = parser.parse_args()
 
-    database = f"xal_bench_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{database}"')
-    env = {
-        "XAL_DATABASE_URL": POSTGRES_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://", 1)
-        + f"/{database}",
-        "XAL_BROKER_URL": REDIS_URL,
-        "XAL_POOL_PRETRAINING_EPOCHS": "0",  # round 0 at once: the labeling is what is timed
-        "XAL_QUEUE": f"xal-bench-{database}",
-        "XAL_DATA_DIR": tempfile.mkdtemp(prefix="xal-bench-load-"),
-        "XAL_DEVICE": "cpu",
-        "OMP_NUM_THREADS": "1",
-    }
-    os.environ.update(env)
-    worker = None
-    try:
-        from backend.core.db.migrate import upgrade_database
-
-        upgrade_database()
+    with throwaway_service("xal_bench", OMP_NUM_THREADS="1") as env:
+        database = env["XAL_DATABASE_URL"].rsplit("/", 1)[1]
         admin = {"Authorization": f"Bearer {_admin_token()}"}
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "backend.cli", "worker", "--concurrency", "1", "--loglevel", "WARNING"],
-            cwd=ROOT,
-            env=os.environ.copy(),
-        )
-        with open(I3A / "labels.csv", newline="") as f:
-            rows = list(csv.DictReader(f))[: args.pool]
-        cells = [(f"{row['image_id']}.png", (I3A / row["image_path"]).read_bytes()) for row in rows]
-        base_url = f"http://127.0.0.1:{args.port}"
-        runs = []
-        annotators = None
-        for n_workers in args.workers:
-            server = _start_server(n_workers, args.port, args.loop, args.http)
-            try:
-                with httpx.Client(base_url=base_url, headers=admin, timeout=60) as client:
-                    _wait_until_up(client)
-                    annotators = annotators or [_annotator(client, i) for i in range(args.annotators)]
-                    for rate, repeat in [(rate, repeat) for rate in args.rates for repeat in range(args.repeats)]:
-                        project_id = _queued_project(client, cells, annotators)
-                        _analyze(database)
-                        load_before, cpu_speed = os.getloadavg(), python_loop_us()
-                        with CpuMeter(server, database) as cpu:
-                            run = asyncio.run(_load(base_url, project_id, annotators, args.duration, rate))
-                        run.update(
-                            workers=n_workers,
-                            rate=rate,
-                            repeat=repeat,
-                            project_id=project_id,
-                            python_loop_us=round(cpu_speed, 1),
-                            loadavg_before=load_before,
-                            loadavg_after=os.getloadavg(),
-                            database_connections={"opened": cpu.backends_started, "most_at_once": cpu.most_backends_at_once},
-                            cpu_ms_per_label={k: round(v * 1000 / max(run["labels"], 1), 2) for k, v in cpu.seconds.items()},
-                        )
-                        run["labels_in_database"] = _labels_in_database(project_id)
-                        runs.append(run)
-                        _print_run(run)
-            finally:
-                _stop(server)
-        summary = _summary(runs)
-        for line in summary["lines"]:
-            print(line)
-        result = {
-            "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
-            "config": vars(args),
-            "summary": summary["by_setting"],
-            "runs": runs,
-        }
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-        print(f"written to {args.out}")
-    finally:
-        if worker is not None:
-            _stop(worker)
-        from backend.core.db.session import get_engine
+        worker = start_worker(Path(env["XAL_DATA_DIR"]) / "worker.log")  # round 0 of each project
+        try:
+            runs = _measure(args, admin, database)
+        finally:
+            stop(worker)
+    summary = _summary(runs)
+    for line in summary["lines"]:
+        print(line)
+    result = {
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
+        "config": vars(args),
+        "summary": summary["by_setting"],
+        "runs": runs,
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    print(f"written to {args.out}")
 
-        get_engine().dispose()
-        with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
-        import redis
 
-        redis.Redis.from_url(REDIS_URL).delete(env["XAL_QUEUE"], f"_kombu.binding.{env['XAL_QUEUE']}")
+def _measure(args, admin: dict, database: str) -> list[dict]:
+    with open(I3A / "labels.csv", newline="") as f:
+        rows = list(csv.DictReader(f))[: args.pool]
+    cells = [(f"{row['image_id']}.png", (I3A / row["image_path"]).read_bytes()) for row in rows]
+    base_url = f"http://127.0.0.1:{args.port}"
+    runs = []
+    annotators = None
+    for n_workers in args.workers:
+        server = _start_server(n_workers, args.port, args.loop, args.http)
+        try:
+            with httpx.Client(base_url=base_url, headers=admin, timeout=60) as client:
+                wait_for(lambda: _is_up(client), 120, message="the API")
+                annotators = annotators or [_annotator(client, i) for i in range(args.annotators)]
+                for rate, repeat in [(rate, repeat) for rate in args.rates for repeat in range(args.repeats)]:
+                    project_id = _queued_project(client, cells, annotators)
+                    _analyze(database)
+                    load_before, cpu_speed = os.getloadavg(), python_loop_us()
+                    with CpuMeter(server, database) as cpu:
+                        run = asyncio.run(_load(base_url, project_id, annotators, args.duration, rate))
+                    run.update(
+                        workers=n_workers,
+                        rate=rate,
+                        repeat=repeat,
+                        project_id=project_id,
+                        python_loop_us=round(cpu_speed, 1),
+                        loadavg_before=load_before,
+                        loadavg_after=os.getloadavg(),
+                        database_connections={"opened": cpu.backends_started, "most_at_once": cpu.most_backends_at_once},
+                        cpu_ms_per_label={k: round(v * 1000 / max(run["labels"], 1), 2) for k, v in cpu.seconds.items()},
+                    )
+                    run["labels_in_database"] = _labels_in_database(project_id)
+                    runs.append(run)
+                    _print_run(run)
+        finally:
+            stop(server)
+    return runs
 
 
 def _admin_token() -> str:
@@ -190,24 +165,11 @@ def _start_server(workers: int, port: int, loop: str, http: str) -> subprocess.P
     )
 
 
-def _wait_until_up(client: httpx.Client, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if client.get("/api/health").status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.5)
-    raise RuntimeError("the API did not come up")
-
-
-def _stop(process: subprocess.Popen) -> None:
-    process.terminate()
+def _is_up(client: httpx.Client) -> bool:
     try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
+        return client.get("/api/health").status_code == 200
+    except httpx.TransportError:
+        return False
 
 
 def _annotator(client: httpx.Client, index: int) -> dict:

@@ -25,9 +25,7 @@ import statistics
 import struct
 import subprocess
 import sys
-import tempfile
 import time
-import uuid
 import zlib
 from pathlib import Path
 
@@ -35,9 +33,9 @@ from cpu_speed import python_loop_us
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from backend.testing import start_worker, stop, throwaway_service, wait_for_round, wait_until_ready  # noqa: E402
+
 I3A = Path(os.environ.get("XAL_I3A_DIR", ROOT.parent / "shared" / "data" / "i3a"))
-POSTGRES = os.environ.get("XAL_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
-REDIS = os.environ.get("XAL_TEST_REDIS", "redis://127.0.0.1:6379/0")
 TEST_CELLS = 400
 CORES = 2
 
@@ -66,59 +64,25 @@ def cpu_seconds(pid: int) -> float:
 
 
 def run_configuration(pool_size: int, n_workers: int, args, rows: list[dict], classes: list[str]) -> list[dict]:
-    import psycopg
-
-    database = f"xal_bench_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(POSTGRES, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{database}"')
-    data_dir = tempfile.mkdtemp(prefix="xal-bench-")
-    env = {
-        "XAL_DATABASE_URL": f"{POSTGRES.rsplit('/', 1)[0].replace('postgresql://', 'postgresql+psycopg://', 1)}/{database}",
-        "XAL_BROKER_URL": REDIS,
-        "XAL_POOL_PRETRAINING_EPOCHS": "0",  # round 0 at once: what is timed starts after it
-        "XAL_QUEUE": f"xal-bench-{database}",
-        "XAL_DATA_DIR": data_dir,
-        "XAL_DEVICE": args.device,
-    }
-    os.environ.update(env)
-    from backend.core.settings import get_settings
-
-    get_settings.cache_clear()
-    workers, logs = [], []
-    try:
-        return _measure(pool_size, n_workers, args, rows, classes, env, workers, logs)
-    finally:
-        for worker in workers:
-            worker.terminate()
-            try:
-                worker.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                worker.kill()
-        for log in logs:
-            log.close()
-        from backend.core.db.session import get_engine
-
-        get_engine().dispose()
-        with psycopg.connect(POSTGRES, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
-        import redis
-
-        redis.Redis.from_url(REDIS).delete(env["XAL_QUEUE"], f"_kombu.binding.{env['XAL_QUEUE']}")
-        subprocess.run(["rm", "-rf", data_dir], check=False)
+    with throwaway_service("xal_bench", XAL_DEVICE=args.device) as env:
+        workers: list[subprocess.Popen] = []
+        try:
+            return _measure(pool_size, n_workers, args, rows, classes, env, workers)
+        finally:
+            for worker in workers:
+                stop(worker)
 
 
-def _measure(pool_size, n_workers, args, rows, classes, env, workers, logs) -> list[dict]:
+def _measure(pool_size, n_workers, args, rows, classes, env, workers) -> list[dict]:
     from fastapi.testclient import TestClient
 
     from backend.api.app import create_app
-    from backend.core.db.migrate import upgrade_database
     from backend.core.db.models import Project
     from backend.core.db.session import new_session
     from backend.core.readers import IncomingFile
     from backend.services.imports import import_images
     from backend.services.users import create_user, issue_token
 
-    upgrade_database()
     with new_session() as session:
         _, secret = issue_token(session, create_user(session, "bench-admin", "admin"))
         session.commit()
@@ -169,33 +133,18 @@ def _measure(pool_size, n_workers, args, rows, classes, env, workers, logs) -> l
         print(f"pool {pool_size}: imported {pool_size} + {TEST_CELLS} cells in {import_s:.0f} s", flush=True)
 
         threads = args.threads or max(1, CORES // n_workers)
-        worker_env = {**os.environ, **env, "OMP_NUM_THREADS": str(threads)}
-        for i in range(n_workers):
-            log = open(Path(env["XAL_DATA_DIR"]) / f"worker-{i}.log", "w")
-            logs.append(log)
-            workers.append(
-                subprocess.Popen(
-                    [sys.executable, "-m", "backend.cli", "worker", "--concurrency", "1"],
-                    cwd=ROOT,
-                    env=worker_env,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                )
-            )
-        _wait(
-            lambda: all("ready." in (Path(env["XAL_DATA_DIR"]) / f"worker-{i}.log").read_text() for i in range(n_workers)),
-            180,
-            "the workers",
-        )
+        logs = [Path(env["XAL_DATA_DIR"]) / f"worker-{i}.log" for i in range(n_workers)]
+        workers += [start_worker(log, {"OMP_NUM_THREADS": str(threads)}) for log in logs]
+        wait_until_ready(logs)
 
         assert client.post(f"/api/projects/{project_id}/start", headers=headers).status_code == 202
-        _wait_round(client, headers, project_id, 0)
+        wait_for_round(client, headers, project_id, 0, timeout=3600, interval=0.2)
         runs = []
         for number in range(1, args.steps + 1):
             cpu_speed = python_loop_us()
             cpu_before = sum(cpu_seconds(w.pid) for w in workers)
             last_label_at = _label_open_step(client, headers, project_id, truth)
-            round_ = _wait_round(client, headers, project_id, number)
+            round_ = wait_for_round(client, headers, project_id, number, timeout=3600, interval=0.2)
             cell = client.post(f"/api/projects/{project_id}/queue/next", headers=headers).json()["cell"]
             latency = time.perf_counter() - last_label_at
             assert cell is not None
@@ -236,29 +185,6 @@ def _label_open_step(client, headers, project_id: int, truth: dict) -> float:
         progress = client.get(f"/api/projects/{project_id}/rounds", headers=headers).json()
         if progress[-1]["state"] in ("queued", "running"):
             return sent
-
-
-def _wait_round(client, headers, project_id: int, number: int) -> dict:
-    def done():
-        response = client.get(f"/api/projects/{project_id}/rounds/{number}", headers=headers)
-        if response.status_code == 200 and response.json()["state"] in ("done", "failed"):
-            return response.json()
-        return None
-
-    round_ = _wait(done, 3600, f"round {number}", interval=0.2)
-    if round_["state"] != "done":
-        raise RuntimeError(f"round {number} failed: {round_['error']}")
-    return round_
-
-
-def _wait(predicate, timeout: float, what: str, interval: float = 0.5):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise TimeoutError(f"timed out waiting for {what}")
 
 
 def main() -> None:

@@ -14,14 +14,14 @@ import os
 import socket
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import psycopg
 import pytest
 from fastapi.testclient import TestClient
+
+from backend.testing import start_worker, stop, throwaway_service, wait_for_round
 
 I3A_DIR = Path(os.environ.get("XAL_I3A_DIR", Path(__file__).resolve().parents[2] / "shared" / "data" / "i3a"))
 
@@ -66,59 +66,11 @@ def balanced_sample(rows: list[dict], per_class: int, offset: int = 0) -> list[d
     return [row for cls in sorted(by_class) for row in by_class[cls][offset : offset + per_class]]
 
 
-POSTGRES_ADMIN_URL = os.environ.get("XAL_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
-REDIS_URL = os.environ.get("XAL_TEST_REDIS", "redis://127.0.0.1:6379/0")
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _sqlalchemy_url(database: str) -> str:
-    base = POSTGRES_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://", 1)
-    return f"{base}/{database}"
-
-
 @pytest.fixture(scope="session")
 def service_env(tmp_path_factory) -> Iterator[dict[str, str]]:
     """A fresh migrated PostgreSQL database, a private Celery queue and data dir; set in os.environ."""
-    database = f"xal_test_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{database}"')
-    env = {
-        "XAL_DATABASE_URL": _sqlalchemy_url(database),
-        "XAL_BROKER_URL": REDIS_URL,
-        "XAL_QUEUE": f"xal-test-{database}",
-        "XAL_DATA_DIR": str(tmp_path_factory.mktemp("xal-data")),
-        "XAL_DEVICE": "cpu",
-        # no pretraining on the pool before round 0 unless a test asks for it (test_clustering)
-        "XAL_POOL_PRETRAINING_EPOCHS": "0",
-    }
-    saved = {key: os.environ.get(key) for key in env}
-    os.environ.update(env)
-    _clear_cached_settings()
-    from backend.core.db.migrate import upgrade_database
-
-    upgrade_database()
-    yield env
-    from backend.core.db.session import get_engine
-
-    get_engine().dispose()
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
-    _clear_cached_settings()
-    with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
-    import redis
-
-    # rounds no worker took, and kombu's bookkeeping of the queue
-    redis.Redis.from_url(REDIS_URL).delete(env["XAL_QUEUE"], f"_kombu.binding.{env['XAL_QUEUE']}")
-
-
-def _clear_cached_settings() -> None:
-    from backend.core.settings import get_settings
-
-    get_settings.cache_clear()
+    with throwaway_service("xal_test", tmp_path_factory.mktemp("xal-data")) as env:
+        yield env
 
 
 @pytest.fixture(scope="session")
@@ -161,38 +113,11 @@ def admin_headers(service_env) -> dict[str, str]:
 @pytest.fixture(scope="session")
 def worker(service_env, tmp_path_factory) -> Iterator[subprocess.Popen]:
     """A real Celery worker process on the session's queue."""
-    log_path = tmp_path_factory.mktemp("worker") / "worker.log"
-    log = open(log_path, "w")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "backend.cli", "worker", "--concurrency", "1"],
-        cwd=ROOT,
-        env={**os.environ, **service_env},
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    log = tmp_path_factory.mktemp("worker") / "worker.log"
+    process = start_worker(log)
     yield process
     stop(process)
-    log.close()
-    sys.stderr.write(f"\n[worker log: {log_path}]\n")
-
-
-def stop(process: subprocess.Popen, timeout: float = 30) -> None:
-    """SIGTERM, then SIGKILL if it does not end in time."""
-    process.terminate()
-    try:
-        process.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        process.kill()
-
-
-def wait_for(predicate, timeout: float, interval: float = 0.5, message: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+    sys.stderr.write(f"\n[worker log: {log}]\n")
 
 
 def started_project(client, headers: dict, i3a_dir: Path, rows: list[dict], spec: dict) -> int:
@@ -221,20 +146,6 @@ def started_project(client, headers: dict, i3a_dir: Path, rows: list[dict], spec
     run_round(round_id)  # "skipped" when the session's worker took it first
     wait_for_round(client, headers, project_id, 0)
     return project_id
-
-
-def wait_for_round(client, headers: dict, project_id: int, number: int, timeout: float = 300) -> dict:
-    """Polls the API until the round is done (or failed: then the test fails with its error)."""
-
-    def finished():
-        response = client.get(f"/api/projects/{project_id}/rounds/{number}", headers=headers)
-        if response.status_code == 200 and response.json()["state"] in ("done", "failed"):
-            return response.json()
-        return None
-
-    round_ = wait_for(finished, timeout=timeout, interval=1, message=f"round {number}")
-    assert round_["state"] == "done", round_["error"]
-    return round_
 
 
 def mislabeled_selections(project_id: int) -> list[tuple[int, int, bool]]:

@@ -26,6 +26,7 @@ from backend.core.blobs import get_blob_store
 from backend.core.db.models import Image, ImageCluster, ModelVersion, PoolClustering, Project, Round, utcnow
 from backend.core.db.session import new_session
 from backend.core.jobs import JobState, Task
+from backend.core.outbox import enqueue
 from backend.core.queries import release_waiting_rounds
 from backend.core.settings import get_settings
 from worker.jobs import (
@@ -333,17 +334,13 @@ def _store(clustering_id: int, attempt: int, image_ids: list[int], result: dict)
 
 
 def send_waiting_rounds(clustering_id: int) -> None:
-    """Queues and sends the project's round 0 that waited for this pretraining (done or failed).
-    Sent without the API's lease: should the sweeper send it too, the second message finds it
-    claimed and is skipped (worker.jobs.claim)."""
-    from worker.celery_app import celery_app
-
+    """Queues and sends the project's round 0 that waited for this pretraining (done or failed)."""
     with new_session() as session:
         project_id = session.scalar(select(PoolClustering.project_id).where(PoolClustering.id == clustering_id))
         released = session.scalars(release_waiting_rounds(project_id)).all()
         session.commit()
     for round_id in released:
-        celery_app.send_task(Task.RUN_ROUND, args=[round_id], queue=get_settings().queue)
+        enqueue(Round, round_id)
 
 
 def _offer_start_model(session, clustering: PoolClustering, checkpoint: bytes) -> None:

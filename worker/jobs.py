@@ -1,7 +1,7 @@
 """Bookkeeping shared by the worker's long jobs (rounds, pool clusterings): rows with `state`,
 `attempts`, `lease_expires_at`, `progress`, `error` and `finished_at`, written in short
 sessions of their own. A worker claims a queued job and holds its lease while it computes;
-the API's sweeper queues again a running job whose lease ran out (backend.services.jobs).
+the API's sweeper queues again a running job whose lease ran out (backend.core.outbox).
 
 A job too large for one worker (a round scoring a large pool: worker.chunks; a clustering
 encoding one: worker.clustering) is split into chunk tasks that any worker takes, and a merge

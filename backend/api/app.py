@@ -14,8 +14,8 @@ from sqlalchemy.exc import DataError, InterfaceError, OperationalError, TimeoutE
 
 from backend.api import auth, clustering, images, labels, projects, rounds
 from backend.core.errors import DomainError
+from backend.core.outbox import send_waiting_jobs
 from backend.core.settings import get_settings
-from backend.services.jobs import send_waiting_jobs
 
 FRONTEND = Path(__file__).resolve().parents[2] / "frontend"
 DATABASE_RETRY_AFTER_S = 5
@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 def _sweep_jobs(stop: threading.Event) -> None:
     """Rounds and pool clusterings whose worker died, or that never reached the broker, are
-    sent again (backend.services.jobs). A thread of the API process because the API runs in
+    sent again (backend.core.outbox). A thread of the API process because the API runs in
     every deployment, the embedded one included; several API processes may sweep at once
     (sending takes each job's lease first)."""
     interval = get_settings().job_lease_seconds / 4

@@ -18,7 +18,7 @@ def make_celery(include: Sequence[str] = ()) -> Celery:
         task_default_queue=settings.queue,
         task_ignore_result=True,
         # a task whose worker dies is redelivered, and tasks are idempotent (a round or clustering
-        # is also re-sent by the API's sweeper once its lease runs out: backend.services.jobs)
+        # is also re-sent by the API's sweeper once its lease runs out: backend.core.outbox)
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,

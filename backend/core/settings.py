@@ -29,7 +29,7 @@ class Settings(BaseSettings):
     # A running job's worker (a round, a pool clustering) renews the job's lease every quarter
     # of this; a job whose lease runs out (its worker died, or its message waited this long
     # unclaimed or was never sent) is queued and sent again by the API's sweeper, which looks
-    # every quarter of this (backend.services.jobs).
+    # every quarter of this (backend.core.outbox).
     job_lease_seconds: int = 60
     max_upload_bytes: int = 512 * 1024 * 1024
     max_image_bytes: int = 20 * 1024 * 1024

@@ -8,8 +8,8 @@ from sqlalchemy.orm import Session
 from backend.core.db.models import Image, ImageCluster, Label, PoolClustering, Project, ProjectClass
 from backend.core.errors import Conflict, Invalid
 from backend.core.jobs import ACTIVE, ClusteringConfig, JobState
+from backend.core.outbox import enqueue
 from backend.core.queries import is_current
-from backend.services.jobs import enqueue
 from backend.services.projects import count_pool
 
 EXAMPLES_PER_CLUSTER = 8
@@ -54,7 +54,7 @@ def request_clustering(session: Session, project: Project, config: ClusteringCon
         )
     session.add(clustering)
     session.commit()
-    enqueue(clustering)
+    enqueue(PoolClustering, clustering.id)
     return clustering
 
 

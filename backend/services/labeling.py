@@ -18,9 +18,9 @@ from sqlalchemy.orm import Session
 from backend.core.db.models import CellNote, Image, Label, Project, ProjectClass, Round, Selection, User, utcnow
 from backend.core.errors import Conflict, Invalid
 from backend.core.jobs import ACTIVE, JobState
+from backend.core.outbox import enqueue
 from backend.core.queries import is_current
 from backend.core.settings import get_settings
-from backend.services.jobs import enqueue
 from backend.services.projects import count_labeled, image_of_project, project_image
 
 
@@ -249,7 +249,7 @@ def submit_label(
     new_round = open_next_round_if_step_done(session, project, step_round) if step_round is not None else None
     session.commit()
     if new_round is not None:
-        enqueue(new_round)
+        enqueue(Round, new_round.id)
     return label, new_round
 
 

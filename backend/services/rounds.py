@@ -10,10 +10,10 @@ from sqlalchemy.orm import Session
 from backend.core.db.models import Image, Label, PoolClustering, Project, ProjectClass, Round
 from backend.core.errors import Conflict
 from backend.core.jobs import ACTIVE, ClusteringConfig, JobState
+from backend.core.outbox import enqueue
 from backend.core.queries import is_current
 from backend.core.settings import get_settings
 from backend.services.clustering import active_clustering, new_clustering
-from backend.services.jobs import enqueue
 from backend.services.labeling import latest_round, open_round
 from backend.services.projects import count_labeled, count_pool, resolve_budget
 
@@ -35,9 +35,9 @@ def start_project(session: Session, project: Project) -> Round:
     session.add(round_)
     session.commit()
     if pretraining is not None and pretraining.state == JobState.QUEUED:
-        enqueue(pretraining)
+        enqueue(PoolClustering, pretraining.id)
     else:
-        enqueue(round_)
+        enqueue(Round, round_.id)
     return round_
 
 
@@ -66,7 +66,7 @@ def rerun_round(session: Session, project: Project) -> Round:
         raise Conflict("only a queued, failed or cancelled round can be triggered again")
     round_.state, round_.error, round_.lease_expires_at = JobState.QUEUED, None, None
     session.commit()
-    enqueue(round_)
+    enqueue(Round, round_.id)
     return round_
 
 

@@ -13,7 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import ROOT, free_port, require, stop
+from backend.testing import ROOT, stop
+from tests.conftest import free_port, require
 
 CHROMIUM = Path(os.environ.get("XAL_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = [

@@ -3,13 +3,12 @@ two worker processes on a queue of their own, with the module's `scoring_chunk_s
 as XAL_SCORING_CHUNK_SIZE."""
 
 import os
-import subprocess
 import sys
 import uuid
 
 import pytest
 
-from tests.conftest import ROOT, stop
+from backend.testing import drop_queue, start_worker, stop
 
 
 @pytest.fixture
@@ -25,34 +24,16 @@ def private_queue(service_env):
     yield queue
     os.environ["XAL_QUEUE"] = saved
     get_settings.cache_clear()
-    import redis
-
-    redis.Redis.from_url(service_env["XAL_BROKER_URL"]).delete(queue, f"_kombu.binding.{queue}")
+    drop_queue(queue)
 
 
 @pytest.fixture
 def two_chunking_workers(private_queue, scoring_chunk_size, tmp_path):
     """One thread each: two of them share the 2 cores of a CI machine, and a test can compute
     its one-pass reference in the same arithmetic (torch.set_num_threads(1))."""
-    env = {
-        **os.environ,
-        "XAL_QUEUE": private_queue,
-        "XAL_SCORING_CHUNK_SIZE": str(scoring_chunk_size),
-        "OMP_NUM_THREADS": "1",
-    }
-    logs = [open(tmp_path / f"worker-{i}.log", "w") for i in range(2)]
-    workers = [
-        subprocess.Popen(
-            [sys.executable, "-m", "backend.cli", "worker", "--concurrency", "1"],
-            cwd=ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        for log in logs
-    ]
+    env = {"XAL_QUEUE": private_queue, "XAL_SCORING_CHUNK_SIZE": str(scoring_chunk_size), "OMP_NUM_THREADS": "1"}
+    workers = [start_worker(tmp_path / f"worker-{i}.log", env) for i in range(2)]
     yield workers
-    for worker, log in zip(workers, logs):
+    for worker in workers:
         stop(worker)
-        log.close()
     sys.stderr.write(f"\n[chunking worker logs: {tmp_path}]\n")

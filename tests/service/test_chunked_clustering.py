@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 from sqlalchemy import select
 
-from tests.conftest import balanced_sample, wait_for
+from backend.testing import wait_for
+from tests.conftest import balanced_sample
 from tests.service.chunk_workers import private_queue, two_chunking_workers  # noqa: F401 - fixtures
 from tests.service.test_clustering import CLASSES, _upload_pool_with_classes
 

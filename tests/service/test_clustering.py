@@ -6,7 +6,8 @@ import zipfile
 
 import pytest
 
-from tests.conftest import balanced_sample, wait_for, wait_for_round
+from backend.testing import wait_for, wait_for_round
+from tests.conftest import balanced_sample
 
 pytestmark = pytest.mark.slow
 

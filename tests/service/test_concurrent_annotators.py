@@ -18,7 +18,8 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
-from tests.conftest import ROOT, balanced_sample, free_port, make_user, mislabeled_selections, started_project, stop
+from backend.testing import ROOT, stop
+from tests.conftest import balanced_sample, free_port, make_user, mislabeled_selections, started_project
 
 CLASSES = ["Homogeneous", "Speckled", "Nucleolar", "Centromere", "NuMem", "Golgi"]
 ANNOTATORS = 50

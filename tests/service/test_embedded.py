@@ -10,7 +10,8 @@ import sys
 import httpx
 import pytest
 
-from tests.conftest import ROOT, balanced_sample, free_port, stop, wait_for, wait_for_round
+from backend.testing import ROOT, stop, wait_for, wait_for_round
+from tests.conftest import balanced_sample, free_port
 
 pytestmark = pytest.mark.slow
 

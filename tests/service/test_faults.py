@@ -4,7 +4,7 @@ while annotators submit, Redis down when a step's last label comes in.
 Each test runs its own API process (`xal serve --no-worker`) and worker processes on a
 database, a Redis and a data dir of its own, so that stopping them disturbs nothing else on
 the machine: the PostgreSQL that is restarted and every Redis are private instances started
-here. Rounds are sent again by the API's sweeper (backend.services.jobs.send_waiting_jobs),
+here. Rounds are sent again by the API's sweeper (backend.core.outbox.send_waiting_jobs),
 which with XAL_JOB_LEASE_SECONDS = LEASE_S looks every LEASE_S / 4 seconds."""
 
 import os
@@ -25,17 +25,8 @@ import httpx
 import psycopg
 import pytest
 
-from tests.conftest import (
-    POSTGRES_ADMIN_URL,
-    ROOT,
-    _sqlalchemy_url,
-    balanced_sample,
-    free_port,
-    require,
-    stop,
-    wait_for,
-    wait_for_round,
-)
+from backend.testing import POSTGRES_ADMIN_URL, ROOT, database_url, stop, wait_for, wait_for_round
+from tests.conftest import balanced_sample, free_port, require
 
 pytestmark = pytest.mark.slow
 
@@ -202,7 +193,7 @@ def fresh_database() -> Iterator[str]:
     name = f"xal_faults_{uuid.uuid4().hex[:10]}"
     with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
-    yield _sqlalchemy_url(name)
+    yield database_url(name)
     with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 

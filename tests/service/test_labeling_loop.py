@@ -7,7 +7,8 @@ import io
 import numpy as np
 import pytest
 
-from tests.conftest import balanced_sample, make_user, wait_for_round
+from backend.testing import wait_for_round
+from tests.conftest import balanced_sample, make_user
 
 pytestmark = pytest.mark.slow
 

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from sqlalchemy import select
 
-from tests.conftest import balanced_sample, wait_for_round
+from backend.testing import wait_for_round
+from tests.conftest import balanced_sample
 from tests.service.chunk_workers import private_queue  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.slow

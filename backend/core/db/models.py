@@ -150,7 +150,7 @@ class Round(Base):
     attempts: Mapped[int] = mapped_column(default=0)
     # Until when someone holds the round: its message in the broker while queued, its worker
     # (renewing it) while running. Once past, or never set (the broker was down), the API's
-    # sweeper queues the round again and re-sends it (backend.services.jobs).
+    # sweeper queues the round again and re-sends it (backend.core.outbox).
     lease_expires_at: Mapped[datetime | None]
     progress: Mapped[dict[str, Any]] = mapped_column(default=dict)  # phase, done, total
     timings: Mapped[dict[str, Any]] = mapped_column(default=dict)  # seconds per phase
@@ -272,7 +272,7 @@ class PoolClustering(Base):
     project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
     state: Mapped[str] = mapped_column(String(20), default=JobState.QUEUED)  # queued | running | done | failed
     attempts: Mapped[int] = mapped_column(default=0)
-    lease_expires_at: Mapped[datetime | None]  # as a round's (backend.services.jobs)
+    lease_expires_at: Mapped[datetime | None]  # as a round's (backend.core.outbox)
     config: Mapped[dict[str, Any]] = mapped_column(default=dict)  # case, epochs, n_clusters, max_cells
     # sizes, recon_mse, and acc/nmi/ari against the reference classes where the pool has them
     metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)

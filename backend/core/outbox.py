@@ -1,5 +1,5 @@
 """Sending the long jobs (rounds, pool clusterings) to the Celery workers, and sending them
-again when no one holds them.
+again when no one holds them: the one way both the API and the workers send a job.
 
 A job row carries a lease (`lease_expires_at`): its message in the broker holds it while the
 job is queued, its worker (worker.jobs.holding_lease) while it runs. The API's sweeper
@@ -29,20 +29,20 @@ JobModel = type[Round] | type[PoolClustering]
 TASKS: dict[JobModel, Task] = {Round: Task.RUN_ROUND, PoolClustering: Task.CLUSTER_POOL}
 
 
-def enqueue(job: Round | PoolClustering) -> bool:
+def enqueue(model: JobModel, job_id: int) -> bool:
     """Sends a committed job to the workers unless someone holds its lease (the one way the API
     sends jobs; the sweeper is the outbox that sends again what this could not). The lease is taken first, by
     compare-and-set, so that API processes and the sweeper never send a job twice at once; when
     the broker is unreachable it is given back and the job stays queued for the sweeper. What
     queued the job is committed either way, and publishing is bounded (backend.core.broker), so a
     dead broker never holds up a request for long."""
-    model, settings, now = type(job), get_settings(), utcnow()
+    settings, now = get_settings(), utcnow()
     lease = now + timedelta(seconds=settings.job_lease_seconds)
     with new_session() as session:
         # an UPDATE's result is a CursorResult, which has rowcount; execute() is typed as Result (hence the ignore)
         taken = session.execute(
             update(model)
-            .where(model.id == job.id, model.state == JobState.QUEUED, _lease_over(model, now))
+            .where(model.id == job_id, model.state == JobState.QUEUED, _lease_over(model, now))
             .values(lease_expires_at=lease)
             .execution_options(synchronize_session=False)
         ).rowcount  # type: ignore[attr-defined]
@@ -50,13 +50,13 @@ def enqueue(job: Round | PoolClustering) -> bool:
     if not taken:
         return False
     try:
-        sender().send_task(TASKS[model], args=[job.id], queue=settings.queue)
+        sender().send_task(TASKS[model], args=[job_id], queue=settings.queue)
     except Exception as error:  # noqa: BLE001 - any broker failure: keep the job queued, send it later
-        log.warning("could not send %s id %s to the broker (%s); it stays queued", model.__name__, job.id, error)
+        log.warning("could not send %s id %s to the broker (%s); it stays queued", model.__name__, job_id, error)
         with new_session() as session:
             session.execute(
                 update(model)
-                .where(model.id == job.id, model.lease_expires_at == lease)
+                .where(model.id == job_id, model.lease_expires_at == lease)
                 .values(lease_expires_at=None)
                 .execution_options(synchronize_session=False)
             )
@@ -96,7 +96,7 @@ def send_waiting_jobs() -> list[Round | PoolClustering]:
                 ).all(),
             )
         session.commit()
-    return [job for job in waiting if enqueue(job)]
+    return [job for job in waiting if enqueue(type(job), job.id)]
 
 
 def _lease_over(model: JobModel, now: datetime) -> ColumnElement[bool]:
