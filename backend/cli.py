@@ -42,7 +42,16 @@ def _serve(args) -> None:
         flush=True,
     )
     try:
-        uvicorn.run("backend.api.app:create_app", factory=True, host=args.host, port=args.port, log_level="info")
+        uvicorn.run(
+            "backend.api.app:create_app",
+            factory=True,
+            host=args.host,
+            port=args.port,
+            log_level="info",
+            # uvicorn believes X-Forwarded-For from 127.0.0.1 unless told otherwise: only from these
+            proxy_headers=bool(settings.trusted_proxies),
+            forwarded_allow_ips=settings.trusted_proxies or None,
+        )
     finally:
         if worker is not None:
             worker.terminate()

@@ -1,5 +1,5 @@
-"""The FastAPI application: routers under /api, OpenAPI at /api/docs, and the sweeper that
-re-sends the jobs nobody holds."""
+"""The FastAPI application: routers under /api, OpenAPI at /api/docs, the guards of the edge
+(body limits, security headers), and the sweeper that re-sends the jobs nobody holds."""
 
 import logging
 import threading
@@ -13,6 +13,8 @@ from fastapi.staticfiles import StaticFiles
 from sqlalchemy.exc import DataError, InterfaceError, OperationalError, TimeoutError as PoolTimeoutError
 
 from backend.api import auth, clustering, images, labels, projects, rounds
+from backend.api.docs import add_docs
+from backend.api.edge import BodyGuard, SecurityHeaders
 from backend.core.errors import DomainError
 from backend.core.outbox import send_waiting_jobs
 from backend.core.settings import get_settings
@@ -52,9 +54,14 @@ def create_app() -> FastAPI:
         title="XAL",
         description="Annotation service with explainable active learning for HEp-2 cell images.",
         version="0.1.0",
-        docs_url="/api/docs",
         openapi_url="/api/openapi.json",
+        docs_url=None,  # served from the installation by add_docs
+        redoc_url=None,
+        swagger_ui_oauth2_redirect_url=None,
     )
+    add_docs(app, "/api/docs")
+    app.add_middleware(BodyGuard)
+    app.add_middleware(SecurityHeaders)
 
     @app.exception_handler(DomainError)
     async def domain_error(_request: Request, error: DomainError) -> JSONResponse:

@@ -4,16 +4,20 @@ import io
 import posixpath
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, File, Form, HTTPException, Query, Request, UploadFile
+from fastapi import APIRouter, File, Form, Query, Request, UploadFile
+from fastapi.concurrency import run_in_threadpool
 from fastapi.routing import APIRoute
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from PIL import Image as PILImage, UnidentifiedImageError
 from sqlalchemy import func, select
 from sqlalchemy.orm import aliased
 from starlette.responses import Response
 
-from backend.api.deps import Admin, AnyUser, ProjectDep, SessionDep
+from backend.api.deps import Admin, AnyUser, ProjectDep, SessionDep, caller
+from backend.api.edge import BODY_LIMIT
 from backend.core.blobs import get_blob_store
 from backend.core.db.models import Image, Label, Project, ProjectClass, RelevanceMap, User
+from backend.core.db.session import new_session
 from backend.core.errors import Invalid, NotFound
 from backend.core.queries import is_current
 from backend.core.readers import IncomingFile, files_from_zip
@@ -35,45 +39,37 @@ _MEDIA_TYPES = {
 _ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
 
 
-class UploadLimitRoute(APIRoute):
-    """Refuses a request body larger than settings.max_upload_bytes as it arrives, before
-    FastAPI parses (and spools to disk) a multipart upload."""
+class UploadRoute(APIRoute):
+    """A route that takes files. FastAPI reads (and spools to disk) a multipart body before it
+    runs the route's dependencies, so the caller's token is checked here first; then the body
+    may have up to settings.max_upload_bytes (counted by backend.api.edge.BodyGuard)."""
 
     def get_route_handler(self):
         handler = super().get_route_handler()
 
-        async def limited_handler(request: Request) -> Response:
-            limit = get_settings().max_upload_bytes
-            declared = request.headers.get("content-length", "")
-            if declared.isdigit() and int(declared) > limit:
-                raise _upload_too_large(limit)
-            received = 0
+        async def upload_handler(request: Request) -> Response:
+            await run_in_threadpool(_require_token, request, await _bearer(request))
+            limit = request.scope[BODY_LIMIT]
+            limit.max_bytes, limit.setting = get_settings().max_upload_bytes, "XAL_MAX_UPLOAD_BYTES"
+            limit.advice = "; split the upload, or import a folder on the server with `xal import`"
+            return await handler(request)
 
-            async def receive():
-                nonlocal received
-                message = await request.receive()
-                received += len(message.get("body", b""))
-                if received > limit:
-                    raise _upload_too_large(limit)
-                return message
-
-            return await handler(Request(request.scope, receive))
-
-        return limited_handler
+        return upload_handler
 
 
-def _upload_too_large(limit: int) -> HTTPException:
-    return HTTPException(
-        413,
-        f"the upload is larger than {limit} bytes (XAL_MAX_UPLOAD_BYTES); split it, "
-        f"or import a folder on the server with `xal import`",
-    )
+_bearer = HTTPBearer(auto_error=False)
 
 
-router = APIRouter(tags=["images"], route_class=UploadLimitRoute)
+def _require_token(request: Request, credentials: HTTPAuthorizationCredentials | None) -> None:
+    with new_session() as session:
+        caller(request, session, credentials)  # 401 without a valid token
 
 
-@router.post("/projects/{project_id}/images", response_model=ImportReportOut, status_code=201)
+router = APIRouter(tags=["images"])
+uploads = APIRouter(tags=["images"], route_class=UploadRoute)
+
+
+@uploads.post("/projects/{project_id}/images", response_model=ImportReportOut, status_code=201)
 def upload_images(
     project: ProjectDep,
     session: SessionDep,
@@ -103,6 +99,9 @@ def upload_images(
         duplicates=report.duplicates,
         invalid=report.invalid,
     )
+
+
+router.include_router(uploads)
 
 
 @router.get("/projects/{project_id}/images", response_model=ImagePage)

@@ -31,7 +31,8 @@ class Settings(BaseSettings):
     # unclaimed or was never sent) is queued and sent again by the API's sweeper, which looks
     # every quarter of this (backend.core.outbox).
     job_lease_seconds: int = 60
-    max_upload_bytes: int = 512 * 1024 * 1024
+    max_upload_bytes: int = 512 * 1024 * 1024  # an upload's request body (files and zips)
+    max_json_bytes: int = 64 * 1024  # any other request body
     max_image_bytes: int = 20 * 1024 * 1024
     max_image_pixels: int = 4096 * 4096
     max_zip_members: int = 100_000
@@ -44,6 +45,11 @@ class Settings(BaseSettings):
     # a project that leaves model_settings.pool_pretraining_epochs unset pretrains this many
     # epochs on its pool before round 0 (0: none); docs/method.md
     pool_pretraining_epochs: int = 20
+
+    # the addresses (or networks, comma-separated) of the reverse proxies whose X-Forwarded-For
+    # and X-Forwarded-Proto are believed; by default none: the rate limit counts the address
+    # that connects, which a client cannot forge
+    trusted_proxies: str = ""
 
     # sign-in rate limit: after this many failed password sign-ins within the window, a user
     # name (or, with the larger limit, one client address) gets 429 until the window passes

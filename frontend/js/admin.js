@@ -569,7 +569,7 @@ function drawClustering() {
     overview.points.map((p) => ({ x: p.x, y: p.y, category: p.cluster, title: `${names(p.cluster)}${p.label ? ` · ${p.label}` : ""} · image ${p.image_id}` })),
     { names, title: "" }));
   replace($("#cluster-examples"), overview.clusters.map((cluster) => h("div", { class: "cluster-examples" },
-    h("h3", { style: `border-left: 0.6rem solid ${categoryColour(cluster.cluster)}; padding-left: 0.4rem` }, `${names(cluster.cluster)} · ${cluster.size} cells`),
+    h("h3", { style: { borderLeft: `0.6rem solid ${categoryColour(cluster.cluster)}`, paddingLeft: "0.4rem" } }, `${names(cluster.cluster)} · ${cluster.size} cells`),
     h("ul", { class: "pool-grid" }, cluster.example_image_ids.map((imageId) => {
       const img = h("img", { alt: `image ${imageId}`, loading: "lazy" });
       blobUrl(`/api/projects/${state.projectId}/images/${imageId}/file`).then((url) => { img.src = url; brighten(img); }, () => {});

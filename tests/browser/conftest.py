@@ -84,6 +84,23 @@ def browser():
         chromium.close()
 
 
+# Chromium logs a violation of the Content-Security-Policy to the console; the event says it too
+_REPORT_CSP_VIOLATIONS = """document.addEventListener("securitypolicyviolation", (event) =>
+  console.error(`CSP violation: ${event.violatedDirective} ${event.blockedURI}`));"""
+
+
+def watch_for_errors(page, errors: list[str]) -> None:
+    """Collects into `errors` the page's uncaught errors and its Content-Security-Policy violations."""
+    page.add_init_script(_REPORT_CSP_VIOLATIONS)
+    page.on("pageerror", lambda error: errors.append(str(error)))
+
+    def console(message) -> None:
+        if "CSP violation" in message.text or "Content Security Policy" in message.text:
+            errors.append(message.text)
+
+    page.on("console", console)
+
+
 @pytest.fixture
 def screenshot():
     """screenshot(page, name): saves test-output/screenshots/<name>.png (the whole page)."""

@@ -10,6 +10,7 @@ import zipfile
 import httpx
 import pytest
 
+from tests.browser.conftest import watch_for_errors
 from tests.conftest import balanced_sample, make_user
 
 pytestmark = pytest.mark.slow
@@ -128,7 +129,7 @@ def test_annotator_labels_a_step_by_keyboard_and_the_dashboard_follows(project, 
     annotator_context = browser.new_context(viewport=DESKTOP)
     page = annotator_context.new_page()
     errors = []
-    page.on("pageerror", lambda error: errors.append(str(error)))
+    watch_for_errors(page, errors)
 
     # sign in and pick the project
     sign_in(page, url, *project["users"]["annotator"])
@@ -178,7 +179,7 @@ def test_annotator_labels_a_step_by_keyboard_and_the_dashboard_follows(project, 
     # an admin watches the dashboard
     admin_context = browser.new_context(viewport=DESKTOP)
     dashboard = admin_context.new_page()
-    dashboard.on("pageerror", lambda error: errors.append(str(error)))
+    watch_for_errors(dashboard, errors)
     sign_in(dashboard, url, *project["users"]["admin"])
     dashboard.locator(f"#project-list .project[data-project-id='{project_id}'] a", has_text="Dashboard").click()
     dashboard.wait_for_selector("#rounds tr[data-round='1'][data-state='done']")
@@ -197,7 +198,7 @@ def test_annotator_labels_a_step_by_keyboard_and_the_dashboard_follows(project, 
     # on a tablet: the same leased cell, labeled by touch
     tablet_context = browser.new_context(viewport=TABLET, has_touch=True)
     tablet = tablet_context.new_page()
-    tablet.on("pageerror", lambda error: errors.append(str(error)))
+    watch_for_errors(tablet, errors)
     sign_in(tablet, url, *project["users"]["annotator"])
     tablet.goto(f"{url}/label.html?project={project_id}")
     assert wait_for_other_cell(tablet, None) == after_unsure
@@ -286,7 +287,7 @@ def test_label_first_then_reveal_keeps_both_answers_and_survives_a_lost_connecti
     context = browser.new_context(viewport=DESKTOP)
     page = context.new_page()
     errors = []
-    page.on("pageerror", lambda error: errors.append(str(error)))
+    watch_for_errors(page, errors)
     sign_in(page, url, username, password)
     page.goto(f"{url}/label.html?project={blind_id}")
     first = wait_for_other_cell(page, None, timeout=ROUND_TIMEOUT_MS)
@@ -348,7 +349,7 @@ def test_admin_creates_a_project_and_imports_a_folder_of_classes_and_a_zip(
     context = browser.new_context(viewport=DESKTOP)
     page = context.new_page()
     errors = []
-    page.on("pageerror", lambda error: errors.append(str(error)))
+    watch_for_errors(page, errors)
     sign_in(page, live_server, username, password)
     page.get_by_role("link", name="New project").click()
     form = page.locator("#create-form")
