@@ -74,10 +74,13 @@ def service_env(tmp_path_factory) -> Iterator[dict[str, str]]:
 
 
 @pytest.fixture(scope="session")
-def app_client(service_env) -> TestClient:
+def app_client(service_env) -> Iterator[TestClient]:
+    """The API in this process, as `xal serve` runs it (its job sweeper included), on one event
+    loop for the session: the labeling routes' asyncpg connections belong to the loop that opened them."""
     from backend.api.app import create_app
 
-    return TestClient(create_app())
+    with TestClient(create_app()) as client:
+        yield client
 
 
 @pytest.fixture

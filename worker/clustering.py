@@ -68,7 +68,7 @@ def train_clustering(config: dict, cells: np.ndarray, report=lambda **progress: 
     with its clustering layer."""
     import torch
 
-    from worker.ml.training import resolve_device
+    from worker.ml.training import bf16_is_fast, resolve_device
 
     device = resolve_device(get_settings().device)
     torch.manual_seed(config.get("seed", 0))
@@ -80,7 +80,7 @@ def train_clustering(config: dict, cells: np.ndarray, report=lambda **progress: 
         report(phase="training", epoch=0, epochs=config["pretext_epochs"])
         pretrained = pretrain_contrastive(
             cells,
-            PretextConfig(epochs=config["pretext_epochs"], seed=config.get("seed", 0), bf16=True),
+            PretextConfig(epochs=config["pretext_epochs"], seed=config.get("seed", 0), bf16=bf16_is_fast(device)),
             device,
             n_classes=max(2, config["n_clusters"]),
             progress=lambda epoch, epochs, _loss: report(phase="training", epoch=epoch, epochs=epochs),

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 import numpy as np
-from sqlalchemy import exists, select
+from sqlalchemy import exists, func, select
 
 from backend.core.blobs import get_blob_store
 from backend.core.db.models import (
@@ -474,6 +474,11 @@ def store_round(round_id: int, inputs: RoundInputs, result: RoundResult) -> None
         mark_labeled_cells(session, round_)
         round_.n_labels = len(inputs.labeled_hashes)
         round_.n_selected = min(len(result.selected), inputs.batch_size)  # the rest is the reserve
+        round_.open_cells = session.scalar(
+            select(func.count()).where(
+                Selection.round_id == round_id, Selection.rank < round_.n_selected, Selection.labeled.is_(False)
+            )
+        )
         round_.metrics = result.metrics
         round_.selection_summary = result.summary
         round_.timings = {**result.timings, "total_s": (utcnow() - round_.started_at).total_seconds()}

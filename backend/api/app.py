@@ -15,7 +15,7 @@ from sqlalchemy.exc import DataError, InterfaceError, OperationalError, TimeoutE
 from backend.api import auth, clustering, images, labels, projects, rounds
 from backend.api.docs import add_docs
 from backend.api.edge import BodyGuard, SecurityHeaders
-from backend.core.errors import DomainError
+from backend.core.errors import DomainError, Unauthorized
 from backend.core.outbox import send_waiting_jobs
 from backend.core.settings import get_settings
 
@@ -65,7 +65,8 @@ def create_app() -> FastAPI:
 
     @app.exception_handler(DomainError)
     async def domain_error(_request: Request, error: DomainError) -> JSONResponse:
-        return JSONResponse({"detail": error.message, **error.details}, status_code=error.status_code)
+        headers = {"WWW-Authenticate": "Bearer"} if isinstance(error, Unauthorized) else None
+        return JSONResponse({"detail": error.message, **error.details}, status_code=error.status_code, headers=headers)
 
     @app.exception_handler(DataError)
     async def unstorable_value(_request: Request, error: DataError) -> JSONResponse:

@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 from backend.core.db.models import Project, User
 from backend.core.db.session import new_session
 from backend.core.errors import NotFound
+from backend.services.annotating import require_annotator
 from backend.services.members import find_visible_project
 from backend.services.users import user_for_token
 
@@ -66,6 +67,24 @@ def caller(
 
 
 CallerDep = Annotated[Caller, Depends(caller)]
+
+
+async def annotator_secret(
+    project_id: int, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+) -> str:
+    """The bearer token of a caller who may label in the path's project (read at most every few
+    seconds); the labeling hot path checks token, role and membership again in its statement."""
+    if credentials is None:
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            "a valid bearer token is required (Authorization: Bearer <token>)",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    await require_annotator(credentials.credentials, project_id)
+    return credentials.credentials
+
+
+AnnotatorSecret = Annotated[str, Depends(annotator_secret)]
 
 
 async def current_user(caller: CallerDep) -> User:

@@ -28,3 +28,7 @@ class PayloadTooLarge(DomainError):
 
 class Forbidden(DomainError):
     status_code = 403
+
+
+class Unauthorized(DomainError):
+    status_code = 401

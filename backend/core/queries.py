@@ -19,11 +19,13 @@ def current_label_exists(image_id=Image.id):
 def mark_labeled_cells(session: Session, round_: Round) -> None:
     """For a round being stored: sets `labeled` on its selections whose cell was labeled while
     it was computed (from the previous round's reserve). The cells' unlabeled selections in
-    earlier rounds are locked first, so a label being submitted for one of them is committed
-    before the labels are read here, and one submitted later waits for this round to be stored
-    and then marks this round's selection itself (submit_label)."""
+    earlier rounds are written first (a no-op UPDATE that gives each row a new version), so a
+    label being submitted for one of them is committed before the labels are read here, and one
+    whose statement began before this round was stored finds its selection row changed and is
+    run again with a fresh view (backend.services.annotating), which marks this round's
+    selection itself."""
     new_cells = select(Selection.image_id).where(Selection.round_id == round_.id)
-    session.execute(
+    earlier = (
         select(Selection.id)
         .join(Round, Round.id == Selection.round_id)
         .where(
@@ -32,8 +34,13 @@ def mark_labeled_cells(session: Session, round_: Round) -> None:
             Selection.labeled.is_(False),
             Selection.image_id.in_(new_cells),
         )
-        .with_for_update(of=Selection)
-    ).all()
+    )
+    session.execute(
+        update(Selection)
+        .where(Selection.id.in_(earlier), Selection.labeled.is_(False))
+        .values(labeled=Selection.labeled)
+        .execution_options(synchronize_session=False)
+    )
     session.execute(
         update(Selection)
         .where(Selection.round_id == round_.id, current_label_exists(Selection.image_id))

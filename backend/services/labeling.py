@@ -186,7 +186,7 @@ def submit_label(
     after_reveal: bool = False,
 ) -> tuple[Label, Round | None]:
     """Records a label and returns it with the round it opened (and sent to the workers), if it
-    completed a step.
+    completed a step (annotating.py does the same in one statement on PostgreSQL).
     A cell must be queued (and not leased by someone else); a labeled cell may be
     relabeled by its annotator or an admin, which keeps the old label as history.
     In a "label first, then reveal" project the first label is blind (hints_seen False);
@@ -194,7 +194,6 @@ def submit_label(
     cls = _class_by_name(project, class_name)
     image, previous = _image_and_current_label(session, project, image_id)
     now = utcnow()
-    step_round = None  # the open round whose step this label may complete
     if after_reveal and (previous is None or previous.user_id != user.id or previous.hints_seen):
         raise Conflict(f"there is no blind label of yours on image {image_id} to revise after the reveal")
     if previous is not None:
@@ -211,8 +210,7 @@ def submit_label(
             duration_ms=duration_ms,
         )
     else:
-        selection, queue = _queued_selection(session, project, user, image.id, now)
-        step_round = queue.round if not queue.reserve else None
+        selection = _queued_selection(session, project, user, image.id, now)
         if selection is None:
             raise Conflict(f"image {image_id} is not in the labeling queue")
         if (
@@ -240,39 +238,50 @@ def submit_label(
     except IntegrityError:
         session.rollback()
         raise Conflict(f"image {image_id} was labeled by someone else a moment ago") from None
+    new_round = None
     if previous is None:  # the cell leaves the queue: each of its selections is labeled, none leased
+        new_round = _take_off_step(session, image.id)
         session.execute(
             update(Selection)
             .where(Selection.image_id == image.id)
             .values(labeled=True, leased_by_id=None, leased_at=None, lease_expires_at=None)
         )
-    new_round = open_next_round_if_step_done(session, project, step_round) if step_round is not None else None
     session.commit()
     if new_round is not None:
         enqueue(Round, new_round.id)
     return label, new_round
 
 
-def open_next_round_if_step_done(session: Session, project: Project, round_: Round) -> Round | None:
-    """Called after each new label in the step of `round_`, the open round: when its cells are
-    all labeled, adds the next round (once: a concurrent twin hits the unique (project, number)
-    key and backs off)."""
-    # Serialise step completion on the round row: two last labels committed at once would
-    # otherwise each miss the other's (uncommitted) label and neither would open the next
-    # round. NO KEY UPDATE, because each new label already holds a KEY SHARE lock on this row
-    # (its foreign key), which a plain FOR UPDATE would deadlock against.
-    session.execute(select(Round.id).where(Round.id == round_.id).with_for_update(key_share=True))
-    # Any one unlabeled cell keeps the step open; the queue is served in rank order, so looking
-    # from the last rank finds one at once instead of counting them all while holding the lock.
-    if session.scalar(unlabeled_selections(round_).with_only_columns(Selection.id).order_by(Selection.rank.desc()).limit(1)):
-        return None
-    try:
-        with session.begin_nested():
-            next_round = Round(project_id=project.id, number=round_.number + 1)
-            session.add(next_round)
-    except IntegrityError:
-        return None
-    return next_round
+def _take_off_step(session: Session, image_id: int) -> Round | None:
+    """For a cell's first label: takes it off `open_cells` of the open round whose step holds it
+    and, when that was the step's last cell, adds the next round (once: a concurrent twin hits
+    the unique (project, number) key and backs off). The UPDATE of the round row serialises the
+    step's last labels: each one that waited re-reads the count."""
+    in_step = exists(
+        select(Selection.id).where(
+            Selection.round_id == Round.id,
+            Selection.image_id == image_id,
+            Selection.labeled.is_(False),
+            Selection.rank < Round.n_selected,
+        )
+    )
+    steps = session.execute(
+        update(Round)
+        .where(Round.state == JobState.DONE, in_step)
+        .values(open_cells=Round.open_cells - 1)
+        .returning(Round.project_id, Round.number, Round.open_cells)
+        .execution_options(synchronize_session=False)
+    ).all()
+    for project_id, number, open_cells in steps:
+        if open_cells == 0:
+            try:
+                with session.begin_nested():
+                    next_round = Round(project_id=project_id, number=number + 1)
+                    session.add(next_round)
+                return next_round
+            except IntegrityError:
+                return None
+    return None
 
 
 def _image_and_current_label(session: Session, project: Project, image_id: int) -> tuple[Image, Label | None]:
@@ -289,11 +298,11 @@ def _queued_selection(
     user: User,
     image_id: int,
     now: datetime,
-) -> tuple[Selection | None, QueueState]:
+) -> Selection | None:
     """The cell's selection in the part of the queue served now or, for a cell the user
-    leased before the queue moved on (a reserve cell when the next round opened), that lease;
-    and the queue. The selection's row stays locked until the label is committed, so no lease
-    is taken meanwhile."""
+    leased before the queue moved on (a reserve cell when the next round opened), that lease.
+    The selection's row stays locked until the label is committed, so no lease is taken
+    meanwhile."""
     queue = queue_state(session, project)
     selection = (
         session.scalar(
@@ -318,7 +327,7 @@ def _queued_selection(
         .order_by(Round.number.desc())
         .limit(1)
         .with_for_update(of=Selection)
-    ), queue
+    )
 
 
 def hints_for(session: Session, label: Label) -> dict | None:
@@ -377,6 +386,13 @@ def undo_last_label(session: Session, project: Project, user: User) -> Label:
         raise Conflict("your last label closed its step and the next round has started from it; relabel the cell instead")
     now = utcnow()
     label.retracted_at = now
+    if not queue.reserve:  # the cell is back in the open step
+        session.execute(
+            update(Round)
+            .where(Round.id == selection.round_id)
+            .values(open_cells=Round.open_cells + 1)
+            .execution_options(synchronize_session=False)
+        )
     session.execute(update(Selection).where(Selection.image_id == label.image_id).values(labeled=False))
     selection.leased_by_id, selection.leased_at = user.id, now
     selection.lease_expires_at = now + timedelta(seconds=get_settings().lease_seconds)

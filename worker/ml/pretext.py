@@ -41,8 +41,9 @@ class PretextConfig:
     intensity: float = 0.4  # brightness x U(1 - i, 1 + i), contrast likewise
     noise: float = 0.02  # Gaussian, in units of the [0, 1] intensity
     seed: int = 0
-    # bfloat16 autocast on the CPU: 2.7x faster here (512 views: 2.0 s instead of 5.5 s at 2
-    # threads); the loss is taken in float32
+    # bfloat16 autocast: 2.7x faster on a CPU with bf16 (512 views: 2.0 s instead of 5.5 s at 2
+    # threads), 7x slower on an AVX2-only one (worker.ml.training.bf16_is_fast); the loss is
+    # taken in float32
     bf16: bool = False
 
 

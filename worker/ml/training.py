@@ -60,6 +60,17 @@ class TrainingResult:
     seconds: float = 0.0
 
 
+def bf16_is_fast(device: torch.device) -> bool:
+    """Whether bfloat16 autocast speeds `device` up: on a GPU that computes in bf16, or a CPU with
+    AVX512-BF16 or AMX. On an AVX2-only CPU (AMD EPYC) it is emulated: a forward and backward
+    pass of 64 cells took 30 s in bf16 against 4.3 s in float32 (one thread), where a CPU with
+    bf16 had run it 2.7x faster than float32."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    # private, but torch's own test of what its CPU kernels can use
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+
+
 def resolve_device(name: str) -> torch.device:
     """ "auto" (CUDA if available, else CPU), "cpu" or "cuda"."""
     if name == "auto":

@@ -148,6 +148,10 @@ class Round(Base):
     n_labels: Mapped[int] = mapped_column(default=0)  # size of the training set
     n_selected: Mapped[int] = mapped_column(default=0)
     attempts: Mapped[int] = mapped_column(default=0)
+    # cells of the step without a label: each first label in the step takes one off, an undo
+    # gives it back; the label that takes it to 0 opens the next round (in one UPDATE of this
+    # row, which serialises a step's last labels)
+    open_cells: Mapped[int] = mapped_column(default=0, server_default="0")
     # Until when someone holds the round: its message in the broker while queued, its worker
     # (renewing it) while running. Once past, or never set (the broker was down), the API's
     # sweeper queues the round again and re-sends it (backend.core.outbox).

@@ -1,8 +1,11 @@
-"""Engine and sessions. One engine per database URL per process."""
+"""Engines and sessions: one sync engine per database URL per process, and for the labeling
+hot path (backend.services.annotating) one async asyncpg engine per URL and event loop."""
 
+import asyncio
 from functools import lru_cache
 
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from backend.core.settings import get_settings
@@ -44,3 +47,26 @@ def _session_factory(url: str) -> sessionmaker[Session]:
 
 def new_session() -> Session:
     return _session_factory(get_settings().resolved_database_url)()
+
+
+def get_async_engine() -> AsyncEngine:
+    """The PostgreSQL database's asyncpg engine, in autocommit: each statement is its own
+    transaction, so a request that is one statement is one round trip. No pre-ping (it would be
+    a second round trip): a connection the server dropped fails its request with a 503 and the
+    pool is emptied, so the next request connects afresh."""
+    return _async_engine_for(get_settings().resolved_database_url, asyncio.get_running_loop())
+
+
+@lru_cache(maxsize=8)
+def _async_engine_for(url: str, _loop: asyncio.AbstractEventLoop) -> AsyncEngine:
+    # an asyncpg connection belongs to the event loop that opened it: uvicorn runs one loop per
+    # process for its lifetime, a TestClient one per client context
+    settings = get_settings()
+    driver, rest = url.split("://", 1)
+    return create_async_engine(
+        f"postgresql+asyncpg://{rest}" if driver.startswith("postgresql") else url,
+        isolation_level="AUTOCOMMIT",
+        pool_size=settings.database_pool_size,
+        max_overflow=settings.database_max_overflow,
+        connect_args={"timeout": 5},
+    )

@@ -1,0 +1,93 @@
+"""The labeling hot path on PostgreSQL: `queue/next`, `labels`, `labels/undo` and `queue/skip`
+each send one statement (one round trip) once the caller's access is known, and a revoked
+token or a removed member is refused at once although that access is read only every few
+seconds."""
+
+from contextlib import contextmanager
+
+import pytest
+from sqlalchemy import Engine, event, select
+
+from tests.conftest import balanced_sample, make_user, started_project
+
+CLASSES = ["Homogeneous", "Speckled", "Nucleolar", "Centromere", "NuMem", "Golgi"]
+
+
+@pytest.fixture
+def open_project(app_client, admin_headers, i3a_dir, i3a_rows):
+    """A started project whose round 0 queued 6 of its 24 pool cells."""
+    return started_project(
+        app_client,
+        admin_headers,
+        i3a_dir,
+        balanced_sample(i3a_rows, per_class=4, offset=300),
+        {"classes": [{"name": c} for c in CLASSES], "budget": 12, "initial_size": 6, "step_size": 6},
+    )
+
+
+@contextmanager
+def statements_sent() -> list[str]:
+    """The SQL statements every engine of this process sends while inside (the API runs in it)."""
+    sent: list[str] = []
+
+    def record(_conn, _cursor, statement, *_):
+        sent.append(statement)
+
+    event.listen(Engine, "before_cursor_execute", record)
+    try:
+        yield sent
+    finally:
+        event.remove(Engine, "before_cursor_execute", record)
+
+
+def test_each_labeling_request_is_one_statement(app_client, open_project):
+    client, project = app_client, open_project
+    _, headers = make_user("annotator", project_ids=[project])
+    warm = client.post(f"/api/projects/{project}/queue/next", headers=headers).json()["cell"]  # access read here
+    truth = {"image_id": warm["image_id"], "class_name": "Golgi"}
+    assert client.post(f"/api/projects/{project}/labels", headers=headers, json=truth).status_code == 201
+
+    with statements_sent() as sent:
+        cell = client.post(f"/api/projects/{project}/queue/next", headers=headers).json()["cell"]
+    assert cell is not None and len(sent) == 1, sent
+    with statements_sent() as sent:
+        skipped = client.post(f"/api/projects/{project}/queue/skip", headers=headers, json={"image_id": cell["image_id"]})
+    assert skipped.status_code == 200 and len(sent) == 1, sent
+    cell = client.post(f"/api/projects/{project}/queue/next", headers=headers).json()["cell"]
+    with statements_sent() as sent:
+        label = client.post(
+            f"/api/projects/{project}/labels", headers=headers, json={"image_id": cell["image_id"], "class_name": "Golgi"}
+        )
+    assert label.status_code == 201 and len(sent) == 1, sent
+    with statements_sent() as sent:
+        undone = client.post(f"/api/projects/{project}/labels/undo", headers=headers)
+    assert undone.status_code == 200 and undone.json()["image_id"] == cell["image_id"] and len(sent) == 1, sent
+    assert undone.json()["retracted_at"] is not None
+
+
+def test_a_revoked_token_and_a_removed_member_are_refused_at_once(app_client, admin_headers, open_project):
+    from backend.core.db.models import ApiToken
+    from backend.core.db.session import new_session
+
+    client, project = app_client, open_project
+    name, headers = make_user("annotator", project_ids=[project])
+    assert client.post(f"/api/projects/{project}/queue/next", headers=headers).status_code == 200  # access cached
+    user_id = next(u["id"] for u in client.get("/api/users", headers=admin_headers).json() if u["username"] == name)
+
+    assert client.delete(f"/api/projects/{project}/members/{user_id}", headers=admin_headers).status_code == 204
+    assert client.post(f"/api/projects/{project}/queue/next", headers=headers).status_code == 404
+    assert (
+        client.post(
+            f"/api/projects/{project}/labels", headers=headers, json={"image_id": 1, "class_name": "Golgi"}
+        ).status_code
+        == 404
+    )
+
+    assert client.put(f"/api/projects/{project}/members/{user_id}", headers=admin_headers).status_code == 204
+    assert client.post(f"/api/projects/{project}/queue/next", headers=headers).status_code == 200
+    with new_session() as session:
+        tokens = session.scalars(select(ApiToken.id).where(ApiToken.user_id == user_id)).all()
+    for token_id in tokens:
+        assert client.delete(f"/api/tokens/{token_id}", headers=admin_headers).status_code == 204
+    assert client.post(f"/api/projects/{project}/queue/next", headers=headers).status_code == 401
+    assert client.post(f"/api/projects/{project}/labels/undo", headers=headers).status_code == 401
