@@ -48,6 +48,10 @@ def _serve(args) -> None:
             host=args.host,
             port=args.port,
             log_level="info",
+            # uvloop's event loop and httptools' parser: the labeling routes are async and
+            # spend a good part of their time in the loop and the HTTP parser
+            loop="uvloop",
+            http="httptools",
             # uvicorn believes X-Forwarded-For from 127.0.0.1 unless told otherwise: only from these
             proxy_headers=bool(settings.trusted_proxies),
             forwarded_allow_ips=settings.trusted_proxies or None,
