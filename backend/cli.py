@@ -108,14 +108,11 @@ def _create_user(args) -> None:
 
 
 def _token(args) -> None:
-    from sqlalchemy import select
-
-    from backend.core.db.models import User
     from backend.core.db.session import new_session
-    from backend.services.users import issue_token
+    from backend.services.users import issue_token, user_named
 
     with new_session() as session:
-        user = session.scalar(select(User).where(User.username == args.username))
+        user = user_named(session, args.username)
         if user is None:
             sys.exit(f"no user {args.username!r}")
         _, token = issue_token(session, user, args.name)
@@ -153,8 +150,9 @@ def _import(args) -> None:
         "skip" if args.skip_duplicates else "error",
         "skip" if args.skip_invalid else "error",
     )
+    splits = ", ".join(f"{count} into the {split} split" for split, count in sorted(report.imported_per_split.items()))
     print(
-        f"imported {len(report.image_ids)} images into the {args.split} split; "
+        f"imported {len(report.image_ids)} images ({splits or 'none'}); "
         f"{len(report.duplicates)} duplicates and {len(report.invalid)} invalid files skipped"
     )
     for item in report.invalid[:20]:
@@ -315,8 +313,12 @@ def build_parser() -> argparse.ArgumentParser:
     imp = sub.add_parser("import", help="import a folder of cell images into a project")
     imp.add_argument("project", help="project id or name")
     imp.add_argument("folder")
-    imp.add_argument("--labels", help="CSV with an image-path column and a class column")
-    imp.add_argument("--split", choices=["pool", "test"], default="pool")
+    imp.add_argument(
+        "--labels", help="CSV with an image-path column, a class column and optionally a split column (train/pool, test)"
+    )
+    imp.add_argument(
+        "--split", choices=["pool", "test"], default="pool", help="for images whose labels.csv row names no split"
+    )
     imp.add_argument("--skip-duplicates", action="store_true")
     imp.add_argument("--skip-invalid", action="store_true")
     imp.set_defaults(run=_import)

@@ -1,14 +1,12 @@
 """`xal import PROJECT DIR`: a folder of cells into a project, all in one transaction."""
 
 import sys
-from collections.abc import Iterable, Iterator
-from itertools import islice
 from pathlib import Path
 
 from tqdm import tqdm
 
 from backend.core.db.session import new_session
-from backend.core.readers import IncomingFile, files_from_folder
+from backend.core.readers import files_from_folder
 from backend.services.imports import ImportReport, import_images
 from backend.services.projects import find_project
 
@@ -23,16 +21,9 @@ def run_import(
     with new_session() as session:
         project = find_project(session, project_ref)
         files = files_from_folder(folder, labels, class_names=[c.name for c in project.classes])
-        report = ImportReport()
         with tqdm(total=len(files), unit="image", file=sys.stderr, desc=f"importing into {project.name}") as bar:
-            for batch in _batches(files, BATCH_SIZE):
-                report.extend(import_images(session, project, batch, split, on_duplicate, on_invalid))
-                bar.update(len(batch))
+            report = import_images(
+                session, project, files, split, on_duplicate, on_invalid, batch_size=BATCH_SIZE, progress=bar.update
+            )
         session.commit()
     return report
-
-
-def _batches(files: Iterable[IncomingFile], size: int) -> Iterator[list[IncomingFile]]:
-    files = iter(files)
-    while batch := list(islice(files, size)):
-        yield batch

@@ -18,8 +18,9 @@ router = APIRouter(tags=["auth"])
     responses={429: {"description": "too many failed sign-ins; see the Retry-After header"}},
 )
 def login(body: LoginIn, request: Request, session: SessionDep):
-    """Exchanges a username and password for a new bearer token. Failed sign-ins are rate
-    limited per user name and per client address (XAL_LOGIN_*)."""
+    """Exchanges a username and password for a new bearer token. Failed sign-ins slow down
+    guessing per user name and client address, without locking a user out of an address
+    it has no failures at (XAL_LOGIN_*; README, "Users, projects and access")."""
     client_ip = request.client.host if request.client else "unknown"
     block = users.login_blocked_for(session, body.username, client_ip)
     if block is not None:

@@ -2,7 +2,8 @@
 
 Layouts understood by `files_from_zip` and `files_from_folder`:
 - a `labels.csv` (an image-path column, an optional class column, an optional
-  `mask_path`, any other columns kept as metadata): the CSV is the list of images;
+  `mask_path`, an optional `split` column, any other columns kept as metadata): the CSV is
+  the list of images;
 - otherwise every image file, flat or one folder per class (`<Class>/<file>`);
 - a mask is `<stem>_Mask.<ext>` or `<stem>_mask.<ext>` beside an image `<stem>.<ext>`.
 
@@ -28,6 +29,9 @@ LABELS_CSV = "labels.csv"
 PATH_COLUMNS = ("image_path", "path", "file", "filename")
 CLASS_COLUMNS = ("pattern", "class", "label")
 MASK_COLUMN = "mask_path"
+SPLIT_COLUMN = "split"
+# a data set's own split, as a project takes it: its training cells are the pool to label
+CSV_SPLITS = {"train": "pool", "pool": "pool", "test": "test"}
 # DEFLATE cannot exceed ~1032:1; a member near that is a run of identical bytes, not a cell.
 MAX_COMPRESSION_RATIO = 1000
 _RATIO_CHECK_FROM_BYTES = 1024 * 1024
@@ -50,6 +54,7 @@ class IncomingFile:
     reference_class: str | None = None
     mask: bytes | None = None
     meta: dict = field(default_factory=dict)
+    split: str | None = None  # "pool" or "test" where its labels.csv says; else the import's
 
 
 def files_from_zip(
@@ -121,6 +126,7 @@ class _Entry:
     mask: str | None
     reference_class: str | None
     meta: dict
+    split: str | None = None
 
 
 class _ZipSource:
@@ -210,6 +216,7 @@ def _files(source, entries: list[_Entry]) -> Iterator[IncomingFile]:
             reference_class=entry.reference_class,
             mask=source.read(entry.mask) if entry.mask else None,
             meta=entry.meta,
+            split=entry.split,
         )
 
 
@@ -253,7 +260,7 @@ def _entries_from_labels(source, csv_path: str) -> list[_Entry]:
     except UnicodeDecodeError as error:
         raise Invalid(f"{where} is not UTF-8 text: {error}") from error
     lines = io.StringIO(text, newline="")
-    reader = csv.DictReader(lines, dialect=_dialect(text))
+    reader = csv.DictReader(lines, delimiter=_delimiter(text))
     try:
         header = [name for name in (reader.fieldnames or []) if name is not None]
         columns = {name.strip().casefold(): name for name in header}
@@ -265,7 +272,8 @@ def _entries_from_labels(source, csv_path: str) -> list[_Entry]:
             )
         class_column = next((columns[c] for c in CLASS_COLUMNS if c in columns), None)
         mask_column = columns.get(MASK_COLUMN)
-        meta_columns = [name for name in header if name not in (path_column, class_column, mask_column)]
+        split_column = columns.get(SPLIT_COLUMN)
+        meta_columns = [name for name in header if name not in (path_column, class_column, mask_column, split_column)]
         entries, problems = [], []
         for row in reader:
             line = reader.line_num
@@ -291,9 +299,17 @@ def _entries_from_labels(source, csv_path: str) -> list[_Entry]:
                     continue
             else:
                 mask = None if mask_column else _mask_beside(source, image)
+            split_value = (row.get(split_column) or "").strip() if split_column else ""
+            split = CSV_SPLITS.get(split_value.casefold()) if split_value else None
+            if split_value and split is None:
+                problems.append(
+                    f"line {line}: unknown split {split_value!r}; a split is one of {', '.join(CSV_SPLITS)} "
+                    f"(train goes to the pool) or empty (the import's split)"
+                )
+                continue
             reference_class = (row.get(class_column) or "").strip() if class_column else ""
             meta = {name: row[name].strip() for name in meta_columns if (row.get(name) or "").strip()}
-            entries.append(_Entry(image, mask, reference_class or None, meta))
+            entries.append(_Entry(image, mask, reference_class or None, meta, split))
     except csv.Error as error:
         raise Invalid(f"{where} is not a readable CSV file (line {reader.line_num}): {error}") from error
     if problems:
@@ -307,12 +323,14 @@ def _entries_from_labels(source, csv_path: str) -> list[_Entry]:
     return entries
 
 
-def _dialect(text: str) -> type[csv.Dialect]:
-    """Comma-separated, or what a spreadsheet wrote instead (semicolons, tabs)."""
+def _delimiter(text: str) -> str:
+    """Comma, or what a spreadsheet wrote instead (semicolons, tabs), as the header shows. Only the
+    delimiter is guessed: the rest is the standard dialect, whose doubled quotes ("we""ird.png")
+    the header alone would not show."""
     try:
-        return csv.Sniffer().sniff(text.split("\n", 1)[0], delimiters=",;\t")
+        return csv.Sniffer().sniff(text.split("\n", 1)[0], delimiters=",;\t").delimiter
     except csv.Error:
-        return csv.excel
+        return ","
 
 
 def _inside(base: str, reference: str) -> str | None:

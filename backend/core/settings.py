@@ -51,11 +51,16 @@ class Settings(BaseSettings):
     # that connects, which a client cannot forge
     trusted_proxies: str = ""
 
-    # sign-in rate limit: after this many failed password sign-ins within the window, a user
-    # name (or, with the larger limit, one client address) gets 429 until the window passes
+    # sign-in rate limit (backend.services.users.login_blocked_for), failures counted within
+    # the window: free failures per (user name, address), after which each doubles the wait;
+    # failures of one user name from all addresses, and of one address for all user names,
+    # after which the addresses that failed are refused (but never a user's known address:
+    # one it signed in from within the last login_known_address_days)
     login_max_failures: int = 5
+    login_max_failures_per_user: int = 10
     login_max_failures_per_ip: int = 50
     login_window_seconds: int = 900
+    login_known_address_days: int = 30
 
     @property
     def blob_dir(self) -> Path:

@@ -6,6 +6,7 @@ from sqlalchemy.orm import Session
 from backend.core.budget import budget_sizes
 from backend.core.db.models import Image, Label, ModelVersion, Project, ProjectClass
 from backend.core.errors import Conflict, Invalid, NotFound
+from backend.core.names import display_name, name_key
 from backend.core.strategies import check_strategy
 from backend.schemas import ProjectCreate, ProjectUpdate
 
@@ -13,12 +14,13 @@ DEFAULT_KEYS = "123456789abcdefghijklmnopqrstuvwxyz0"
 
 
 def create_project(session: Session, spec: ProjectCreate) -> Project:
-    if session.scalar(select(Project).where(Project.name == spec.name)):
-        raise Conflict(f"a project named {spec.name!r} exists already")
+    name = display_name(spec.name, "project name")
+    if session.scalar(select(Project).where(Project.name == name)):
+        raise Conflict(f"a project named {name!r} exists already")
     check_strategy(spec.strategy, spec.strategy_options)
-    names = [c.name for c in spec.classes]
-    if len(set(names)) != len(names):
-        raise Invalid("class names must be unique")
+    class_names = [display_name(c.name, "class name") for c in spec.classes]
+    if len({name_key(n, "class name") for n in class_names}) != len(class_names):
+        raise Invalid("class names must be unique (names that differ only in case or width are one name)")
     explicit = {c.key for c in spec.classes if c.key}
     if len(explicit) != len([c for c in spec.classes if c.key]):
         raise Invalid("shortcut keys must be unique")
@@ -26,7 +28,7 @@ def create_project(session: Session, spec: ProjectCreate) -> Project:
     if spec.start_model_id is not None and session.get(ModelVersion, spec.start_model_id) is None:
         raise Invalid(f"no model version {spec.start_model_id} to start from")
     project = Project(
-        name=spec.name,
+        name=name,
         description=spec.description,
         channel=spec.channel,
         budget=spec.budget,
@@ -38,7 +40,10 @@ def create_project(session: Session, spec: ProjectCreate) -> Project:
         cold_start=spec.cold_start,
         model_settings=spec.model_settings.model_dump(),
         start_model_id=spec.start_model_id,
-        classes=[ProjectClass(name=c.name, key=c.key or next(free_keys), position=i) for i, c in enumerate(spec.classes)],
+        classes=[
+            ProjectClass(name=class_name, key=c.key or next(free_keys), position=i)
+            for i, (class_name, c) in enumerate(zip(class_names, spec.classes))
+        ],
     )
     session.add(project)
     session.flush()

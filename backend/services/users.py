@@ -4,15 +4,17 @@ import hashlib
 import math
 import secrets
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from argon2 import PasswordHasher
 from argon2.exceptions import VerificationError
-from sqlalchemy import delete, func, select
+from sqlalchemy import ColumnElement, Select, delete, func, or_, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, joinedload
 
 from backend.core.db.models import ApiToken, LoginAttempt, User, utcnow
 from backend.core.errors import Conflict, Invalid, NotFound
+from backend.core.names import display_name, name_key
 from backend.core.settings import get_settings
 
 ROLES = ("admin", "annotator", "client")
@@ -26,14 +28,27 @@ def _token_hash(secret: str) -> str:
 def create_user(session: Session, username: str, role: str, password: str | None = None) -> User:
     if role not in ROLES:
         raise Invalid(f"unknown role {role!r}; roles are {', '.join(ROLES)}")
-    if not username or len(username) > 100:
-        raise Invalid("username must be 1-100 characters")
-    if session.scalar(select(User).where(User.username == username)):
-        raise Conflict(f"user {username!r} exists already")
-    user = User(username=username, role=role, password_hash=_hasher.hash(password) if password else None)
+    username = display_name(username, "user name")
+    key = name_key(username, "user name")
+    if max(len(username), len(key)) > 100:
+        raise Invalid("a user name is at most 100 characters")
+    existing = user_named(session, key)
+    if existing is not None:
+        raise Conflict(
+            f"user {existing.username!r} exists already (user names that differ only in case or width are one name)"
+        )
+    user = User(username=username, username_key=key, role=role, password_hash=_hasher.hash(password) if password else None)
     session.add(user)
-    session.flush()
+    try:
+        session.flush()
+    except IntegrityError as error:  # the same name created at the same moment
+        raise Conflict(f"user {username!r} exists already") from error
     return user
+
+
+def user_named(session: Session, username: str) -> User | None:
+    """The user of this name, however it is cased or written (NFKC)."""
+    return session.scalar(select(User).where(User.username_key == name_key(username, "user name")))
 
 
 def issue_token(session: Session, user: User, name: str = "") -> tuple[ApiToken, str]:
@@ -68,7 +83,8 @@ def user_for_token(session: Session, secret: str) -> User | None:
 def login(session: Session, username: str, password: str, client_ip: str) -> User | None:
     """The user whose password this is, or None; the attempt is recorded for the rate limit.
     Call login_blocked_for first: a blocked sign-in must not even check the password."""
-    user = session.scalar(select(User).where(User.username == username))
+    key = name_key(username, "user name")
+    user = user_named(session, key)
     if user is None or user.password_hash is None:
         _hasher.hash(password)  # same cost whether or not the user exists
         user = None
@@ -78,10 +94,18 @@ def login(session: Session, username: str, password: str, client_ip: str) -> Use
         except VerificationError:
             user = None
     now = utcnow()
+    settings = get_settings()
     session.execute(
-        delete(LoginAttempt).where(LoginAttempt.created_at < now - timedelta(seconds=get_settings().login_window_seconds))
+        delete(LoginAttempt).where(
+            or_(
+                ~LoginAttempt.succeeded & (LoginAttempt.created_at < now - timedelta(seconds=settings.login_window_seconds)),
+                LoginAttempt.succeeded & (LoginAttempt.created_at < now - timedelta(days=settings.login_known_address_days)),
+            )
+        )
     )
-    session.add(LoginAttempt(username=username, client_ip=client_ip, succeeded=user is not None, created_at=now))
+    if user is not None:  # the latest success is all that makes an address known
+        session.execute(delete(LoginAttempt).where(_pair(key, client_ip), LoginAttempt.succeeded))
+    session.add(LoginAttempt(username=key, client_ip=client_ip, succeeded=user is not None, created_at=now))
     session.flush()
     return user
 
@@ -93,38 +117,58 @@ class LoginBlock:
 
 
 def login_blocked_for(session: Session, username: str, client_ip: str) -> LoginBlock | None:
-    """Whether sign-in is refused: the user name had login_max_failures failed sign-ins within the
-    window since its last successful one, or the client address login_max_failures_per_ip (a
-    success does not clear an address's record: one known account must not reset a guesser).
-    Blocked attempts are not recorded, so the block ends when the window has passed."""
+    """Whether this sign-in is refused before its password is checked. Failures within the window
+    are counted three ways, none of which lets a stranger lock a user out of their own address:
+
+    - per (user name, address), since the pair's last success: login_max_failures are free, then
+      each failure doubles the wait before the next try (1 s, 2 s, 4 s ... at most the window);
+    - per user name, from every address (guessing from many addresses): from
+      login_max_failures_per_user on, each address with a failure for it is refused until enough
+      failures have left the window; an address without one still signs in;
+    - per address, for every user name (one address trying many names): from
+      login_max_failures_per_ip on, the address is refused.
+
+    The last two never refuse a user at a known address, one the user signed in from within
+    login_known_address_days. Refused attempts are not recorded, so every wait ends on time."""
     settings = get_settings()
+    key = name_key(username, "user name")
     now = utcnow()
-    window_start = now - timedelta(seconds=settings.login_window_seconds)
-    last_success = session.scalar(
-        select(func.max(LoginAttempt.created_at)).where(LoginAttempt.username == username, LoginAttempt.succeeded)
+    window = timedelta(seconds=settings.login_window_seconds)
+    known_since = session.scalar(
+        select(func.max(LoginAttempt.created_at)).where(_pair(key, client_ip), LoginAttempt.succeeded)
     )
-    checks = (
-        (
-            LoginAttempt.username == username,
-            max(window_start, last_success or window_start),
-            settings.login_max_failures,
-            "for this user name",
-        ),
-        (LoginAttempt.client_ip == client_ip, window_start, settings.login_max_failures_per_ip, "from this address"),
-    )
-    for matches, since, limit, scope in checks:
-        # the limit-th latest failure: once it leaves the window, fewer than `limit` remain
-        nth_latest = session.scalar(
-            select(LoginAttempt.created_at)
-            .where(matches, ~LoginAttempt.succeeded, LoginAttempt.created_at > since)
-            .order_by(LoginAttempt.created_at.desc())
-            .offset(limit - 1)
-            .limit(1)
-        )
-        if nth_latest is not None:
-            wait = nth_latest + timedelta(seconds=settings.login_window_seconds) - now
-            return LoginBlock(f"too many failed sign-ins {scope}", max(1, math.ceil(wait.total_seconds())))
+    failures = select(LoginAttempt.created_at).where(~LoginAttempt.succeeded, LoginAttempt.created_at > now - window)
+    pair_failures = failures.where(_pair(key, client_ip), LoginAttempt.created_at > (known_since or now - window)).subquery()
+    count, latest = session.execute(select(func.count(), func.max(pair_failures.c.created_at))).one()
+    if count >= settings.login_max_failures:
+        doubling = 1 << min(count - settings.login_max_failures, 30)
+        wait_until = latest + timedelta(seconds=min(settings.login_window_seconds, doubling))
+        if wait_until > now:
+            return _block("for this user name from this address", wait_until - now)
+    if known_since is not None:
+        return None
+    if count:
+        until = _refused_until(session, failures.where(LoginAttempt.username == key), settings.login_max_failures_per_user)
+        if until is not None:
+            return _block("for this user name, from this address among others", until - now)
+    until = _refused_until(session, failures.where(LoginAttempt.client_ip == client_ip), settings.login_max_failures_per_ip)
+    if until is not None:
+        return _block("from this address", until - now)
     return None
+
+
+def _pair(key: str, client_ip: str) -> ColumnElement[bool]:
+    return (LoginAttempt.username == key) & (LoginAttempt.client_ip == client_ip)
+
+
+def _refused_until(session: Session, failures: Select, limit: int) -> datetime | None:
+    """When fewer than `limit` of these failures will be left in the window: the limit-th latest leaves it."""
+    nth_latest = session.scalar(failures.order_by(LoginAttempt.created_at.desc()).offset(limit - 1).limit(1))
+    return nth_latest + timedelta(seconds=get_settings().login_window_seconds) if nth_latest is not None else None
+
+
+def _block(scope: str, wait: timedelta) -> LoginBlock:
+    return LoginBlock(f"too many failed sign-ins {scope}", max(1, math.ceil(wait.total_seconds())))
 
 
 def revoke_token(session: Session, token_id: int, by: User) -> ApiToken:

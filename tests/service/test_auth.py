@@ -1,5 +1,6 @@
 """Bearer tokens on every route, and roles."""
 
+import pytest
 from sqlalchemy import select
 
 from tests.conftest import make_user
@@ -128,3 +129,58 @@ def test_a_tokens_last_use_is_noted_at_most_once_a_minute(app_client, service_en
         session.commit()
     assert app_client.get("/api/me", headers=headers).status_code == 200
     assert last_used() > first - timedelta(minutes=2)
+
+
+def test_look_alike_user_names_are_one_name_or_refused(app_client, admin_headers, service_env):
+    from sqlalchemy.exc import IntegrityError
+
+    from backend.core.db.models import User
+    from backend.core.db.session import new_session
+
+    def create(username: str):
+        return app_client.post(
+            "/api/users", headers=admin_headers, json={"username": username, "role": "client", "password": "correct horse"}
+        )
+
+    created = create("  Ｌａｂ  Lead ")  # full-width letters and extra spaces: NFKC, trimmed, one space
+    assert created.status_code == 201 and created.json()["username"] == "Lab Lead"
+    for same in ("lab lead", "LAB LEAD", "Ｌａｂ Ｌｅａｄ"):
+        taken = create(same)
+        assert taken.status_code == 409 and "user 'Lab Lead' exists already" in taken.json()["detail"]
+    for refused, fragment in (
+        ("lab lead\u200b", "U+200B ZERO WIDTH SPACE"),
+        ("\u202edael bal", "U+202E RIGHT-TO-LEFT OVERRIDE"),
+        ("lab\tlead", "U+0009"),
+        ("lab\u3164lead", "HANGUL JUNGSEONG FILLER"),  # NFKC makes U+3164 U+1160, an old jamo
+        ("   ", "is blank"),
+    ):
+        response = create(refused)
+        assert response.status_code == 422 and fragment in response.json()["detail"], response.text
+    # the user signs in however the name is cased
+    signed_in = app_client.post("/api/auth/token", json={"username": "LAB LEAD", "password": "correct horse"})
+    assert signed_in.status_code == 201 and signed_in.json()["username"] == "Lab Lead"
+    # and the database holds one user per case-folded name, whoever writes it
+    with new_session() as session:
+        session.add(User(username="LAB LEAD", username_key="lab lead", role="client"))
+        with pytest.raises(IntegrityError):
+            session.flush()
+
+
+def test_project_and_class_names_are_normalised_and_invisible_characters_refused(app_client, admin_headers):
+    def create(name: str, classes: list[str]):
+        return app_client.post(
+            "/api/projects", headers=admin_headers, json={"name": name, "classes": [{"name": c} for c in classes]}
+        )
+
+    created = create("ＨＥｐ-2  names ", ["Ｇｏｌｇｉ", " NuMem "])
+    assert created.status_code == 201, created.text
+    assert created.json()["name"] == "HEp-2 names"
+    assert [c["name"] for c in created.json()["classes"]] == ["Golgi", "NuMem"]
+    for name, classes, fragment in (
+        ("names\u200b", ["a", "b"], "project name 'names\\u200b' holds U+200B ZERO WIDTH SPACE"),
+        ("names-2", ["Golgi", "Nu\u202eMem"], "class name 'Nu\\u202eMem' holds U+202E RIGHT-TO-LEFT OVERRIDE"),
+        ("names-3", ["Golgi", "golgi"], "class names must be unique"),
+        ("names-4", ["Golgi", " "], "class name ' ' is blank"),
+    ):
+        response = create(name, classes)
+        assert response.status_code == 422 and fragment in response.json()["detail"], response.text

@@ -1,7 +1,8 @@
-"""The sign-in rate limit: failed attempts counted in the database per user name and per
-client address; 429 with Retry-After until the window has passed, even for the right password.
-Each test signs in from its own address and shrinks the limits through the settings; the
-passing of the window is played by moving the recorded attempts back in time."""
+"""The sign-in rate limit: failed attempts counted in the database per (user name, address), per
+user name and per address; 429 with Retry-After, and a stranger's failures never lock a user out
+of an address where they have none, or where the user signed in before.
+Each test signs in from its own addresses and shrinks the limits through the settings; the
+passing of time is played by moving the recorded attempts back in time."""
 
 import uuid
 from datetime import timedelta
@@ -10,7 +11,8 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select, update
 
-LIMIT, IP_LIMIT, WINDOW = 3, 5, 600
+# the per-user and per-address limits above the failures one address makes for one user here
+LIMIT, USER_LIMIT, IP_LIMIT, WINDOW = 3, 8, 12, 600
 
 
 @pytest.fixture
@@ -19,6 +21,7 @@ def limits(monkeypatch, service_env):
 
     settings = get_settings()
     monkeypatch.setattr(settings, "login_max_failures", LIMIT)
+    monkeypatch.setattr(settings, "login_max_failures_per_user", USER_LIMIT)
     monkeypatch.setattr(settings, "login_max_failures_per_ip", IP_LIMIT)
     monkeypatch.setattr(settings, "login_window_seconds", WINDOW)
     return settings
@@ -64,26 +67,71 @@ def age_attempts(seconds: int, **where) -> None:
         session.commit()
 
 
-def test_a_user_name_is_refused_after_too_many_failures_even_with_the_right_password(app_client, admin_headers, limits):
+def detail(response) -> str:
+    return response.json()["detail"]
+
+
+def test_guessing_from_one_address_waits_twice_as_long_after_each_failure_beyond_the_free_ones(
+    app_client, admin_headers, limits
+):
     client = client_from_own_address(app_client)
     username, password = new_user(app_client, admin_headers)
     for _ in range(LIMIT):
         assert sign_in(client, username, "wrong password").status_code == 401
-    blocked = sign_in(client, username, password)
-    assert blocked.status_code == 429
-    assert "too many failed sign-ins for this user name" in blocked.json()["detail"]
-    assert 0 < int(blocked.headers["Retry-After"]) <= WINDOW
-    assert attempts(username=username) == LIMIT  # a refused attempt is not recorded: the window ends on time
-    # another user name from the same address is not affected
-    other, other_password = new_user(app_client, admin_headers)
-    assert sign_in(client, other, other_password).status_code == 201
+    for wait in (1, 2, 4, 8):
+        blocked = sign_in(client, username, password)  # even the right password waits its turn here
+        assert blocked.status_code == 429
+        assert "too many failed sign-ins for this user name from this address" in detail(blocked)
+        assert int(blocked.headers["Retry-After"]) == wait
+        age_attempts(wait, username=username)  # the wait has passed: one more guess
+        assert sign_in(client, username, "wrong password").status_code == 401
+    assert attempts(username=username) == LIMIT + 4  # refused attempts are not recorded: waits end on time
 
-    age_attempts(WINDOW - 10, username=username)
-    still = sign_in(client, username, password)
-    assert still.status_code == 429 and int(still.headers["Retry-After"]) <= 10
-    age_attempts(11, username=username)  # the window has passed
-    assert sign_in(client, username, password).status_code == 201
-    assert attempts(username=username) == 1  # attempts older than the window were cleared away
+    age_attempts(16, username=username)
+    assert sign_in(client, username, password).status_code == 201  # a success starts the pair afresh
+    assert [sign_in(client, username, "typo").status_code for _ in range(LIMIT + 1)] == [401] * LIMIT + [429]
+
+
+def test_the_wait_never_exceeds_the_window(app_client, admin_headers, limits):
+    from backend.core.db.models import LoginAttempt, utcnow
+    from backend.core.db.session import new_session
+
+    address = f"198.19.{uuid.uuid4().int % 250}.2"
+    username, password = new_user(app_client, admin_headers)
+    with new_session() as session:  # failures enough for a wait of 2 ** 10 s, ten times the window
+        session.add_all(
+            LoginAttempt(username=username, client_ip=address, succeeded=False, created_at=utcnow())
+            for _ in range(LIMIT + 10)
+        )
+        session.commit()
+    blocked = sign_in(client_from_own_address(app_client, address), username, password)
+    assert blocked.status_code == 429 and int(blocked.headers["Retry-After"]) == WINDOW
+
+
+def test_failures_from_other_addresses_never_lock_a_user_out_of_a_clean_or_known_address(app_client, admin_headers, limits):
+    username, password = new_user(app_client, admin_headers)
+    home = client_from_own_address(app_client)
+    assert sign_in(home, username, password).status_code == 201  # home is a known address now
+    assert sign_in(home, username, "typo").status_code == 401
+    attackers = [client_from_own_address(app_client) for _ in range(USER_LIMIT)]
+    for attacker in attackers:  # guessing from many addresses, one guess each
+        assert sign_in(attacker, username, "guess").status_code == 401
+
+    # the guessers' addresses are refused, the right password included
+    refused = sign_in(attackers[0], username, password)
+    assert refused.status_code == 429
+    assert "too many failed sign-ins for this user name, from this address among others" in detail(refused)
+    assert 0 < int(refused.headers["Retry-After"]) <= WINDOW
+    # a fresh address gets one guess
+    newcomer = client_from_own_address(app_client)
+    assert [sign_in(newcomer, username, "guess").status_code for _ in range(2)] == [401, 429]
+
+    # the user signs in from any address without a failure, and from home despite its typo
+    assert sign_in(client_from_own_address(app_client), username, password).status_code == 201
+    assert sign_in(home, username, password).status_code == 201
+
+    age_attempts(WINDOW, username=username, succeeded=False)
+    assert sign_in(attackers[0], username, password).status_code == 201  # the window has passed
 
 
 def test_unknown_user_names_are_counted_like_known_ones(app_client, limits):
@@ -93,22 +141,31 @@ def test_unknown_user_names_are_counted_like_known_ones(app_client, limits):
     assert statuses == [401] * LIMIT + [429]
 
 
-def test_a_success_clears_the_user_names_failures_but_not_the_addresss(app_client, admin_headers, limits):
+def test_an_address_trying_many_user_names_is_refused_except_for_users_known_there(app_client, admin_headers, limits):
     address = f"198.19.{uuid.uuid4().int % 250}.1"
-    client = client_from_own_address(app_client, address)
-    username, password = new_user(app_client, admin_headers)
-    for _ in range(2):  # LIMIT - 1 failures, then the right password: the user name starts afresh
-        assert [sign_in(client, username, "typo").status_code for _ in range(LIMIT - 1)] == [401] * (LIMIT - 1)
-        assert sign_in(client, username, password).status_code == 201
-    assert attempts(client_ip=address, succeeded=False) == 2 * (LIMIT - 1)
+    office = client_from_own_address(app_client, address)
+    regular, regular_password = new_user(app_client, admin_headers)
+    assert sign_in(office, regular, regular_password).status_code == 201
+    newcomer, newcomer_password = new_user(app_client, admin_headers)
 
-    stranger = f"nobody-{uuid.uuid4().hex[:8]}"
-    assert sign_in(client, stranger, "guess").status_code == 401  # the address's 5th failure
-    blocked = sign_in(client, username, password)
-    assert blocked.status_code == 429 and "from this address" in blocked.json()["detail"]
-    assert int(blocked.headers["Retry-After"]) > 0
-    # the same user from elsewhere signs in
-    assert sign_in(client_from_own_address(app_client), username, password).status_code == 201
+    for _ in range(IP_LIMIT):  # one address, many user names
+        assert sign_in(office, f"nobody-{uuid.uuid4().hex[:8]}", "guess").status_code == 401
+    assert attempts(client_ip=address, succeeded=False) == IP_LIMIT
+
+    blocked = sign_in(office, newcomer, newcomer_password)
+    assert blocked.status_code == 429 and "too many failed sign-ins from this address" in detail(blocked)
+    assert 0 < int(blocked.headers["Retry-After"]) <= WINDOW
+    assert sign_in(office, regular, regular_password).status_code == 201  # signed in here before
+    assert sign_in(client_from_own_address(app_client), newcomer, newcomer_password).status_code == 201
+
+
+def test_user_names_are_counted_as_one_name_however_they_are_cased(app_client, admin_headers, limits):
+    client = client_from_own_address(app_client)
+    username, password = new_user(app_client, admin_headers)
+    for typed in (username.upper(), username.title(), username):
+        assert sign_in(client, typed, "wrong password").status_code == 401
+    assert sign_in(client, username, password).status_code == 429
+    assert attempts(username=username) == LIMIT
 
 
 def test_a_revoked_token_is_refused(app_client, admin_headers):

@@ -225,8 +225,9 @@ def test_membership_is_given_and_taken_by_admins_and_takes_effect_at_once(app_cl
 
 
 def test_memberships_go_with_their_user_or_project(db):
-    from backend.core.db.models import Project, ProjectClass, ProjectMember, User
+    from backend.core.db.models import Project, ProjectClass, ProjectMember
     from backend.services.members import add_member
+    from backend.services.users import create_user
 
     projects = [
         Project(
@@ -235,8 +236,8 @@ def test_memberships_go_with_their_user_or_project(db):
         )
         for _ in range(2)
     ]
-    users = [User(username=f"cascade-{uuid.uuid4().hex[:6]}", role="annotator") for _ in range(2)]
-    db.add_all(projects + users)
+    users = [create_user(db, f"cascade-{uuid.uuid4().hex[:6]}", "annotator") for _ in range(2)]
+    db.add_all(projects)
     db.flush()
     for project in projects:
         for user in users:

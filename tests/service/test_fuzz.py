@@ -53,8 +53,10 @@ def test_values_the_database_cannot_hold_are_refused_and_nothing_is_stored(app_c
         return [project["id"] for project in app_client.get("/api/projects", headers=admin_headers).json()]
 
     before = project_ids()
-    nul = app_client.post(
-        "/api/projects", headers=admin_headers, json={"name": "nul\x00name", "classes": [{"name": "a"}, {"name": "b"}]}
+    nul = app_client.post(  # in a free text: a name with one is refused before (backend.core.names)
+        "/api/projects",
+        headers=admin_headers,
+        json={"name": "nul", "description": "nul\x00text", "classes": [{"name": "a"}, {"name": "b"}]},
     )
     assert nul.status_code == 422 and "NUL" in nul.json()["detail"]
     assert project_ids() == before

@@ -290,6 +290,86 @@ def test_reimporting_a_folder_with_skip_duplicates_adds_nothing(project_id, cell
     assert image_count(project_id) == 12
 
 
+@pytest.mark.parametrize("delimiter", [",", ";"])
+def test_a_labels_csv_with_quoted_names_is_read_as_the_csv_module_writes_it(project_id, cells, tmp_path, delimiter):
+    from backend.cli_import import run_import
+
+    names = ['we"ird,name.png', 'semi;colon "quoted".png', "plain.png"]
+    with open(tmp_path / "labels.csv", "w", newline="") as f:
+        writer = csv.writer(f, delimiter=delimiter)
+        writer.writerow(["image_path", "pattern"])
+        for name, cell in zip(names, cells):
+            (tmp_path / name).write_bytes(cell["data"])
+            writer.writerow([name, cell["class"]])
+    assert '"we""ird,name.png"' in (tmp_path / "labels.csv").read_text()
+
+    run_import(str(project_id), tmp_path, None, "pool", "error", "error")
+
+    classes = class_names_by_id(project_id)
+    stored = {image.filename: classes[image.reference_class_id] for image in stored_images(project_id)}
+    assert stored == {name: cell["class"] for name, cell in zip(names, cells)}
+
+
+def test_a_labels_csv_split_column_imports_a_data_sets_train_and_test_in_one_go(project_id, cells, tmp_path):
+    from backend.cli_import import run_import
+
+    splits = ["train", "Test", "pool", ""]  # "" takes the import's split
+    rows = [
+        {"image_path": c["name"], "pattern": c["class"], "split": splits[i % 4], "stain": "IgG"} for i, c in enumerate(cells)
+    ]
+    for cell in cells:
+        (tmp_path / cell["name"]).write_bytes(cell["data"])
+    write_labels(tmp_path / "labels.csv", rows)
+
+    report = run_import(str(project_id), tmp_path, None, "pool", "error", "error")
+
+    assert report.imported_per_split == {"pool": 9, "test": 3}
+    classes = class_names_by_id(project_id)
+    by_name = {image.filename: image for image in stored_images(project_id)}
+    for row in rows:
+        image = by_name[row["image_path"]]
+        assert image.split == ("test" if row["split"] == "Test" else "pool")
+        assert classes[image.reference_class_id] == row["pattern"]  # the test split's reference class
+        assert image.meta == {"stain": "IgG"}
+
+
+def test_the_duplicate_error_counts_every_duplicate_of_a_batched_import(project_id, cells, tmp_path, monkeypatch):
+    from backend import cli_import
+    from backend.core.errors import Conflict
+
+    for cell in cells:
+        (tmp_path / cell["name"]).write_bytes(cell["data"])
+    cli_import.run_import(str(project_id), tmp_path, None, "pool", "error", "error")
+    (tmp_path / "new.png").write_bytes(encoded(np.full((40, 40), 7, np.uint8), "PNG"))
+    monkeypatch.setattr(cli_import, "BATCH_SIZE", 5)  # 13 files: three batches
+
+    with pytest.raises(Conflict) as error:
+        cli_import.run_import(str(project_id), tmp_path, None, "pool", "error", "error")
+
+    assert error.value.message.startswith(f"12 files already in project {stored_project_name(project_id)!r}")
+    assert "(and 2 more)" in error.value.message
+    assert len(error.value.details["duplicates"]) == 12
+    assert image_count(project_id) == 12
+
+
+def test_file_names_are_stored_in_nfkc_and_a_dot_dot_part_is_refused(project_id, cells, db):
+    from backend.core.errors import Invalid
+    from backend.core.readers import IncomingFile
+    from backend.services.imports import import_images
+    from backend.services.projects import find_project
+
+    project = find_project(db, project_id)
+    files = [IncomingFile("ｃｅｌｌ one.png", cells[0]["data"]), IncomingFile("cells/../two.png", cells[1]["data"])]
+    with pytest.raises(Invalid, match=r"cells/\.\./two.png: file name 'cells/\.\./two.png' has a '\.\.' part"):
+        import_images(db, project, files)
+    db.rollback()
+    assert image_count(project_id) == 0
+
+    import_images(db, project, files[:1])
+    db.commit()
+    assert [image.filename for image in stored_images(project_id)] == ["cell one.png"]
+
+
 # --- uploads over HTTP ------------------------------------------------------------------------
 
 
@@ -472,6 +552,25 @@ BAD_UPLOADS = {
         ["b.png", "same content as a.png in this upload"],
     ),
     "unknown split": lambda cell: ([("a.png", cell["data"])], {"split": "train"}, 422, ["split"]),
+    "unknown split in labels.csv": lambda cell: (
+        [("s.zip", make_zip({"labels.csv": b"path,pattern,split\nc.png,Golgi,validation\n", "c.png": cell["data"]}))],
+        {},
+        422,
+        ["line 2: unknown split 'validation'", "train, pool, test"],
+    ),
+    "bidi override in a file name": lambda cell: (
+        [("cell\u202egnp.exe", cell["data"])],
+        {},
+        422,
+        ["'cell\\u202egnp.exe' holds U+202E RIGHT-TO-LEFT OVERRIDE"],
+    ),
+    "zero-width space in a zip member's name": lambda cell: (
+        [("z.zip", make_zip({"ce\u200bll.png": cell["data"]}))],
+        {},
+        422,
+        ["U+200B ZERO WIDTH SPACE"],
+    ),
+    "a file named '..'": lambda cell: ([("..", cell["data"])], {}, 422, ["file name '..' has a '..' part"]),
 }
 
 

@@ -21,7 +21,8 @@ class Base(DeclarativeBase):
 class User(Base):
     __tablename__ = "users"
     id: Mapped[int] = mapped_column(primary_key=True)
-    username: Mapped[str] = mapped_column(String(100), unique=True)
+    username: Mapped[str] = mapped_column(String(100), unique=True)  # NFKC, as written (backend.core.names)
+    username_key: Mapped[str] = mapped_column(String(100), unique=True)  # case-folded: Admin and admin are one name
     password_hash: Mapped[str | None] = mapped_column(String(200))
     role: Mapped[str] = mapped_column(String(20))  # admin | annotator | client
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -49,7 +50,7 @@ class LoginAttempt(Base):
         Index("ix_login_attempts_client_ip_created_at", "client_ip", "created_at"),
     )
     id: Mapped[int] = mapped_column(primary_key=True)
-    username: Mapped[str] = mapped_column(String(100))  # as typed; unknown names are counted too
+    username: Mapped[str] = mapped_column(String(100))  # its name_key; unknown names are counted too
     client_ip: Mapped[str] = mapped_column(String(64))
     succeeded: Mapped[bool]
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
