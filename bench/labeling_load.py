@@ -2,25 +2,29 @@
 each looping `POST /queue/next` then `POST /labels` for the leased cell, with no think time,
 against a real uvicorn server process on loopback and the real PostgreSQL.
 
-    .venv/bin/python bench/labeling_load.py [--annotators 50] [--duration 30] [--workers 1 2]
-                                            [--rates 0 10 20] [--repeats 3] [--pool 3000]
+    .venv/bin/python bench/labeling_load.py [--annotators 50] [--duration 30] [--workers 1]
+        [--rates 0 100] [--repeats 3] [--pool 3000] [--labels-before 0]
+        [--code . ../xal-before]
 
 `--rates`: the labels per second the annotators aim at together, each pacing itself (0: no
 pause, as fast as the server answers). A paced run shows the latency at that load; one that
-falls short of its rate has saturated the server.
+falls short of its rate has saturated the server. `--code`: checkouts whose API is measured,
+run after run in turn (for example a worktree of an older commit beside this one), so that
+both see the same machine. `--labels-before`: labels the project holds already (its earlier
+rounds), to show whether a label costs more in a project that holds many.
 
-It sets everything up itself: a fresh PostgreSQL database (dropped at the end), migrations,
-an admin, a Celery worker process for round 0, and per run a fresh project whose pool is
-`--pool` real I3A cells (read in place from ../shared/data/i3a) and whose round 0 queues all
-of them (random cold start), so the annotators do not run out; then ANALYZE (see _analyze).
-The load comes from this process (an asyncio httpx client), the API runs in its own uvicorn
-process(es); all share the machine's cores. Prints p50/p90/p99/max latency of next and submit,
-labels per second and CPU time per label per run, and writes everything to
-bench/results/labeling-load.json."""
+It sets everything up itself: a fresh PostgreSQL database (dropped at the end), migrated by
+this checkout, its users, and per run a fresh project written directly in SQL as its earlier
+rounds would have left it: `--pool` cells (database rows only: the labeling routes never read
+the images), `--labels-before` of them labeled, the rest queued in the open round's step.
+Then ANALYZE (see _analyze). The load comes from this process (an asyncio httpx client), the
+API runs in its own uvicorn process(es); all share the machine's cores. Prints p50/p90/p99/max
+latency of next and submit, labels per second and CPU time per label (API, database, load
+generator) per run, and writes everything to bench/results/labeling-load.json, each run with
+`api_plus_pg_cpu_ms_per_label`."""
 
 import argparse
 import asyncio
-import csv
 import json
 import os
 import platform
@@ -41,18 +45,16 @@ from cpu_speed import python_loop_us
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from backend.testing import POSTGRES_ADMIN_URL, start_worker, stop, throwaway_service, wait_for  # noqa: E402
+from backend.testing import POSTGRES_ADMIN_URL, stop, throwaway_service, wait_for  # noqa: E402
 
-I3A = Path(os.environ.get("XAL_I3A_DIR", ROOT.parent / "shared" / "data" / "i3a"))
 CLASSES = ["Homogeneous", "Speckled", "Nucleolar", "Centromere", "NuMem", "Golgi"]
-IMPORT_BATCH = 500
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--annotators", type=int, default=50)
     parser.add_argument("--duration", type=float, default=30, help="seconds of load per run")
-    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="uvicorn worker processes to try")
+    parser.add_argument("--workers", type=int, nargs="+", default=[1], help="uvicorn worker processes to try")
     parser.add_argument(
         "--rates",
         type=float,
@@ -61,7 +63,9 @@ def main() -> None:
         help="labels/s the annotators aim at together; 0: no pause (saturation)",
     )
     parser.add_argument("--repeats", type=int, default=3, help="runs per worker count and rate")
-    parser.add_argument("--pool", type=int, default=3000, help="cells queued per run (one fresh project per run)")
+    parser.add_argument("--pool", type=int, default=3000, help="cells of the project (one fresh project per run)")
+    parser.add_argument("--labels-before", type=int, nargs="+", default=[0], help="labels the project holds before the load")
+    parser.add_argument("--code", nargs="+", default=[str(ROOT)], help="checkouts whose API to measure, in turn")
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--loop", default="auto", help="uvicorn's --loop (auto: uvloop where installed)")
     parser.add_argument("--http", default="auto", help="uvicorn's --http (auto: httptools where installed)")
@@ -69,13 +73,7 @@ def main() -> None:
     args = parser.parse_args()
 
     with throwaway_service("xal_bench", OMP_NUM_THREADS="1") as env:
-        database = env["XAL_DATABASE_URL"].rsplit("/", 1)[1]
-        admin = {"Authorization": f"Bearer {_admin_token()}"}
-        worker = start_worker(Path(env["XAL_DATA_DIR"]) / "worker.log")  # round 0 of each project
-        try:
-            runs = _measure(args, admin, database)
-        finally:
-            stop(worker)
+        runs = _measure(args, env["XAL_DATABASE_URL"].rsplit("/", 1)[1])
     summary = _summary(runs)
     for line in summary["lines"]:
         print(line)
@@ -90,55 +88,61 @@ def main() -> None:
     print(f"written to {args.out}")
 
 
-def _measure(args, admin: dict, database: str) -> list[dict]:
-    with open(I3A / "labels.csv", newline="") as f:
-        rows = list(csv.DictReader(f))[: args.pool]
-    cells = [(f"{row['image_id']}.png", (I3A / row["image_path"]).read_bytes()) for row in rows]
+def _measure(args, database: str) -> list[dict]:
+    annotators = [_annotator(i) for i in range(args.annotators)]
+    codes = {path: _describe(path) for path in args.code}
     base_url = f"http://127.0.0.1:{args.port}"
     runs = []
-    annotators = None
-    for n_workers in args.workers:
-        server = _start_server(n_workers, args.port, args.loop, args.http)
+    plan = [
+        (n_workers, labels_before, rate, repeat, code)
+        for n_workers in args.workers
+        for labels_before in args.labels_before
+        for rate in args.rates
+        for repeat in range(args.repeats)
+        for code in args.code
+    ]
+    for n_workers, labels_before, rate, repeat, code in plan:
+        project_id = _project_in_progress(args.pool, labels_before, annotators)
+        _analyze(database)
+        server = _start_server(code, n_workers, args.port, args.loop, args.http)
         try:
-            with httpx.Client(base_url=base_url, headers=admin, timeout=60) as client:
+            with httpx.Client(base_url=base_url, timeout=60) as client:
                 wait_for(lambda: _is_up(client), 120, message="the API")
-                annotators = annotators or [_annotator(client, i) for i in range(args.annotators)]
-                for rate, repeat in [(rate, repeat) for rate in args.rates for repeat in range(args.repeats)]:
-                    project_id = _queued_project(client, cells, annotators)
-                    _analyze(database)
-                    load_before, cpu_speed = os.getloadavg(), python_loop_us()
-                    with CpuMeter(server, database) as cpu:
-                        run = asyncio.run(_load(base_url, project_id, annotators, args.duration, rate))
-                    run.update(
-                        workers=n_workers,
-                        rate=rate,
-                        repeat=repeat,
-                        project_id=project_id,
-                        python_loop_us=round(cpu_speed, 1),
-                        loadavg_before=load_before,
-                        loadavg_after=os.getloadavg(),
-                        database_connections={"opened": cpu.backends_started, "most_at_once": cpu.most_backends_at_once},
-                        cpu_ms_per_label={k: round(v * 1000 / max(run["labels"], 1), 2) for k, v in cpu.seconds.items()},
-                    )
-                    run["labels_in_database"] = _labels_in_database(project_id)
-                    runs.append(run)
-                    _print_run(run)
+            load_before, cpu_speed = os.getloadavg(), python_loop_us()
+            with CpuMeter(server, database) as cpu:
+                run = asyncio.run(_load(base_url, project_id, annotators, args.duration, rate))
         finally:
             stop(server)
+        per_label = {k: round(v * 1000 / max(run["labels"], 1), 2) for k, v in cpu.seconds.items()}
+        run.update(
+            code=codes[code],
+            workers=n_workers,
+            labels_before=labels_before,
+            rate=rate,
+            repeat=repeat,
+            project_id=project_id,
+            python_loop_us=round(cpu_speed, 1),
+            loadavg_before=load_before,
+            loadavg_after=os.getloadavg(),
+            database_connections={"opened": cpu.backends_started, "most_at_once": cpu.most_backends_at_once},
+            cpu_ms_per_label=per_label,
+            api_plus_pg_cpu_ms_per_label=round(per_label["api"] + per_label["database"], 2),
+        )
+        run["labels_in_database"] = _labels_in_database(project_id) - labels_before
+        runs.append(run)
+        _print_run(run)
     return runs
 
 
-def _admin_token() -> str:
-    from backend.core.db.session import new_session
-    from backend.services.users import create_user, issue_token
-
-    with new_session() as session:
-        _, secret = issue_token(session, create_user(session, "bench-admin", "admin"))
-        session.commit()
-    return secret
+def _describe(path: str) -> str:
+    """The checkout's commit, and whether it has changes on top."""
+    described = subprocess.run(
+        ["git", "-C", path, "describe", "--always", "--dirty"], capture_output=True, text=True, check=False
+    )
+    return described.stdout.strip() or path
 
 
-def _start_server(workers: int, port: int, loop: str, http: str) -> subprocess.Popen:
+def _start_server(code: str, workers: int, port: int, loop: str, http: str) -> subprocess.Popen:
     return subprocess.Popen(
         [
             sys.executable,
@@ -160,8 +164,8 @@ def _start_server(workers: int, port: int, loop: str, http: str) -> subprocess.P
             "warning",
             "--no-access-log",
         ],
-        cwd=ROOT,
-        env=os.environ.copy(),
+        cwd=code,
+        env={**os.environ, "PYTHONPATH": code},
     )
 
 
@@ -172,52 +176,95 @@ def _is_up(client: httpx.Client) -> bool:
         return False
 
 
-def _annotator(client: httpx.Client, index: int) -> dict:
-    user = _ok(client.post("/api/users", json={"username": f"annotator-{index:02d}", "role": "annotator"}))
-    token = _ok(client.post(f"/api/users/{user['id']}/tokens"))
-    return {"id": user["id"], "headers": {"Authorization": f"Bearer {token['token']}"}}
-
-
-def _queued_project(client: httpx.Client, cells: list[tuple[str, bytes]], annotators: list[dict]) -> int:
-    """A started project whose round 0 queued every one of `cells`, the annotators its members."""
+def _annotator(index: int) -> dict:
     from backend.core.db.session import new_session
-    from backend.core.readers import IncomingFile
-    from backend.services.imports import import_images
-    from backend.services.projects import find_project
+    from backend.services.users import create_user, issue_token
 
-    n = len(cells)
-    project = _ok(
-        client.post(
-            "/api/projects",
-            json={
-                "name": f"load-{uuid.uuid4().hex[:6]}",
-                "classes": [{"name": c} for c in CLASSES],
-                "strategy": "random",
-                "budget": n,
-                "initial_size": n,
-                "step_size": n,
-            },
-        )
-    )
     with new_session() as session:
-        target = find_project(session, project["id"])
-        for start in range(0, n, IMPORT_BATCH):
-            import_images(session, target, [IncomingFile(name, data) for name, data in cells[start : start + IMPORT_BATCH]])
+        user = create_user(session, f"annotator-{index:02d}", "annotator")
+        _, secret = issue_token(session, user)
         session.commit()
-    if "/api/projects/{project_id}/members/{user_id}" in client.get("/api/openapi.json").json()["paths"]:
-        for annotator in annotators:
-            response = client.put(f"/api/projects/{project['id']}/members/{annotator['id']}")
-            assert response.status_code == 204, response.text
-    _ok(client.post(f"/api/projects/{project['id']}/start"))
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline:
-        round_ = client.get(f"/api/projects/{project['id']}/rounds/0").json()
-        if round_["state"] == "done":
-            assert round_["n_selected"] == n, round_
-            return project["id"]
-        assert round_["state"] != "failed", round_["error"]
-        time.sleep(1)
-    raise RuntimeError("round 0 was not computed in time")
+        return {"id": user.id, "headers": {"Authorization": f"Bearer {secret}"}}
+
+
+def _project_in_progress(pool: int, labels_before: int, annotators: list[dict]) -> int:
+    """A project of `pool` cells, the annotators its members, whose earlier rounds labeled
+    `labels_before` of them and whose open round queued the rest (written directly: the images
+    have no files, the rounds no models; the labeling routes read neither)."""
+    from sqlalchemy import insert
+
+    from backend.core.db.models import Image, Label, Project, ProjectClass, ProjectMember, Round, Selection
+    from backend.core.db.session import new_session
+
+    rng = random.Random(pool * 7919 + labels_before)
+    with new_session() as session:
+        project = Project(
+            name=f"load-{uuid.uuid4().hex[:6]}", budget=pool, initial_size=labels_before or pool,
+            step_size=pool - labels_before, strategy="entropy", state="active",
+        )  # fmt: skip
+        session.add(project)
+        session.flush()
+        classes = [ProjectClass(project_id=project.id, name=c, key=str(i + 1), position=i) for i, c in enumerate(CLASSES)]
+        session.add_all(classes)
+        session.add_all(ProjectMember(project_id=project.id, user_id=a["id"]) for a in annotators)
+        session.flush()
+        images = session.scalars(
+            insert(Image).returning(Image.id),
+            [
+                {
+                    "project_id": project.id,
+                    "content_hash": uuid.uuid4().hex * 2,
+                    "filename": f"cell-{i:06d}.png",
+                    "width": 72,
+                    "height": 72,
+                }
+                for i in range(pool)
+            ],
+        ).all()
+        sizes = [labels_before, pool - labels_before] if labels_before else [pool]
+        rounds = [
+            Round(project_id=project.id, number=n, state="done", n_labels=sum(sizes[:n]), n_selected=size)
+            for n, size in enumerate(sizes)
+        ]
+        rounds[-1].open_cells = sizes[-1]
+        session.add_all(rounds)
+        session.flush()
+        start = 0
+        for round_, size in zip(rounds, sizes):
+            labeled = round_ is not rounds[-1]
+            session.execute(
+                insert(Selection),
+                [
+                    {
+                        "round_id": round_.id,
+                        "image_id": images[start + rank],
+                        "rank": rank,
+                        "score": 1.0 - rank / size,
+                        "labeled": labeled,
+                        # what an entropy round tells of each cell
+                        "details": {"strategy": "entropy", "probabilities": [1 / 6] * 6, "predicted": rank % 6},
+                    }
+                    for rank in range(size)
+                ],
+            )
+            if labeled:
+                session.execute(
+                    insert(Label),
+                    [
+                        {
+                            "project_id": project.id,
+                            "image_id": images[start + rank],
+                            "class_id": rng.choice(classes).id,
+                            "user_id": annotators[rank % len(annotators)]["id"],
+                            "round_id": round_.id,
+                            "duration_ms": 1500,
+                        }
+                        for rank in range(size)
+                    ],
+                )
+            start += size
+        session.commit()
+        return project.id
 
 
 class CpuMeter:
@@ -409,13 +456,15 @@ def _labels_in_database(project_id: int) -> int:
 def _print_run(run: dict) -> None:
     n, s = run["next_ms"], run["submit_ms"]
     print(
-        f"workers={run['workers']} rate={run['rate'] or 'max'} run={run['repeat']}: {run['labels_per_s']} labels/s "
+        f"{run['code']} workers={run['workers']} labels before={run['labels_before']} rate={run['rate'] or 'max'} "
+        f"run={run['repeat']}: {run['labels_per_s']} labels/s "
         f"({run['labels']} in {run['seconds']} s, {run['labels_in_database']} in the database), "
         f"next p50/p90/p99/max {n.get('p50')}/{n.get('p90')}/{n.get('p99')}/{n.get('max')} ms, "
         f"submit {s.get('p50')}/{s.get('p90')}/{s.get('p99')}/{s.get('max')} ms, "
         f"errors {run['errors']}, empty queue {run['empty_queue']}, load {run['loadavg_before'][0]:.2f}, "
         f"python loop {run['python_loop_us']} us; "
-        f"CPU ms per label: {run['cpu_ms_per_label']}, database connections: {run['database_connections']}",
+        f"CPU ms per label: {run['cpu_ms_per_label']} (API + PostgreSQL {run['api_plus_pg_cpu_ms_per_label']}), "
+        f"database connections: {run['database_connections']}",
         flush=True,
     )
     for kind, count in run["error_kinds"].items():
@@ -424,16 +473,22 @@ def _print_run(run: dict) -> None:
 
 def _summary(runs: list[dict]) -> dict:
     by_setting, lines = {}, []
-    for n_workers, rate in sorted({(r["workers"], r["rate"]) for r in runs}):
-        mine = [r for r in runs if r["workers"] == n_workers and r["rate"] == rate]
+    settings = sorted({(r["code"], r["workers"], r["labels_before"], r["rate"]) for r in runs}, key=str)
+    for code, n_workers, labels_before, rate in settings:
+        mine = [
+            r
+            for r in runs
+            if (r["code"], r["workers"], r["labels_before"], r["rate"]) == (code, n_workers, labels_before, rate)
+        ]
 
         def spread(values):
             if not values:
                 return {"median": None, "min": None, "max": None}
-            return {"median": round(statistics.median(values), 1), "min": min(values), "max": max(values)}
+            return {"median": round(statistics.median(values), 2), "min": min(values), "max": max(values)}
 
         entry = {
             "labels_per_s": spread([r["labels_per_s"] for r in mine]),
+            "api_plus_pg_cpu_ms_per_label": spread([r["api_plus_pg_cpu_ms_per_label"] for r in mine]),
             **{
                 f"cpu_ms_per_label_{part}": spread([r["cpu_ms_per_label"][part] for r in mine])
                 for part in ("api", "database", "load_generator")
@@ -444,12 +499,14 @@ def _summary(runs: list[dict]) -> dict:
                 for q in ("p50", "p99")
             },
         }
-        by_setting[f"{n_workers} workers, rate {rate or 'max'}"] = entry
+        name = f"{code}, {n_workers} workers, {labels_before} labels before, rate {rate or 'max'}"
+        by_setting[name] = entry
         lines.append(
-            f"{n_workers} uvicorn worker(s), rate {rate or 'max'}, {len(mine)} runs, median (min-max): "
+            f"{name}, {len(mine)} runs, median (min-max): "
             f"{_fmt(entry['labels_per_s'])} labels/s; next p50 {_fmt(entry['next_p50_ms'])} ms, "
             f"p99 {_fmt(entry['next_p99_ms'])} ms; submit p50 {_fmt(entry['submit_p50_ms'])} ms, "
-            f"p99 {_fmt(entry['submit_p99_ms'])} ms; CPU ms per label: API {_fmt(entry['cpu_ms_per_label_api'])}, "
+            f"p99 {_fmt(entry['submit_p99_ms'])} ms; CPU ms per label: API + PostgreSQL "
+            f"{_fmt(entry['api_plus_pg_cpu_ms_per_label'])}, API {_fmt(entry['cpu_ms_per_label_api'])}, "
             f"database {_fmt(entry['cpu_ms_per_label_database'])}, "
             f"load generator {_fmt(entry['cpu_ms_per_label_load_generator'])}"
         )
