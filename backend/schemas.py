@@ -260,6 +260,18 @@ class TokenOut(BaseModel):
     token: str
     username: str
     role: str
+    expires_at: datetime | None = None
+
+
+class TokenInfo(ORM):
+    """A token as listed: never its secret (only a hash of it is stored)."""
+
+    id: int
+    name: str
+    created_at: datetime
+    last_used_at: datetime | None
+    expires_at: datetime | None
+    revoked_at: datetime | None
 
 
 class LoginIn(BaseModel):

@@ -1,11 +1,14 @@
 """Users and API tokens."""
 
-from fastapi import APIRouter, HTTPException, Request, status
+from datetime import timedelta
+
+from fastapi import APIRouter, HTTPException, Query, Request, status
 from sqlalchemy import select
 
-from backend.api.deps import Admin, AnyUser, SessionDep
+from backend.api.deps import Admin, AnyUser, BearerCredentials, SessionDep
 from backend.core.db.models import User
-from backend.schemas import LoginIn, TokenOut, UserCreate, UserOut
+from backend.core.settings import get_settings
+from backend.schemas import LoginIn, TokenInfo, TokenOut, UserCreate, UserOut
 from backend.services import users
 
 router = APIRouter(tags=["auth"])
@@ -34,9 +37,24 @@ def login(body: LoginIn, request: Request, session: SessionDep):
     session.commit()
     if user is None:
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "wrong username or password")
-    token, secret = users.issue_token(session, user, name="login")
+    lifetime = timedelta(hours=get_settings().signin_token_hours)
+    token, secret = users.issue_token(session, user, name="login", lifetime=lifetime)
     session.commit()
-    return TokenOut(id=token.id, token=secret, username=user.username, role=user.role)
+    return TokenOut(id=token.id, token=secret, username=user.username, role=user.role, expires_at=token.expires_at)
+
+
+@router.post("/auth/signout", status_code=204)
+def sign_out(session: SessionDep, _user: AnyUser, credentials: BearerCredentials):
+    """Revokes the token this request carries (the page's Sign out)."""
+    assert credentials is not None  # AnyUser answered 401 without one
+    users.revoke_secret(session, credentials.credentials)
+    session.commit()
+
+
+@router.get("/auth/tokens", response_model=list[TokenInfo])
+def my_tokens(session: SessionDep, user: AnyUser):
+    """The caller's tokens, revoked and expired ones included."""
+    return users.tokens_of(session, user.id)
 
 
 @router.get("/me", response_model=UserOut)
@@ -57,13 +75,32 @@ def create_user(body: UserCreate, session: SessionDep, _admin: Admin):
 
 
 @router.post("/users/{user_id}/tokens", response_model=TokenOut, status_code=201)
-def issue_token(user_id: int, session: SessionDep, _admin: Admin, name: str = ""):
+def issue_token(
+    user_id: int,
+    session: SessionDep,
+    _admin: Admin,
+    name: str = "",
+    expires_in_days: float | None = Query(None, gt=0, le=3650, description="unset: until revoked"),
+):
+    """A token for an API client; it lasts until revoked unless given a lifetime."""
+    user = _user(session, user_id)
+    lifetime = timedelta(days=expires_in_days) if expires_in_days is not None else None
+    token, secret = users.issue_token(session, user, name, lifetime)
+    session.commit()
+    return TokenOut(id=token.id, token=secret, username=user.username, role=user.role, expires_at=token.expires_at)
+
+
+@router.get("/users/{user_id}/tokens", response_model=list[TokenInfo])
+def list_tokens(user_id: int, session: SessionDep, _admin: Admin):
+    """A user's tokens (never their secrets), revoked and expired ones included."""
+    return users.tokens_of(session, _user(session, user_id).id)
+
+
+def _user(session, user_id: int) -> User:
     user = session.get(User, user_id)
     if user is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no user {user_id}")
-    token, secret = users.issue_token(session, user, name)
-    session.commit()
-    return TokenOut(id=token.id, token=secret, username=user.username, role=user.role)
+    return user
 
 
 @router.delete("/tokens/{token_id}", status_code=204)

@@ -56,6 +56,9 @@ class Settings(BaseSettings):
     # failures of one user name from all addresses, and of one address for all user names,
     # after which the addresses that failed are refused (but never a user's known address:
     # one it signed in from within the last login_known_address_days)
+    # a sign-in's bearer token expires after this many hours (the page's session); tokens an
+    # admin issues for API clients last until revoked unless given a lifetime
+    signin_token_hours: float = 12
     login_max_failures: int = 5
     login_max_failures_per_user: int = 10
     login_max_failures_per_ip: int = 50

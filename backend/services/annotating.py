@@ -44,7 +44,7 @@ _CALLER_AND_QUEUE = f"""
 caller AS (
     SELECT u.id, u.username, u.role, t.id AS token_id
     FROM api_tokens t JOIN users u ON u.id = t.user_id
-    WHERE t.token_hash = :token_hash AND t.revoked_at IS NULL
+    WHERE t.token_hash = :token_hash AND t.revoked_at IS NULL AND (t.expires_at IS NULL OR t.expires_at > :now)
 ),
 token_used AS (
     UPDATE api_tokens SET last_used_at = :now
@@ -357,6 +357,7 @@ ACCESS = text(
     "SELECT u.role, EXISTS (SELECT 1 FROM projects p WHERE p.id = :project_id AND (u.role = 'admin'"
     " OR EXISTS (SELECT 1 FROM project_members m WHERE m.project_id = p.id AND m.user_id = u.id))) AS member"
     " FROM api_tokens t JOIN users u ON u.id = t.user_id WHERE t.token_hash = :token_hash AND t.revoked_at IS NULL"
+    " AND (t.expires_at IS NULL OR t.expires_at > :now)"
 )
 ACCESS_CACHE_S = 5.0
 _access: dict[tuple[str, int], tuple[float, str]] = {}  # (token hash, project) -> (when read, outcome)
@@ -388,7 +389,7 @@ async def _read_access(secret: str, hashed: str, project_id: int) -> str:
     if _on_sqlite():
         return await run_in_threadpool(_read_access_orm, secret, project_id)
     async with get_async_engine().connect() as connection:
-        row = (await connection.execute(ACCESS, {"token_hash": hashed, "project_id": project_id})).first()
+        row = (await connection.execute(ACCESS, {"token_hash": hashed, "project_id": project_id, "now": utcnow()})).first()
     if row is None:
         return "unauthorized"
     return "no_project" if not row.member else "ok" if row.role in ("admin", "annotator") else "forbidden"

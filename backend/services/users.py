@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 
 from argon2 import PasswordHasher
 from argon2.exceptions import VerificationError
-from sqlalchemy import ColumnElement, Select, delete, func, or_, select
+from sqlalchemy import ColumnElement, Select, and_, delete, func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, joinedload
 
@@ -51,10 +51,12 @@ def user_named(session: Session, username: str) -> User | None:
     return session.scalar(select(User).where(User.username_key == name_key(username, "user name")))
 
 
-def issue_token(session: Session, user: User, name: str = "") -> tuple[ApiToken, str]:
-    """Returns the stored token and its secret; the secret is shown once and never stored."""
+def issue_token(session: Session, user: User, name: str = "", lifetime: timedelta | None = None) -> tuple[ApiToken, str]:
+    """Returns the stored token and its secret; the secret is shown once and never stored.
+    Without a `lifetime` the token lasts until revoked."""
     secret = "xal_" + secrets.token_urlsafe(32)
-    token = ApiToken(user_id=user.id, token_hash=_token_hash(secret), name=name)
+    expires_at = utcnow() + lifetime if lifetime is not None else None
+    token = ApiToken(user_id=user.id, token_hash=_token_hash(secret), name=name, expires_at=expires_at)
     session.add(token)
     session.flush()
     return token, secret
@@ -69,7 +71,7 @@ def user_for_token(session: Session, secret: str) -> User | None:
     token = session.scalar(
         select(ApiToken)
         .options(joinedload(ApiToken.user))
-        .where(ApiToken.token_hash == _token_hash(secret), ApiToken.revoked_at.is_(None))
+        .where(ApiToken.token_hash == _token_hash(secret), usable_token(utcnow()))
     )
     if token is None:
         return None
@@ -169,6 +171,23 @@ def _refused_until(session: Session, failures: Select, limit: int) -> datetime |
 
 def _block(scope: str, wait: timedelta) -> LoginBlock:
     return LoginBlock(f"too many failed sign-ins {scope}", max(1, math.ceil(wait.total_seconds())))
+
+
+def usable_token(now: datetime):
+    """SQL condition: the token is neither revoked nor expired."""
+    return and_(ApiToken.revoked_at.is_(None), or_(ApiToken.expires_at.is_(None), ApiToken.expires_at > now))
+
+
+def tokens_of(session: Session, user_id: int) -> list[ApiToken]:
+    """A user's tokens, newest first, revoked and expired ones included (no secrets: only hashes are stored)."""
+    return list(session.scalars(select(ApiToken).where(ApiToken.user_id == user_id).order_by(ApiToken.id.desc())))
+
+
+def revoke_secret(session: Session, secret: str) -> None:
+    """Revokes the token whose secret this is (signing out)."""
+    token = session.scalar(select(ApiToken).where(ApiToken.token_hash == _token_hash(secret)))
+    if token is not None:
+        token.revoked_at = token.revoked_at or utcnow()
 
 
 def revoke_token(session: Session, token_id: int, by: User) -> ApiToken:

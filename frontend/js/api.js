@@ -15,8 +15,17 @@ export function saveSession(session) {
   sessionStorage.setItem(SESSION_KEY, JSON.stringify(session));
 }
 
-export function signOut() {
+/** Revokes the page's token on the server (so a copy of it is useless), then forgets it. */
+export async function signOut() {
+  const session = currentSession();
   sessionStorage.removeItem(SESSION_KEY);
+  if (session) {
+    try {
+      await fetch("/api/auth/signout", { method: "POST", headers: { Authorization: `Bearer ${session.token}` } });
+    } catch {
+      // offline: the token still expires (XAL_SIGNIN_TOKEN_HOURS)
+    }
+  }
   location.href = "index.html";
 }
 

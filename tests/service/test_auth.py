@@ -184,3 +184,61 @@ def test_project_and_class_names_are_normalised_and_invisible_characters_refused
     ):
         response = create(name, classes)
         assert response.status_code == 422 and fragment in response.json()["detail"], response.text
+
+
+def test_a_sign_in_token_expires_signing_out_revokes_it_and_tokens_are_listed(app_client, admin_headers):
+    from datetime import timedelta
+
+    from backend.core.db.models import ApiToken, utcnow
+    from backend.core.db.session import new_session
+    from backend.core.settings import get_settings
+
+    project = app_client.post(
+        "/api/projects", headers=admin_headers, json={"name": "expiry", "classes": [{"name": "a"}, {"name": "b"}]}
+    ).json()["id"]
+    user = app_client.post(
+        "/api/users", headers=admin_headers, json={"username": "expiring", "role": "annotator", "password": "pw pw pw"}
+    ).json()
+    assert app_client.put(f"/api/projects/{project}/members/{user['id']}", headers=admin_headers).status_code == 204
+
+    def sign_in():
+        login = app_client.post("/api/auth/token", json={"username": "expiring", "password": "pw pw pw"}).json()
+        return login, {"Authorization": f"Bearer {login['token']}"}
+
+    login, headers = sign_in()
+    assert login["expires_at"] is not None
+    with new_session() as session:
+        expires_at = session.get(ApiToken, login["id"]).expires_at
+    lifetime = expires_at - utcnow()
+    assert (
+        timedelta(hours=get_settings().signin_token_hours - 0.1)
+        < lifetime
+        <= timedelta(hours=get_settings().signin_token_hours)
+    )
+    assert app_client.post(f"/api/projects/{project}/queue/next", headers=headers).status_code == 409  # a draft: allowed in
+    with new_session() as session:
+        session.get(ApiToken, login["id"]).expires_at = utcnow() - timedelta(seconds=1)
+        session.commit()
+    assert app_client.get("/api/me", headers=headers).status_code == 401
+    assert app_client.post(f"/api/projects/{project}/labels/undo", headers=headers).status_code == 401  # the hot path too
+
+    login, headers = sign_in()
+    assert app_client.post("/api/auth/signout", headers=headers).status_code == 204
+    assert app_client.get("/api/me", headers=headers).status_code == 401
+
+    client_token = app_client.post(f"/api/users/{user['id']}/tokens?name=scanner", headers=admin_headers).json()
+    assert client_token["expires_at"] is None  # an API client's token lasts until revoked
+    listed = app_client.get(f"/api/users/{user['id']}/tokens", headers=admin_headers).json()
+    assert [t["name"] for t in listed] == ["scanner", "login", "login"]
+    assert all("token" not in t and "token_hash" not in t for t in listed)
+    assert listed[1]["revoked_at"] is not None and listed[0]["revoked_at"] is None
+    own = app_client.get("/api/auth/tokens", headers={"Authorization": f"Bearer {client_token['token']}"}).json()
+    assert [t["id"] for t in own] == [t["id"] for t in listed]
+    assert (
+        app_client.get(
+            f"/api/users/{user['id']}/tokens", headers={"Authorization": f"Bearer {client_token['token']}"}
+        ).status_code
+        == 403
+    )
+    short = app_client.post(f"/api/users/{user['id']}/tokens?expires_in_days=2", headers=admin_headers).json()
+    assert short["expires_at"] is not None
