@@ -159,6 +159,13 @@ def _import(args) -> None:
         print(f"  invalid: {item['filename']}: {item['error']}")
 
 
+def _fast_precision() -> str:
+    from backend.core.settings import get_settings
+    from worker.ml.training import bf16_is_fast, resolve_device
+
+    return "bf16" if bf16_is_fast(resolve_device(get_settings().device)) else "fp32"
+
+
 def _simulate(args) -> None:
     from worker.experiments.per_budget import CASES, SimulationSettings, simulate
 
@@ -176,7 +183,7 @@ def _simulate(args) -> None:
             max_epochs=args.max_epochs or 20,
             patience=args.patience or 4,
             batch_size=args.batch_size,
-            precision=args.precision,
+            precision=args.precision or _fast_precision(),
             class_weighting=args.class_weighting,
             pretext_epochs=args.pretext_epochs,
         )
@@ -368,7 +375,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.03,
         help="--curve: fixed validation cells, this share of each class by content hash",
     )
-    simulate.add_argument("--precision", choices=["bf16", "fp32"], default="bf16", help="--curve")
+    simulate.add_argument(
+        "--precision",
+        choices=["bf16", "fp32"],
+        help="--curve; default bf16 where the hardware computes in it (a GPU, a CPU with AVX512-BF16 or AMX), else fp32",
+    )
     simulate.add_argument("--class-weighting", choices=["balanced", "none"], default="balanced", help="--curve")
     simulate.add_argument("--pretext-epochs", type=int, default=20, help="--curve: contrastive pretraining on the pool")
     simulate.set_defaults(run=_simulate)

@@ -3,7 +3,10 @@
 # `xal simulate --curve` on the 10,872 I3A cells (test = 20% of each class by content hash,
 # validation = the next 3%, pool = the rest), one run per case and seed, step by step to --to %
 # of the pool (k = 2%, then 1% per step), bf16, class-balanced loss, at most 20 epochs per step
-# with patience 4 on the fixed validation set, warm start from the previous step.
+# with patience 4 on the fixed validation set, warm start from the previous step. bf16 is what
+# the committed runs used; it pays only on a CPU with AVX512-BF16 or AMX (or a GPU): on an
+# AVX2-only CPU it is about 7x slower than fp32 (worker.ml.training.bf16_is_fast), and the
+# contrastive pretraining alone did not finish one of its 20 epochs in 40 minutes there.
 #
 #   bench/run_al_curve.sh QUEUE_FILE [--to 10]
 #
@@ -19,5 +22,5 @@ while read -r case seed; do
   "${PYTHON:-.venv/bin/python}" -m backend.cli simulate --curve \
     --data "${XAL_I3A_DIR:-../shared/data/i3a}" --out "${XAL_CURVE_OUT:-bench/results/al-i3a-full}" \
     --cache "${XAL_SIMULATION_CACHE:-${TMPDIR:-/tmp}/xal-al-i3a-cache}" \
-    --cases "$case" --seeds "$seed" "$@"
+    --precision bf16 --cases "$case" --seeds "$seed" "$@"
 done < "$queue"
