@@ -41,9 +41,24 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+I3A_MISSING = f"real I3A cells not found at {I3A_DIR} (set XAL_I3A_DIR)"
+
+
 def _require_i3a() -> Path:
-    require((I3A_DIR / "labels.csv").is_file(), f"real I3A cells not found at {I3A_DIR} (set XAL_I3A_DIR)")
+    require((I3A_DIR / "labels.csv").is_file(), I3A_MISSING)
     return I3A_DIR
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_terminal_summary(terminalreporter):
+    """Ends a run that skipped tests for want of the I3A cells with a line that says how many:
+    -ra lists them among other skips, and "N passed, M skipped" alone reads as green."""
+    yield  # after pytest's own summary: the line sits just above the final counts
+    skipped = sum(I3A_MISSING in str(report.longrepr) for report in terminalreporter.stats.get("skipped", []))
+    if skipped:
+        terminalreporter.write_sep(
+            "!", f"{skipped} tests skipped: {I3A_MISSING}; this run did not test them", red=True, bold=True
+        )
 
 
 @pytest.fixture(scope="session")
@@ -123,10 +138,11 @@ def worker(service_env, tmp_path_factory) -> Iterator[subprocess.Popen]:
     sys.stderr.write(f"\n[worker log: {log}]\n")
 
 
-def started_project(client, headers: dict, i3a_dir: Path, rows: list[dict], spec: dict) -> int:
+def started_project(client, headers: dict, i3a_dir: Path, rows: list[dict], spec: dict, file_name=None) -> int:
     """A project (`spec`, the body of POST /api/projects; a unique name added) whose pool holds
-    `rows` (real I3A cells, read in place), started, its round 0 done: computed in this process
-    (worker.round_job.run_round) or, where the session's worker took it first, by that worker."""
+    `rows` (real I3A cells, read in place; imported as `file_name(index, row)`, a path as a zip
+    or folder gives it, by default "<image_id>.png"), started, its round 0 done: computed in this
+    process (worker.round_job.run_round) or, where the session's worker took it first, by that worker."""
     from sqlalchemy import select
 
     from backend.core.db.models import Round
@@ -140,7 +156,8 @@ def started_project(client, headers: dict, i3a_dir: Path, rows: list[dict], spec
     assert response.status_code == 201, response.text
     project_id = response.json()["id"]
     with new_session() as session:
-        files = [IncomingFile(f"{r['image_id']}.png", (i3a_dir / r["image_path"]).read_bytes()) for r in rows]
+        name = file_name or (lambda _index, row: f"{row['image_id']}.png")
+        files = [IncomingFile(name(i, r), (i3a_dir / r["image_path"]).read_bytes()) for i, r in enumerate(rows)]
         import_images(session, find_project(session, project_id), files)
         session.commit()
     assert client.post(f"/api/projects/{project_id}/start", headers=headers).status_code == 202

@@ -24,6 +24,7 @@ from backend.core.readers import IncomingFile, files_from_zip
 from backend.core.settings import get_settings
 from backend.schemas import ImageOut, ImagePage, ImportReportOut, RelevanceMapOut, Split
 from backend.services.imports import import_images
+from backend.services.labeling import check_maps_visible
 from backend.services.projects import project_image
 
 # Blobs are content-addressed: a URL's bytes never change. "private": the API needs a token.
@@ -157,10 +158,12 @@ def get_image_mask(image_id: int, project: ProjectDep, session: SessionDep):
 
 
 @router.get("/projects/{project_id}/images/{image_id}/maps", response_model=list[RelevanceMapOut])
-def list_relevance_maps(image_id: int, project: ProjectDep, session: SessionDep):
+def list_relevance_maps(image_id: int, project: ProjectDep, session: SessionDep, user: AnyUser):
     """The cell's relevance maps, newest model first: a PNG heat map (blue = negative,
-    white = none, red = positive relevance; see the README) and the raw array (npy)."""
+    white = none, red = positive relevance; see the README) and the raw array (npy).
+    403 for an annotator of a "label first, then reveal" project while the cell has no label."""
     image = project_image(session, project, image_id)
+    check_maps_visible(session, project, user, image)
     maps = session.scalars(
         select(RelevanceMap)
         .where(RelevanceMap.image_id == image.id)
@@ -176,8 +179,11 @@ def list_relevance_maps(image_id: int, project: ProjectDep, session: SessionDep)
 
 
 @router.get("/projects/{project_id}/images/{image_id}/maps/{map_id}.{kind}", response_class=Response)
-def get_relevance_map(image_id: int, map_id: int, kind: Literal["png", "npy"], project: ProjectDep, session: SessionDep):
+def get_relevance_map(
+    image_id: int, map_id: int, kind: Literal["png", "npy"], project: ProjectDep, session: SessionDep, user: AnyUser
+):
     image = project_image(session, project, image_id)
+    check_maps_visible(session, project, user, image)
     relevance_map = session.get(RelevanceMap, map_id)
     if relevance_map is None or relevance_map.image_id != image.id:
         raise NotFound(f"image {image_id} has no relevance map {map_id}")

@@ -1,18 +1,12 @@
 """The annotators' routes: the queue, leasing the next cell, labels, undo, export."""
 
-import csv
-import io
-import json
-import re
-
 from fastapi import APIRouter, Query
 from fastapi.responses import Response
 
 from backend.api.deps import Admin, AnnotatorSecret, AnyUser, ProjectDep, SessionDep
 from backend.core.db.models import utcnow
 from backend.schemas import LabelIn, LabelOut, NextCell, SelectionOut, SkipIn
-from backend.services import annotating, labeling, stats
-from backend.services.labeling import is_leased
+from backend.services import annotating, exports, labeling, stats
 
 router = APIRouter(tags=["labeling"])
 
@@ -20,24 +14,10 @@ router = APIRouter(tags=["labeling"])
 @router.get("/projects/{project_id}/queue", response_model=list[SelectionOut])
 def get_queue(project: ProjectDep, session: SessionDep, user: AnyUser):
     """The cells of the current step, in rank order, with their state. In a "label first, then
-    reveal" project annotators get no hints here either."""
-    now = utcnow()
-    hidden = project.reveal_after_label and user.role == "annotator"
+    reveal" project annotators get no hints of a cell here either before it is labeled."""
     round_, entries = labeling.queue_entries(session, project)
-    return [
-        SelectionOut(
-            image_id=e.selection.image_id,
-            filename=e.selection.image.filename,
-            round=round_.number,
-            rank=e.selection.rank,
-            score=e.selection.score,
-            details={} if hidden else e.selection.details,
-            status="labeled" if e.label else ("leased" if is_leased(e.selection, now) else "queued"),
-            lease_expires_at=e.selection.lease_expires_at if is_leased(e.selection, now) else None,
-            reserve=e.selection.rank >= round_.n_selected,
-        )
-        for e in entries
-    ]
+    now = utcnow()
+    return [labeling.selection_out(project, user, round_, e.selection, e.label, now) for e in entries]
 
 
 # The four routes an annotator calls per cell are async, with no sync dependency: each is one
@@ -79,49 +59,16 @@ def annotator_stats(project: ProjectDep, session: SessionDep, _admin: Admin) -> 
     return stats.annotator_stats(session, project)
 
 
-EXPORT_FIELDS = [
-    "image_id",
-    "filename",
-    "content_hash",
-    "class_name",
-    "username",
-    "round",
-    "duration_ms",
-    "created_at",
-    "retracted_at",
-    "superseded_at",
-]
-
-
 @router.get("/projects/{project_id}/labels/export")
 def export_labels(
     project: ProjectDep,
     session: SessionDep,
-    _user: AnyUser,
-    format: str = Query("csv", pattern="^(csv|json)$"),
+    user: AnyUser,
+    format: exports.Format = Query("csv"),
     history: bool = Query(False, description="include retracted and superseded labels"),
 ):
-    rows = [
-        {
-            "image_id": image.id,
-            "filename": image.filename,
-            "content_hash": image.content_hash,
-            "class_name": class_name,
-            "username": username,
-            "round": round_number,
-            "duration_ms": label.duration_ms,
-            "created_at": label.created_at.isoformat(),
-            "retracted_at": label.retracted_at and label.retracted_at.isoformat(),
-            "superseded_at": label.superseded_at and label.superseded_at.isoformat(),
-        }
-        for label, image, class_name, username, round_number in labeling.labels_for_export(session, project, history)
-    ]
-    filename = re.sub(r"[^A-Za-z0-9._-]+", "_", project.name) + f"-labels.{format}"
-    headers = {"Content-Disposition": f'attachment; filename="{filename}"'}
-    if format == "json":
-        return Response(json.dumps(rows), media_type="application/json", headers=headers)
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=EXPORT_FIELDS)
-    writer.writeheader()
-    writer.writerows(rows)
-    return Response(buffer.getvalue(), media_type="text/csv", headers=headers)
+    """The labels as a file. In CSV a text that a spreadsheet would run as a formula (it starts
+    with =, +, -, @, a tab or a carriage return) is written after a single quote; JSON is exact."""
+    export = exports.export_labels(session, project, user, format, history)
+    headers = {"Content-Disposition": f'attachment; filename="{export.filename}"'}
+    return Response(export.body, media_type=export.media_type, headers=headers)

@@ -3,12 +3,12 @@
 from fastapi import APIRouter, HTTPException, status
 from sqlalchemy import select
 
-from backend.api.deps import Admin, ProjectDep, SessionDep
+from backend.api.deps import Admin, AnyUser, ProjectDep, SessionDep
 from backend.core.db.models import Label, ProjectClass, Round, Selection, utcnow
 from backend.core.queries import is_current
 from backend.schemas import RoundOut, SelectionOut
 from backend.services import rounds
-from backend.services.labeling import is_leased
+from backend.services.labeling import selection_out
 
 router = APIRouter(tags=["rounds"])
 
@@ -31,9 +31,10 @@ def get_round(number: int, project: ProjectDep, session: SessionDep):
 
 
 @router.get("/projects/{project_id}/rounds/{number}/selections", response_model=list[SelectionOut])
-def list_selections(number: int, project: ProjectDep, session: SessionDep):
+def list_selections(number: int, project: ProjectDep, session: SessionDep, user: AnyUser):
     """The round's picks, most informative first, with their scores and the strategy's details:
-    its step, then its reserve (served while the next round is computed)."""
+    its step, then its reserve (served while the next round is computed). In a "label first,
+    then reveal" project annotators get no details of a cell before it is labeled."""
     round_ = _round(session, project, number)
     now = utcnow()
     rows = session.execute(
@@ -43,21 +44,7 @@ def list_selections(number: int, project: ProjectDep, session: SessionDep):
         .where(Selection.round_id == round_.id)
         .order_by(Selection.rank)
     ).all()
-    return [
-        SelectionOut(
-            image_id=s.image_id,
-            filename=s.image.filename,
-            round=round_.number,
-            rank=s.rank,
-            score=s.score,
-            details=s.details,
-            label=label,
-            status="labeled" if label else ("leased" if is_leased(s, now) else "queued"),
-            lease_expires_at=s.lease_expires_at if is_leased(s, now) else None,
-            reserve=s.rank >= round_.n_selected,
-        )
-        for s, label in rows
-    ]
+    return [selection_out(project, user, round_, s, label, now) for s, label in rows]
 
 
 @router.post("/projects/{project_id}/rounds/retry", response_model=RoundOut, status_code=202)

@@ -1,4 +1,4 @@
-"""The annotators' side: the queue, leases, labels, undo and export.
+"""The annotators' side: the queue, leases, labels, undo, and what they may see of a cell.
 
 The queue is the open round's step: its selections below rank n_selected whose cell has no
 current label (`Selection.labeled`, written with each label and undo). While the next round
@@ -16,11 +16,12 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from backend.core.db.models import CellNote, Image, Label, Project, ProjectClass, Round, Selection, User, utcnow
-from backend.core.errors import Conflict, Invalid
+from backend.core.errors import Conflict, Forbidden, Invalid
 from backend.core.jobs import ACTIVE, JobState
 from backend.core.outbox import enqueue
-from backend.core.queries import is_current
+from backend.core.queries import current_label_exists, is_current
 from backend.core.settings import get_settings
+from backend.schemas import SelectionOut
 from backend.services.projects import count_labeled, image_of_project, project_image
 
 
@@ -88,7 +89,7 @@ def note_empty_queue(session: Session, latest: Round | None) -> None:
 @dataclass
 class QueueEntry:
     selection: Selection
-    label: Label | None
+    label: str | None  # the class of the cell's current label
 
 
 def queue_entries(session: Session, project: Project) -> tuple[Round | None, list[QueueEntry]]:
@@ -101,15 +102,49 @@ def queue_entries(session: Session, project: Project) -> tuple[Round | None, lis
     selections = session.scalars(
         select(Selection).where(Selection.round_id == round_.id, served_part(round_, queue.reserve)).order_by(Selection.rank)
     )
-    labels = {
-        label.image_id: label
-        for label in session.scalars(
-            select(Label)
+    labels = dict(
+        session.execute(
+            select(Label.image_id, ProjectClass.name)
+            .join(ProjectClass, ProjectClass.id == Label.class_id)
             .join(Selection, Selection.image_id == Label.image_id)
             .where(Selection.round_id == round_.id, is_current())
-        )
-    }
+        ).all()
+    )
     return round_, [QueueEntry(s, labels.get(s.image_id)) for s in selections]
+
+
+def labels_blind(project: Project, user: User) -> bool:
+    """Whether the caller labels blind: an annotator of a "label first, then reveal" project
+    sees no hints of a cell (the strategy's details, its relevance maps) until it is labeled."""
+    return project.reveal_after_label and user.role == "annotator"
+
+
+def selection_out(
+    project: Project, user: User, round_: Round, selection: Selection, label: str | None, now: datetime
+) -> SelectionOut:
+    """A selection as the caller may see it: `label` is the class of the cell's current label."""
+    leased = is_leased(selection, now)
+    return SelectionOut(
+        image_id=selection.image_id,
+        filename=selection.image.filename,
+        round=round_.number,
+        rank=selection.rank,
+        score=selection.score,
+        details={} if label is None and labels_blind(project, user) else selection.details,
+        label=label,
+        status="labeled" if label is not None else ("leased" if leased else "queued"),
+        lease_expires_at=selection.lease_expires_at if leased else None,
+        reserve=selection.rank >= round_.n_selected,
+    )
+
+
+def check_maps_visible(session: Session, project: Project, user: User, image: Image) -> None:
+    """Raises Forbidden for a blind annotator (labels_blind) and a cell with no label yet."""
+    if labels_blind(project, user) and not session.scalar(select(current_label_exists(image.id))):
+        raise Forbidden(
+            f"the relevance maps of image {image.id} are hidden until it is labeled: "
+            f"project {project.name!r} labels first, then reveals"
+        )
 
 
 def lease_next_cell(session: Session, project: Project, user: User) -> tuple[Selection | None, QueueState]:
@@ -398,19 +433,3 @@ def undo_last_label(session: Session, project: Project, user: User) -> Label:
     selection.lease_expires_at = now + timedelta(seconds=get_settings().lease_seconds)
     session.commit()
     return label
-
-
-def labels_for_export(session: Session, project: Project, history: bool = False):
-    """(label, image, class name, username, round number) rows, oldest first."""
-    query = (
-        select(Label, Image, ProjectClass.name, User.username, Round.number)
-        .join(Image, Image.id == Label.image_id)
-        .join(ProjectClass, ProjectClass.id == Label.class_id)
-        .join(User, User.id == Label.user_id)
-        .outerjoin(Round, Round.id == Label.round_id)
-        .where(Label.project_id == project.id)
-        .order_by(Label.created_at, Label.id)
-    )
-    if not history:
-        query = query.where(is_current())
-    return session.execute(query).all()
