@@ -6,43 +6,28 @@ import os
 import secrets
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 
 def _serve(args) -> None:
     import uvicorn
-    from sqlalchemy import func, select
 
     from backend.core.db.migrate import upgrade_database
-    from backend.core.db.models import User
-    from backend.core.db.session import new_session
     from backend.core.settings import get_settings
-    from backend.services.users import create_user, issue_token
 
     settings = get_settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     upgrade_database()
-    with new_session() as session:
-        if not session.scalar(select(func.count(User.id))):
-            password = secrets.token_urlsafe(12)
-            admin = create_user(session, "admin", "admin", password)
-            _, token = issue_token(session, admin, "first start")
-            session.commit()
-            print(f"First start: created user 'admin' with password {password}\nAPI token: {token}", flush=True)
-    worker = None
-    if not args.no_worker:
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "backend.cli", "worker"],
-            env=os.environ.copy(),
-            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
-        )
-    print(
-        f"XAL on http://{args.host}:{args.port}/  (API docs: /api/docs; database: "
-        f"{settings.resolved_database_url.split('@')[-1]}; broker: {settings.resolved_broker_url.split('@')[-1]})",
-        flush=True,
+    announcement = _Announcement(
+        f"XAL on http://{args.host}:{args.port}/  (API docs: /api/docs)",
+        f"database: {settings.resolved_database_url.split('@')[-1]}; broker: {settings.resolved_broker_url.split('@')[-1]}",
+        _first_start(),
     )
-    try:
-        uvicorn.run(
+    worker, worker_ready = (None, None) if args.no_worker else _start_worker()
+    server = uvicorn.Server(
+        uvicorn.Config(
             "backend.api.app:create_app",
             factory=True,
             host=args.host,
@@ -56,10 +41,91 @@ def _serve(args) -> None:
             proxy_headers=bool(settings.trusted_proxies),
             forwarded_allow_ips=settings.trusted_proxies or None,
         )
+    )
+    threading.Thread(target=announcement.once_up, args=(server, worker_ready), daemon=True).start()
+    try:
+        server.run()
+    except KeyboardInterrupt:
+        pass
     finally:
+        # where the lines were not said yet (the API did not start): a first start's password is not lost
+        announcement.say("the API stopped" if server.started else "the API did not start (see above)")
         if worker is not None:
             worker.terminate()
             worker.wait(timeout=30)
+    if not server.started:
+        sys.exit(3)  # uvicorn's exit status for a failed start
+
+
+def _first_start() -> list[str]:
+    """Creates the user `admin` in an empty database and returns the lines that say how to sign in."""
+    from sqlalchemy import func, select
+
+    from backend.core.db.models import User
+    from backend.core.db.session import new_session
+    from backend.services.users import create_user, issue_token
+
+    with new_session() as session:
+        if session.scalar(select(func.count(User.id))):
+            return []
+        password = secrets.token_urlsafe(12)
+        admin = create_user(session, "admin", "admin", password)
+        _, token = issue_token(session, admin, "first start")
+        session.commit()
+    return [f"First start: created user 'admin' with password {password}", f"API token: {token}"]
+
+
+def _start_worker() -> tuple[subprocess.Popen, int]:
+    """`xal worker` beside the API, without its banner; it writes to the pipe returned once it
+    takes tasks, by when it has printed its start-up lines."""
+    ready_read, ready_write = os.pipe()
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "backend.cli", "worker", "--quiet", "--ready-fd", str(ready_write)],
+        env=os.environ.copy(),
+        pass_fds=(ready_write,),
+        preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+    )
+    os.close(ready_write)
+    return worker, ready_read
+
+
+class _Announcement:
+    """The project's own lines (address, settings, a first start's password and token), printed
+    once, after what uvicorn and the worker print as they start, so that they are not lost among
+    them."""
+
+    WORKER_READY_TIMEOUT_S = 120
+
+    def __init__(self, address: str, settings: str, first_start: list[str]):
+        self.address, self.settings, self.first_start = address, settings, first_start
+        self._lock = threading.Lock()
+        self._said = False
+
+    def once_up(self, server, worker_ready: int | None) -> None:
+        """Waits for the API to listen and the worker to take tasks, then says the lines."""
+        from select import select
+
+        while not server.started:
+            if server.should_exit:
+                return
+            time.sleep(0.1)
+        if worker_ready is None:
+            self.say("worker: none here (--no-worker)")
+        elif not select([worker_ready], [], [], self.WORKER_READY_TIMEOUT_S)[0]:
+            self.say(f"worker: not ready after {self.WORKER_READY_TIMEOUT_S} s (see above)")
+        elif os.read(worker_ready, 1):
+            self.say("worker: ready")
+        else:  # the pipe closed: the worker ended
+            self.say("worker: stopped (see above)")
+
+    def say(self, status: str) -> None:
+        with self._lock:
+            if self._said:
+                return
+            self._said = True
+        rule = "-" * 72
+        lines = ["", rule, self.address, f"{self.settings}; {status}", *self.first_start, rule]
+        print("\n".join(lines), flush=True)
 
 
 def _die_with_parent() -> None:
@@ -79,7 +145,25 @@ def _worker(args) -> None:
     argv = ["worker", "--loglevel", args.loglevel, "-Q", get_settings().queue, "--hostname", f"xal-{os.getpid()}@%h"]
     # one training job already uses every core; several processes only pay off with many cores or GPUs
     argv += ["--pool", "solo"] if args.concurrency == 1 else ["--concurrency", str(args.concurrency)]
+    if args.quiet:
+        argv.insert(0, "--quiet")  # Celery's: no banner
+    if args.ready_fd is not None:
+        _tell_when_ready(args.ready_fd)
     celery_app.worker_main(argv)
+
+
+def _tell_when_ready(fd: int) -> None:
+    """Writes to the pipe `fd` (`xal serve`'s) once the worker takes tasks. Celery logs its
+    "ready." line just after; `xal serve` says that itself, so the line is left out."""
+    from celery.signals import worker_ready
+
+    def ready(**_kwargs) -> None:
+        worker_ready.disconnect(ready)  # sent again after a reconnection
+        os.write(fd, b"1")
+        os.close(fd)
+
+    logging.getLogger("celery.apps.worker").setLevel(logging.WARNING)
+    worker_ready.connect(ready, weak=False)
 
 
 def _migrate(_args) -> None:
@@ -281,6 +365,8 @@ def build_parser() -> argparse.ArgumentParser:
     worker = sub.add_parser("worker", help="run a Celery worker that computes rounds")
     worker.add_argument("--concurrency", type=int, default=1)
     worker.add_argument("--loglevel", default="INFO")
+    worker.add_argument("--quiet", action="store_true", help="no banner")
+    worker.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)  # xal serve's pipe
     worker.set_defaults(run=_worker)
 
     sub.add_parser("migrate", help="upgrade the database schema").set_defaults(run=_migrate)
@@ -398,6 +484,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)  # a line per plugin, every start
     args = build_parser().parse_args(argv)
     from backend.core.errors import DomainError
 

@@ -30,13 +30,15 @@ def make_celery(include: Sequence[str] = ()) -> Celery:
     )
     if settings.embedded_broker:
         folder = settings.broker_dir
-        for sub in ("messages", "processed"):
+        for sub in ("messages", "processed", "control"):
             (folder / sub).mkdir(parents=True, exist_ok=True)
         app.conf.broker_transport_options = {
             "data_folder_in": str(folder / "messages"),
             "data_folder_out": str(folder / "messages"),
             "processed_folder": str(folder / "processed"),
             "store_processed": False,
+            # the exchange tables; kombu's default is ./control, in whatever folder the process runs
+            "control_folder": str(folder / "control"),
         }
     else:
         # without timeouts a broker that hangs (no answer, TCP still open) blocks a publish forever

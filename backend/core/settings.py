@@ -75,7 +75,7 @@ class Settings(BaseSettings):
 
     @property
     def resolved_broker_url(self) -> str:
-        return self.broker_url or "filesystem://"
+        return self.broker_url or "filesystem://localhost//"  # a host named, or kombu warns that none was
 
     @property
     def embedded_broker(self) -> bool:

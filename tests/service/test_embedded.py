@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 
 import httpx
 import pytest
@@ -16,18 +17,23 @@ from tests.conftest import balanced_sample, free_port
 pytestmark = pytest.mark.slow
 
 
-def test_the_service_runs_the_loop_on_the_embedded_default(tmp_path, i3a_dir, i3a_rows):
-    port = free_port()
+def _serve_embedded(folder, port: int, log_path) -> subprocess.Popen:
+    """`xal serve` with no XAL_* settings, run in `folder`, its output in `log_path`."""
     env = {key: value for key, value in os.environ.items() if not key.startswith("XAL_")}
-    log_path = tmp_path / "serve.log"
     with open(log_path, "w") as log:
-        server = subprocess.Popen(
+        return subprocess.Popen(
             [sys.executable, "-m", "backend.cli", "serve", "--port", str(port)],
-            cwd=tmp_path,
+            cwd=folder,
             env={**env, "PYTHONPATH": str(ROOT)},
             stdout=log,
             stderr=subprocess.STDOUT,
         )
+
+
+def test_the_service_runs_the_loop_on_the_embedded_default(tmp_path, i3a_dir, i3a_rows):
+    port = free_port()
+    log_path = tmp_path / "serve.log"
+    server = _serve_embedded(tmp_path, port, log_path)
     try:
         token = wait_for(
             lambda: re.search(r"API token: (\S+)", log_path.read_text()), timeout=120, message="the first-start token"
@@ -72,6 +78,33 @@ def test_the_service_runs_the_loop_on_the_embedded_default(tmp_path, i3a_dir, i3
     finally:
         stop(server)
     wait_for(lambda: not _workers_in(tmp_path), timeout=30, message="the worker to stop with the server")
+
+
+def test_a_first_start_keeps_to_its_data_folder_and_ends_with_the_projects_lines(tmp_path):
+    """Nothing but ./xal-data where `xal serve` runs (the filesystem broker's exchange tables
+    included), and its address, the admin's password and token after everything uvicorn and the
+    worker print as they start."""
+    folder = tmp_path / "run"
+    folder.mkdir()
+    log_path = tmp_path / "serve.log"
+    port = free_port()
+    server = _serve_embedded(folder, port, log_path)
+    try:
+        wait_for(lambda: "API token:" in log_path.read_text(), timeout=120, message="the first-start token")
+        time.sleep(3)  # for anything that would still come
+        lines = [line for line in log_path.read_text().splitlines() if line.strip()]
+    finally:
+        stop(server)
+    assert os.listdir(folder) == ["xal-data"]
+    rule = lines[-1]
+    assert set(rule) == {"-"} and lines[-6] == rule, lines[-12:]
+    assert lines[-5].startswith(f"XAL on http://127.0.0.1:{port}/")
+    assert "sqlite" in lines[-4] and "filesystem://" in lines[-4] and lines[-4].endswith("worker: ready")
+    assert lines[-3].startswith("First start: created user 'admin' with password ")
+    assert re.fullmatch(r"API token: \S+", lines[-2])
+    before = "\n".join(lines[:-6])
+    assert "Uvicorn running on" in before and "Connected to filesystem://" in before
+    assert "-------------- [queues]" not in before and "No hostname was supplied" not in before
 
 
 def _workers_in(folder) -> list[int]:
