@@ -90,11 +90,12 @@ def service_env(tmp_path_factory) -> Iterator[dict[str, str]]:
 
 @pytest.fixture(scope="session")
 def app_client(service_env) -> Iterator[TestClient]:
-    """The API in this process, as `xal serve` runs it (its job sweeper included), on one event
-    loop for the session: the labeling routes' asyncpg connections belong to the loop that opened them."""
+    """The API in this process, on one event loop for the session (the labeling routes' asyncpg
+    connections belong to the loop that opened them), without the job sweeper (as before: the
+    tests that need one run `xal serve`)."""
     from backend.api.app import create_app
 
-    with TestClient(create_app()) as client:
+    with TestClient(create_app(sweep_jobs=False)) as client:
         yield client
 
 

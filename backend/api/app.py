@@ -39,7 +39,7 @@ def _sweep_jobs(stop: threading.Event) -> None:
 
 
 @asynccontextmanager
-async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+async def sweeping_jobs(_app: FastAPI) -> AsyncIterator[None]:
     stop = threading.Event()
     sweeper = threading.Thread(target=_sweep_jobs, args=(stop,), name="job-sweeper", daemon=True)
     sweeper.start()
@@ -48,9 +48,11 @@ async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
     sweeper.join()
 
 
-def create_app() -> FastAPI:
+def create_app(sweep_jobs: bool = True) -> FastAPI:
+    """The API; `sweep_jobs` False leaves out the job sweeper (tests that run the app in their
+    own process and decide when jobs are sent)."""
     app = FastAPI(
-        lifespan=lifespan,
+        lifespan=sweeping_jobs if sweep_jobs else None,
         title="XAL",
         description="Annotation service with explainable active learning for HEp-2 cell images.",
         version="0.1.0",

@@ -15,12 +15,15 @@ and then re-read, so exactly one of them sees 0 and inserts the next round."""
 
 import hashlib
 import time
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any, NoReturn
 
+import asyncpg
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import JSON, Boolean, DateTime, Float, Integer, String, bindparam, text
 from sqlalchemy.engine import Row
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 from backend.core.db.models import Round, utcnow
 from backend.core.db.session import get_async_engine, new_session
@@ -33,6 +36,12 @@ from backend.services.members import find_visible_project
 from backend.services.users import user_for_token
 
 MAX_ID = 2**31 - 1  # the database's integer keys
+
+
+def _storable(key: int) -> bool:
+    return 0 <= key <= MAX_ID
+
+
 TOKEN_USE_RESOLUTION_S = 60  # as backend.services.users.LAST_USED_RESOLUTION
 ACTIVE_STATES = "('waiting', 'queued', 'running')"  # backend.core.jobs.ACTIVE
 
@@ -384,12 +393,12 @@ async def require_annotator(secret: str, project_id: int) -> None:
 
 
 async def _read_access(secret: str, hashed: str, project_id: int) -> str:
-    if project_id > MAX_ID:
+    if not _storable(project_id):
         return "no_project"
     if _on_sqlite():
         return await run_in_threadpool(_read_access_orm, secret, project_id)
-    async with get_async_engine().connect() as connection:
-        row = (await connection.execute(ACCESS, {"token_hash": hashed, "project_id": project_id, "now": utcnow()})).first()
+    rows = await _rows(ACCESS, token_hash=hashed, project_id=project_id, now=utcnow())
+    row = rows[0] if rows else None
     if row is None:
         return "unauthorized"
     return "no_project" if not row.member else "ok" if row.role in ("admin", "annotator") else "forbidden"
@@ -414,8 +423,27 @@ def _on_sqlite() -> bool:
 
 
 async def _run(statement, **params) -> Row:
-    async with get_async_engine().connect() as connection:
-        return (await connection.execute(statement, params)).one()
+    """The one row of a statement of this module."""
+    return (await _rows(statement, **params))[0]
+
+
+async def _rows(statement, **params) -> Sequence[Row]:
+    """A database that cannot be reached is an OperationalError, as on the sync engine (the API
+    answers 503 with Retry-After), and so is a pooled connection the server dropped (the pool is
+    then emptied, so the next request connects afresh)."""
+    try:
+        connection = await get_async_engine().connect()
+    except (OSError, TimeoutError, DBAPIError, asyncpg.PostgresError, asyncpg.exceptions.InternalClientError) as error:
+        # not reached, refusing connections, or starting up ("cannot connect now")
+        raise OperationalError("connect", None, error) from error
+    try:
+        return (await connection.execute(statement, params)).all()
+    except DBAPIError as error:
+        if error.connection_invalidated:
+            raise OperationalError(error.statement, error.params, error.orig or error) from error
+        raise
+    finally:
+        await connection.close()
 
 
 def _refuse(outcome: str, project_id: int, image_id: int | None = None) -> NoReturn:
@@ -440,7 +468,7 @@ async def next_cell(secret: str, project_id: int) -> NextCell:
     queue is empty, `message` says why."""
     if _on_sqlite():
         return await run_in_threadpool(_next_cell_orm, secret, project_id)
-    if project_id > MAX_ID:
+    if not _storable(project_id):
         raise NotFound(f"no project {project_id}")
     now = utcnow()
     row = await _run(
@@ -531,9 +559,9 @@ async def submit_label(
         return await run_in_threadpool(
             _submit_label_orm, secret, project_id, image_id, class_name, duration_ms, after_reveal
         )
-    if project_id > MAX_ID:
+    if not _storable(project_id):
         raise NotFound(f"no project {project_id}")
-    if image_id > MAX_ID or image_id < 0:
+    if not _storable(image_id):
         image_id = 0  # no such image: the statement says so
     while True:
         row = await _run(
@@ -582,7 +610,7 @@ async def undo_last_label(secret: str, project_id: int) -> LabelOut:
     """Retracts the caller's last label while its step is open and leases the cell back to them."""
     if _on_sqlite():
         return await run_in_threadpool(_undo_orm, secret, project_id)
-    if project_id > MAX_ID:
+    if not _storable(project_id):
         raise NotFound(f"no project {project_id}")
     now = utcnow()
     row = await _run(
@@ -621,9 +649,9 @@ async def skip_cell(secret: str, project_id: int, image_id: int, kind: str, note
     """Returns a queued cell to the queue with the caller's note; they get other cells first."""
     if _on_sqlite():
         return await run_in_threadpool(_skip_orm, secret, project_id, image_id, kind, note)
-    if project_id > MAX_ID:
+    if not _storable(project_id):
         raise NotFound(f"no project {project_id}")
-    if image_id > MAX_ID or image_id < 0:
+    if not _storable(image_id):
         image_id = 0
     row = await _run(
         SKIP,
@@ -648,7 +676,7 @@ def _caller_orm(session, secret: str, project_id: int, roles=("admin", "annotato
     user = user_for_token(session, secret)
     if user is None:
         _refuse("unauthorized", project_id)
-    project = find_visible_project(session, user, project_id) if project_id <= MAX_ID else None
+    project = find_visible_project(session, user, project_id) if _storable(project_id) else None
     if project is None:
         _refuse("no_project", project_id)
     if user.role not in roles:

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from html.parser import HTMLParser
 
@@ -71,7 +72,9 @@ def post_straight(app, path: str, headers: dict[str, str], chunks: list[bytes]) 
         }
         await app(scope, receive, send)
 
-    asyncio.run(exchange())
+    # in a thread of its own: the browser tests' Playwright keeps an event loop running in this one
+    with ThreadPoolExecutor(1) as thread:
+        thread.submit(asyncio.run, exchange()).result()
     return status, answer, asked
 
 
