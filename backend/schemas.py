@@ -197,6 +197,21 @@ class LabelOut(ORM):
     hints: dict[str, Any] | None = None  # the strategy's details, returned after a blind label
 
 
+class RoundLabels(BaseModel):
+    """The current labels of the cells a round picked, wherever in the queue they were given."""
+
+    step: int = Field(description="labels of its step's cells (ranks below n_selected)")
+    reserve: int = Field(description="labels of its reserve cells, given while the next round was computed")
+    reserve_size: int = Field(description="reserve cells it picked")
+    judged: int = Field(description="labeled picks the round's model had predicted a class for")
+    wrong: int = Field(description="of those, how many the model had predicted otherwise than the label")
+    training_labels: int | None = Field(
+        default=None,
+        description="while the round runs: the labels given before it started, which it trains on "
+        "(n_labels once it is stored)",
+    )
+
+
 class RoundOut(ORM):
     number: int
     state: str
@@ -215,6 +230,9 @@ class RoundOut(ORM):
     finished_at: datetime | None
     queue_empty_s: float | None = Field(
         default=None, description="seconds annotators found the queue empty while this round was computed"
+    )
+    labeled: RoundLabels | None = Field(
+        default=None, description="the labels given to the cells this round picked (in GET rounds and GET rounds/{number})"
     )
 
 

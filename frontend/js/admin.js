@@ -6,12 +6,12 @@ import { ApiError, api, blobUrl, download, requireSession, signOut } from "./api
 import { barChart, categoryColour, confusionTable, lineChart, progressBar, scatterChart } from "./charts.js";
 import { $, h, percent, replace, seconds } from "./dom.js";
 import { brighten } from "./viewer.js";
+import { planImport } from "./imports.js";
 import { zipFiles } from "./zip.js";
 
 const session = requireSession();
 const POLL_MS = 3000;
 const POOL_PAGE = 48;
-const UPLOAD_CHUNK_BYTES = 64 * 1024 * 1024;
 
 const state = {
   projectId: Number(new URLSearchParams(location.search).get("project")) || null,
@@ -133,11 +133,11 @@ async function refresh() {
     state.stats = await api(`${base}/stats`).catch((error) => ({ unavailable: error.detail }));
   }
   draw("summary", [project, progress.state], drawSummary);
-  draw("budget", progress, drawBudget);
+  draw("budget", [progress, rounds.map((r) => [r.number, r.n_selected, r.labeled])], drawBudget);
   draw("rounds", [rounds, state.selectedRound], drawRounds);
   draw("curve", rounds.map((r) => [r.n_labels, r.metrics]), drawCurve);
   draw("confusion", [rounds.map((r) => r.metrics), state.selectedRound], drawConfusion);
-  draw("diagnostics", rounds.map((r) => [r.diagnostics, r.selection_summary?.pool_expected_error]), drawDiagnostics);
+  draw("diagnostics", rounds.map((r) => [r.diagnostics, r.labeled, r.selection_summary?.pool_expected_error]), drawDiagnostics);
   draw("annotators", state.stats, drawAnnotators);
   const clustering = state.clustering?.clustering;
   if (!state.clustering || ["queued", "running"].includes(clustering?.state) || Date.now() - (state.clusteringAt || 0) > 30000) {
@@ -192,10 +192,11 @@ function drawBudget() {
   ];
   if (p.step) parts.push(progressBar(`Current step (round ${p.step.round})`, p.step.labeled, p.step.size));
   parts.push(h("p", { class: "muted small" }, `Pool ${p.pool_size} cells · test split ${p.test_size} cells`));
-  const steps = stepsOf(p);
+  const steps = stepsOf(state.rounds);
   if (steps.length) {
-    parts.push(h("h3", {}, "Per step"), barChart(steps.map((s) => ({ label: `round ${s.round}`, value: s.labeled, text: `${s.labeled} / ${s.size}` })),
-      { max: Math.max(...steps.map((s) => s.size)), title: "Labels per step" }));
+    parts.push(h("h3", {}, "Per step"),
+      h("p", { class: "muted small" }, "Labels of the cells each round picked: its step, and the reserve (the next-ranked cells) labeled while the next round was computed."),
+      stackedSteps(steps));
   }
   const perClass = Object.entries(p.labels_per_class);
   if (perClass.length) {
@@ -205,34 +206,56 @@ function drawBudget() {
   replace($("#budget"), parts);
 }
 
-/** Labels given in each step: a step's labels are the next round's n_labels minus its own. */
-function stepsOf(progress) {
-  const rounds = progress.rounds;
-  return rounds.filter((r) => r.n_selected > 0).map((r) => {
-    const next = rounds.find((x) => x.number === r.number + 1);
-    const labeled = progress.step?.round === r.number ? progress.step.labeled : next ? next.n_labels - r.n_labels : 0;
-    return { round: r.number, labeled: Math.max(0, Math.min(labeled, r.n_selected)), size: r.n_selected };
-  });
+/** Each round that picked cells: its step's size and labels, and its reserve's labels (given
+ *  while the next round was computed), as GET rounds counts them by the round that queued each cell. */
+function stepsOf(rounds) {
+  return rounds.filter((r) => r.n_selected > 0).map((r) => ({
+    round: r.number, size: r.n_selected, labeled: r.labeled?.step ?? 0, reserve: r.labeled?.reserve ?? 0,
+    reserveSize: r.labeled?.reserve_size ?? 0,
+  }));
 }
+
+function stepText(s) {
+  return `${s.labeled} / ${s.size}${s.reserve ? ` + ${s.reserve} reserve` : ""}`;
+}
+
+function stackedSteps(steps) {
+  return barChart(steps.map((s) => ({ label: `round ${s.round}`, value: s.labeled, extra: s.reserve, text: stepText(s) })),
+    { max: Math.max(...steps.map((s) => s.size + s.reserve)), title: "Labels per step: " + steps.map((s) => `round ${s.round} ${stepText(s)}`).join(", ") });
+}
+
+const ROUND_COLUMNS = [
+  ["Round"], ["State"],
+  ["Trained on", "labels the round's model was trained on (while it runs: the labels given before it started)"],
+  ["Step", "cells the round picked for annotators (its step), and the reserve it picked after them"],
+  ["Labeled", "labels given to the round's picks: its step's, and its reserve's while the next round was computed"],
+  ["Progress"], ["Train"], ["Rank pool"], ["Maps"], ["Total"], ["ACA"], ["MCA"],
+  ["Model had wrong", "of the round's labeled picks (step and reserve), how many the round's model had predicted another class for"],
+  ["Pool error", "the error the model expected over the whole pool"], [""],
+];
 
 function drawRounds() {
   if (!state.rounds.length) {
     replace($("#rounds"), h("p", { class: "muted" }, "No round yet: import a pool and start the project."));
     return;
   }
-  const header = ["Round", "State", "Labels", "Picked", "Progress", "Train", "Rank pool", "Maps", "Total", "ACA", "MCA", "Picked wrong", "Pool error", ""];
   const rows = state.rounds.map((r) => {
     const t = r.timings || {};
-    const d = r.diagnostics || {};
-    const progressText = ["queued", "running"].includes(r.state)
+    const labeled = r.labeled || {};
+    const active = ["queued", "running", "waiting"].includes(r.state);
+    const progressText = active
       ? (r.progress?.max_epochs ? `${r.progress.phase} ${r.progress.epoch ?? 0}/${r.progress.max_epochs}` : r.progress?.phase || r.state)
       : (r.error ? r.error : "");
+    const trainedOn = r.state === "running" && labeled.training_labels != null ? labeled.training_labels
+      : active || r.number === 0 ? "–" : r.n_labels;
+    const picked = r.n_selected || labeled.reserve_size ? `${r.n_selected}${labeled.reserve_size ? ` + ${labeled.reserve_size} reserve` : ""}` : "–";
     const hasMetrics = r.metrics && r.metrics.confusion;
     return h("tr", { class: r.number === state.selectedRound ? "selected" : "", dataset: { round: r.number, state: r.state } },
       h("th", { scope: "row" }, r.number),
       h("td", {}, h("span", { class: `badge state-${r.state}` }, r.state)),
-      h("td", { class: "num" }, r.n_labels),
-      h("td", { class: "num" }, r.n_selected),
+      h("td", { class: "num trained" }, trainedOn),
+      h("td", { class: "num picked" }, picked),
+      h("td", { class: "num labeled" }, r.n_selected ? stepText({ labeled: labeled.step ?? 0, size: r.n_selected, reserve: labeled.reserve ?? 0 }) : "–"),
       h("td", { class: "small" }, progressText),
       h("td", { class: "num" }, t.train_s === undefined ? "–" : seconds(t.train_s)),
       h("td", { class: "num" }, t.score_s === undefined ? "–" : seconds(t.score_s)),
@@ -240,13 +263,15 @@ function drawRounds() {
       h("td", { class: "num" }, t.total_s === undefined ? "–" : seconds(t.total_s)),
       h("td", { class: "num aca" }, percent(r.metrics?.aca)),
       h("td", { class: "num mca" }, percent(r.metrics?.mca)),
-      h("td", { class: "num" }, d.n ? `${d.errors} / ${d.n} (${percent(d.hit_rate, 0)})` : "–"),
-      h("td", { class: "num" }, percent(d.pool_expected_error ?? r.selection_summary?.pool_expected_error, 0)),
+      h("td", { class: "num wrong" }, labeled.judged ? `${labeled.wrong} of ${labeled.judged} (${percent(labeled.wrong / labeled.judged, 0)})` : "–"),
+      h("td", { class: "num" }, percent(r.diagnostics?.pool_expected_error ?? r.selection_summary?.pool_expected_error, 0)),
       h("td", {}, hasMetrics ? h("button", { type: "button", class: "small", "aria-label": `Show the confusion matrix of round ${r.number}`,
         onclick: () => { state.selectedRound = r.number; refresh(); } }, "Matrix") : null));
   });
   replace($("#rounds"), h("table", { class: "rounds" },
-    h("thead", {}, h("tr", {}, header.map((text) => h("th", { scope: "col" }, text)))), h("tbody", {}, rows)));
+    h("thead", {}, h("tr", {}, ROUND_COLUMNS.map(([text, title]) => h("th", { scope: "col", title }, text)))), h("tbody", {}, rows)),
+  h("p", { class: "muted small" }, "Step: the cells a round picked for annotators; reserve: the next-ranked cells, served while the next round is computed. " +
+    "Labeled counts both, by the round that picked each cell. Model had wrong: of those labeled picks, the ones whose label differs from the class the round's model predicted."));
 }
 
 function drawCurve() {
@@ -281,19 +306,21 @@ function drawConfusion() {
 }
 
 function drawDiagnostics() {
-  const rows = state.rounds.filter((r) => r.diagnostics?.n);
+  const rows = state.rounds.filter((r) => r.labeled?.judged);
   if (!rows.length) {
     replace($("#diagnostics"), h("p", { class: "muted" },
-      "Once a model-picked batch is labeled, this shows how many of its cells the model had wrong, against the error rate expected over the whole pool."));
+      "Once cells picked by a model are labeled, this shows how many of them the model had wrong, against the error rate expected over the whole pool."));
     return;
   }
+  const poolError = (r) => r.diagnostics?.pool_expected_error ?? r.selection_summary?.pool_expected_error;
   replace($("#diagnostics"),
-    h("p", { class: "muted small" }, "A strategy that finds the model's mistakes picks more wrong cells than the pool's error rate."),
+    h("p", { class: "muted small" }, "A strategy that finds the model's mistakes picks more wrong cells than the pool's error rate. Counted over each round's labeled picks, step and reserve."),
     barChart(rows.flatMap((r) => [
-      { label: `round ${r.number} picked`, value: r.diagnostics.hit_rate, highlight: true, text: `${r.diagnostics.errors}/${r.diagnostics.n} wrong` },
-      { label: "pool", value: r.diagnostics.pool_expected_error ?? 0, text: percent(r.diagnostics.pool_expected_error, 0) },
-    ]), { max: 1, labelWidth: 120, title: "Share of picked cells the model had wrong, against the pool's expected error" }),
-    h("p", { class: "small" }, rows.map((r) => `round ${r.number}: error AUROC ${r.diagnostics.error_auroc == null ? "–" : r.diagnostics.error_auroc.toFixed(2)}`).join(" · ")));
+      { label: `round ${r.number} picks`, value: r.labeled.wrong / r.labeled.judged, highlight: true, text: `${r.labeled.wrong} of ${r.labeled.judged} wrong` },
+      { label: "pool", value: poolError(r) ?? 0, text: percent(poolError(r), 0) },
+    ]), { max: 1, labelWidth: 120, title: "Share of labeled picks the model had wrong, against the pool's expected error" }),
+    h("p", { class: "small" }, rows.filter((r) => r.diagnostics?.n).map((r) =>
+      `round ${r.number}: error AUROC ${r.diagnostics.error_auroc == null ? "–" : r.diagnostics.error_auroc.toFixed(2)} (over the ${r.diagnostics.n} picks labeled when round ${r.number + 1} started)`).join(" · ")));
 }
 
 function drawAnnotators() {
@@ -421,57 +448,114 @@ function setUpImport() {
   }))));
 }
 
-/** Uploads files: loose images and zips as they are, a folder's files zipped with their
- *  sub-folders (the class, for the test split) in chunks below the upload limit. */
+/** Imports what was picked: a folder's (or the picked) images sent as zips of at most
+ *  BATCH_FILES files, each image with its mask and a labels.csv cut to each batch's rows
+ *  (js/imports.js); picked zips as they are, one a request. Shows the files sent and the batch,
+ *  then what the whole import did: imported, duplicates and invalid files over every batch. */
 async function importFiles(entries) {
   if (!entries.length) return;
   const form = $("#import-form");
   const status = $("#import-status");
   const split = form.elements.split.value;
   const onDuplicate = form.elements.skip_duplicates.checked ? "skip" : "error";
-  const nested = entries.some((entry) => entry.path.includes("/"));
-  const chunks = [];
-  let chunk = [];
-  let size = 0;
-  for (const entry of entries) {
-    if (chunk.length && size + entry.file.size > UPLOAD_CHUNK_BYTES) {
-      chunks.push(chunk);
-      chunk = [];
-      size = 0;
-    }
-    chunk.push(entry);
-    size += entry.file.size;
-  }
-  if (chunk.length) chunks.push(chunk);
-  let imported = 0;
-  let duplicates = 0;
-  const invalid = [];
+  const done = () => {
+    form.reset();
+    form.elements.split.value = split;
+    for (const input of form.querySelectorAll("input, select")) input.disabled = false;
+  };
+  let plan;
   try {
-    for (const [index, part] of chunks.entries()) {
-      status.textContent = `Uploading part ${index + 1} of ${chunks.length}…`;
+    plan = await planImport(entries);
+  } catch (error) {
+    replace(status, h("p", { class: "error" }, `Nothing was imported: ${error.message}`));
+    done();
+    return;
+  }
+  for (const input of form.querySelectorAll("input, select")) input.disabled = true;
+  const requests = [...plan.zips.map((zip) => ({ zip, files: 1 })), ...plan.batches];
+  const total = requests.reduce((sum, request) => sum + request.files, 0);
+  const totals = { imported: 0, duplicates: [], invalid: [], sent: 0, batches: 0 };
+  const show = (index, what) => replace(status,
+    progressBar(`Importing into the ${split} split: batch ${index + 1} of ${requests.length}, ${what}`, totals.sent, total,
+      { text: `${count(totals.sent)} / ${count(total)} files sent` }));
+  try {
+    if (!requests.length) throw new Error("there are no image files among the files picked");
+    for (const [index, request] of requests.entries()) {
+      show(index, "packing");
       const body = new FormData();
-      if (nested) body.append("files", await zipFiles(part), `import-${index + 1}.zip`);
-      else for (const { file, path } of part) body.append("files", file, path);
+      if (request.zip) body.append("files", request.zip.file, request.zip.path.split("/").at(-1));
+      else body.append("files", await zipFiles(request.entries), `import-${index + 1}.zip`);
       body.append("split", split);
       body.append("on_duplicate", onDuplicate);
       body.append("on_invalid", "skip");
-      const report = await api(`/api/projects/${state.projectId}/images`, { method: "POST", body });
-      imported += report.imported;
-      duplicates += report.duplicates.length;
-      invalid.push(...report.invalid);
+      show(index, `sending ${count(request.files)} files`);
+      let report;
+      try {
+        report = await api(`/api/projects/${state.projectId}/images`, { method: "POST", body });
+      } catch (error) {
+        error.batch = index;
+        error.csvLines = request.csvLines;
+        throw error;
+      }
+      totals.imported += report.imported;
+      totals.duplicates.push(...report.duplicates);
+      totals.invalid.push(...report.invalid);
+      totals.sent += request.files;
+      totals.batches += 1;
     }
-    status.textContent = `Imported ${imported} images into the ${split} split` +
-      (duplicates ? `; ${duplicates} duplicates skipped` : "") +
-      (invalid.length ? `; ${invalid.length} invalid files skipped (${invalid.slice(0, 3).map((i) => `${i.filename}: ${i.error}`).join("; ")})` : "") + ".";
+    replace(status, importSummary(totals, plan, split, requests.length));
+  } catch (error) {
+    replace(status, importFailure(error, totals, split, requests.length));
+  } finally {
+    done();
     state.poolOffset = 0;
     loadPool();
-    refresh();
-  } catch (error) {
-    status.textContent = `Import failed: ${error.detail || error.message}`;
-  } finally {
-    form.reset();
-    form.elements.split.value = split;
+    refresh().catch(() => {});
   }
+}
+
+const count = (n) => n.toLocaleString("en");
+const plural = (n, one, many = `${one}s`) => `${count(n)} ${n === 1 ? one : many}`;
+
+/** What a whole import did, over every batch. */
+function importSummary(totals, plan, split, batches) {
+  const withMasks = plan.masks ? `, ${count(plan.masks)} of them with a mask` : "";
+  return h("div", { class: "import-summary" },
+    h("p", {}, h("strong", {}, `Imported ${count(totals.imported)} images into the ${split} split.`),
+      ` Sent ${totals.sent === plan.picked ? `the ${plural(totals.sent, "file")}` : `${count(totals.sent)} of the ${plural(plan.picked, "file")}`}` +
+      ` in ${plural(batches, "batch", "batches")} (${plural(plan.images, "image")}${withMasks}${plan.csv ? `, listed in ${plan.csv}` : ""}).`),
+    h("dl", { class: "import-counts" },
+      h("dt", {}, "Imported"), h("dd", { dataset: { count: "imported" } }, count(totals.imported)),
+      h("dt", {}, "Duplicates skipped"), h("dd", { dataset: { count: "duplicates" } }, count(totals.duplicates.length),
+        totals.duplicates.length ? " (the same image is already in the project, or twice in the folder)" : ""),
+      h("dt", {}, "Invalid files skipped"), h("dd", { dataset: { count: "invalid" } }, count(totals.invalid.length)),
+      plan.unsent.length ? [h("dt", {}, "Not sent"), h("dd", { dataset: { count: "unsent" } },
+        `${plural(plan.unsent.length, "file")} ${plan.csv ? `not listed in ${plan.csv}` : "that are not images"}`)] : null),
+    listed("The invalid files and why", totals.invalid.map((i) => `${i.filename}: ${i.error}`)),
+    listed("The duplicates", totals.duplicates),
+    listed("The files not sent", plan.unsent));
+}
+
+function importFailure(error, totals, split, batches) {
+  let detail = error.detail || error.message;
+  if (error.csvLines) detail = detail.replace(/\bline (\d+)/g, (text, n) => `line ${error.csvLines.get(Number(n)) ?? n}`);
+  const where = error.batch === undefined ? "" : ` at batch ${error.batch + 1} of ${batches}`;
+  const before = totals.batches
+    ? `Batches 1–${totals.batches} were imported and stay: ${count(totals.imported)} images in the ${split} split` +
+      `${totals.duplicates.length ? `, ${plural(totals.duplicates.length, "duplicate")} skipped` : ""}` +
+      `${totals.invalid.length ? `, ${plural(totals.invalid.length, "invalid file")} skipped` : ""}. ` +
+      "To add the rest, fix the problem and import the folder again with “skip duplicates” checked."
+    : "Nothing was imported.";
+  return h("div", { class: "import-summary" },
+    h("p", { class: "error" }, `Import stopped${where}: ${detail}`), h("p", {}, before));
+}
+
+function listed(title, items) {
+  if (!items.length) return null;
+  const shown = items.slice(0, 200);
+  return h("details", { class: "import-list" }, h("summary", {}, `${title} (${count(items.length)})`),
+    h("ul", {}, shown.map((item) => h("li", {}, item))),
+    items.length > shown.length ? h("p", { class: "muted small" }, `and ${count(items.length - shown.length)} more`) : null);
 }
 
 // ---------------------------------------------------------------- the pool

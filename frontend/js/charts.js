@@ -28,30 +28,48 @@ function marker(shape, x, y, color) {
   return svg("circle", { cx: x, cy: y, r, fill: color });
 }
 
+/** The width in pixels of `text` as a chart draws it (.chart text: 12.5px; bold when strong). */
+function textWidth(text, { bold = false, size = 12.5 } = {}) {
+  const context = (textWidth.canvas ||= document.createElement("canvas")).getContext("2d");
+  const family = getComputedStyle(document.documentElement).fontFamily || "sans-serif";
+  context.font = `${bold ? 700 : 400} ${size}px ${family}`;
+  return context.measureText(String(text)).width;
+}
+
 /**
- * Horizontal bars, one per item: [{label, value, highlight?, text?}].
- * max: the value of a full bar (default: the largest value).
+ * Horizontal bars, one per item: [{label, value, highlight?, text?, extra?}]; `extra` is drawn
+ * after the value in sky blue (a second part of the same bar, e.g. a step's reserve labels).
+ * max: the value of a full bar (default: the largest value); min: the value of an empty bar
+ * (default 0; a chart of values that differ little, such as distances, starts at the smallest,
+ * and its empty bars keep a stub so that every bar is seen). The label column is as wide as
+ * the longest label, bold where highlighted, so no label is clipped.
  */
-export function barChart(items, { max, width = 320, barHeight = 18, labelWidth = 110, format = (v) => v.toFixed(2), title = "" } = {}) {
+export function barChart(items, { max, min = 0, width = 320, barHeight = 18, labelWidth = 110, format = (v) => v.toFixed(2), title = "" } = {}) {
   const top = max ?? Math.max(1e-9, ...items.map((item) => item.value));
   const gap = 5;
   const height = items.length * (barHeight + gap);
-  const valueWidth = 10 + 7.5 * Math.max(...items.map((item) => String(item.text ?? format(item.value)).length));
-  const barSpace = width - labelWidth - valueWidth;
+  labelWidth = Math.max(labelWidth, 10 + Math.max(0, ...items.map((item) => textWidth(item.label, { bold: item.highlight }))));
+  const valueWidth = 10 + Math.max(0, ...items.map((item) => textWidth(item.text ?? format(item.value))));
+  const barSpace = Math.max(100, width - labelWidth - valueWidth);
+  width = labelWidth + barSpace + valueWidth;
+  const range = top - min || 1;
+  const stub = min > 0 ? 4 : 1;
   const chart = svg("svg", {
-    class: "chart bar-chart", viewBox: `0 0 ${width} ${height}`, width, height, role: "img",
+    class: "chart bar-chart", viewBox: `0 0 ${Math.ceil(width)} ${height}`, width: Math.ceil(width), height, role: "img",
     "aria-label": title || items.map((item) => `${item.label}: ${format(item.value)}`).join(", "),
   });
   items.forEach((item, i) => {
     const y = i * (barHeight + gap);
-    const length = Math.max(1, (barSpace * Math.max(0, item.value)) / top);
-    chart.append(
+    const length = Math.max(stub, (barSpace * Math.max(0, Math.min(item.value, top) - min)) / range);
+    chart.append(...[
       svg("text", { x: labelWidth - 6, y: y + barHeight * 0.72, "text-anchor": "end", class: item.highlight ? "label strong" : "label" }, item.label),
       svg("rect", { x: labelWidth, y, width: barSpace, height: barHeight, class: "track", rx: 2 }),
-      svg("rect", { x: labelWidth, y, width: length, height: barHeight, rx: 2,
+      svg("rect", { x: labelWidth, y, width: length, height: barHeight, rx: 2, class: "bar",
         fill: item.highlight ? OKABE_ITO.orange : OKABE_ITO.blue }),
+      item.extra > 0 ? svg("rect", { x: labelWidth + length, y, width: Math.min(barSpace - length, (barSpace * item.extra) / range),
+        height: barHeight, rx: 2, class: "bar extra", fill: OKABE_ITO.skyBlue }) : null,
       svg("text", { x: labelWidth + barSpace + 6, y: y + barHeight * 0.72, class: "value" }, item.text ?? format(item.value)),
-    );
+    ].filter(Boolean));
   });
   return chart;
 }

@@ -364,10 +364,28 @@ function renderWhy(details, cell) {
       "Rank ", h("strong", { id: "why-rank" }, cell.rank === undefined ? "–" : `#${cell.rank + 1}`),
       " · score ", h("strong", { id: "why-score" }, typeof cell.score === "number" ? cell.score.toFixed(3) : "–"),
       ` · ${strategy} · round ${cell.round ?? "–"}`),
+    scoreMeaning(strategy, cell.score, details),
   ];
   if (cell.reserve) {
     parts.push(h("p", { class: "muted", id: "why-reserve" },
       "Reserve cell: ranked just after this round's step; you label it while the next round is computed."));
+  }
+  const distances = Array.isArray(details.distances) ? details.distances : null;
+  const summary = { loaded: null };
+  const names = () => centreNames(details, summary.loaded);
+  if (Array.isArray(details.nearest) && details.nearest.length) {
+    const medoids = h("div", { class: "medoids", id: "why-nearest" });
+    const draw = () => replace(medoids, details.nearest.slice(0, 3).map((near, i) => medoidFigure(near, names()[near.centre], i === 0)));
+    draw();
+    parts.push(h("h3", {}, "Nearest labeled examples — compare"),
+      h("p", { class: "muted small" }, "The labeled cells whose relevance (what the model looked at) is closest to this cell's, nearest first: the cell and its DeepTaylor map."),
+      medoids);
+    if (distances) {
+      roundSummary(cell.round).then((loaded) => {
+        summary.loaded = loaded;
+        if (medoids.isConnected) draw();
+      });
+    }
   }
   if (Array.isArray(details.probabilities)) {
     const predicted = details.predicted === undefined ? null : className(details.predicted);
@@ -375,42 +393,129 @@ function renderWhy(details, cell) {
       barChart(details.probabilities.map((p, i) => ({ label: className(i), value: p, highlight: className(i) === predicted })),
         { max: 1, format: (v) => percent(v, 0), title: "Class probabilities" }));
   }
-  if (Array.isArray(details.distances)) {
-    const distances = details.distances;
+  if (distances) {
     const nearest = Math.min(...distances);
-    const chart = () => barChart(distances.map((d, i) => ({ label: centreNames(details, summary)[i], value: d, highlight: d === nearest })),
-      { format: (v) => v.toFixed(3), labelWidth: 150, title: "Distance to each centre's medoid in relevance space" });
-    let summary = null;
-    const holder = h("div", {}, chart());
-    roundSummary(cell.round).then((loaded) => { summary = loaded; replace(holder, chart()); });
-    const what = [details.relevance_method, details.representation && `${details.representation} representation`,
-      details.centres && `${details.centres} as centres`].filter(Boolean).join(", ");
-    parts.push(h("h3", {}, "Distance to each medoid"), what ? h("p", { class: "muted small" }, what) : null, holder);
+    const farthest = Math.max(...distances);
+    const chart = () => barChart(distances.map((d, i) => ({ label: names()[i], value: d, highlight: d === nearest })),
+      { min: nearest, max: farthest, format: (v) => v.toFixed(3), title: "Distance to each centre in relevance space, from the nearest to the farthest" });
+    const holder = h("div", { id: "why-distances" }, chart());
+    roundSummary(cell.round).then((loaded) => { summary.loaded = loaded; if (holder.isConnected) replace(holder, chart()); });
+    parts.push(h("h3", {}, "Distance to each centre"),
+      h("p", { class: "muted small" }, "How far this cell's relevance lies from each centre of the labeled examples. " +
+        `The bars start at the nearest centre (${nearest.toFixed(3)}) and end at the farthest (${farthest.toFixed(3)}), ` +
+        `so they show how the distances differ: the farthest is ${percent((farthest - nearest) / (nearest || 1), 0)} farther than the nearest.`),
+      holder);
   }
-  if (Array.isArray(details.top_channels) && details.top_channels.length) {
-    parts.push(h("p", { class: "muted small" }, "Channels that carried the decision: ",
-      details.top_channels.map((c) => `#${c.channel} (${percent(c.share, 0)})`).join(", ")));
-  }
-  if (Array.isArray(details.nearest) && details.nearest.length) {
-    const medoids = h("div", { class: "medoids" });
-    for (const near of details.nearest.slice(0, 3)) medoids.append(medoidFigure(near));
-    parts.push(h("h3", {}, "Nearest medoids — compare"), medoids);
-  }
-  if (!details.probabilities && !details.distances) {
-    parts.push(h("p", { class: "muted" }, cell.round === 0
-      ? "The first cells are picked at random: there is no model yet."
-      : "This strategy gives no per-cell hints."));
+  const technical = technicalDetails(details);
+  if (technical) parts.push(technical);
+  if (!details.probabilities && !distances && !details.phase && strategy !== "random" && strategy !== "cluster-spread") {
+    parts.push(h("p", { class: "muted" }, "This strategy gives no per-cell hints."));
   }
   replace(why, parts);
 }
 
-/** "C2 · Speckled": each centre with the class of its medoid, from the round's summary
- *  (every centre) or else from the cell's nearest centres. */
+const ln = Math.log;
+
+/** What the score says, in words, and where it lies between its least and most informative
+ *  values (worker/ml/ranking.py and worker/ml/xal.py define the scores). */
+function scoreMeaning(strategy, score, details) {
+  const n = state.classes.length;
+  const k = Array.isArray(details.distances) ? details.distances.length : 0;
+  const has = typeof score === "number";
+  const box = (...children) => h("div", { class: "score-meaning", id: "why-score-meaning" }, ...children);
+  const scale = (label, fraction, text, words) => box(
+    progressBar(label, Math.round(1000 * Math.max(0, Math.min(1, fraction))), 1000, { text }),
+    h("p", { class: "small" }, words));
+  const share = (fraction) => `${(100 * fraction).toFixed(1)}%`;
+  const probabilities = Array.isArray(details.probabilities) ? details.probabilities : null;
+  const top2 = probabilities ? [...probabilities.keys()].sort((a, b) => probabilities[b] - probabilities[a]).slice(0, 2) : [];
+  if (strategy === "random" || (!has && !details.phase)) {
+    return box(h("p", { class: "small" }, strategy === "random"
+      ? "Picked at random: there is no model yet (or the project asks for random cells). The score is the random draw and says nothing about the cell."
+      : "No score for this cell."));
+  }
+  if (strategy === "cluster-spread") {
+    return box(h("p", { class: "small" }, `Picked to spread the first cells over the pool's clusters${details.cluster === undefined ? "" : ` (this one from cluster ${details.cluster + 1})`}. There is no model yet; the score only orders the picks.`));
+  }
+  if (details.phase === "coverage") {
+    return box(h("p", { class: "small" }, `Picked to cover the pool: the most typical cell of a group of ${details.cluster_size ?? "similar"} cells ` +
+      `${details.cluster_covered ? "that already has labeled cells" : "that no labeled cell represents yet"}. The score only orders the picks.`));
+  }
+  if (strategy === "entropy" || details.phase === "uncertainty") {
+    const value = details.phase === "uncertainty" ? details.entropy : score;
+    const most = ln(n);
+    return scale("How unsure the model is", value / most, `${share(value / most)} of the most unsure possible`,
+      `Entropy ${value.toFixed(3)} of at most ln ${n} = ${most.toFixed(3)}, when all ${n} classes are equally likely; 0 when the model is sure of one class. ` +
+      `The most unsure cells are picked first.${details.phase === "uncertainty" ? " Among them, the picks are spread over the pool." : ""}`);
+  }
+  if (strategy === "least_confidence") {
+    const most = 1 - 1 / n;
+    return scale("How unsure the model is", score / most, `${share(score / most)} of the most unsure possible`,
+      `The model gives its likeliest class ${percent(1 - score, 0)}; the least it can give is 1/${n} (${percent(1 / n, 0)}), when all ${n} classes are equally likely. Cells whose likeliest class is least likely are picked first.`);
+  }
+  if (strategy === "margin") {
+    const names = top2.map((i) => `${className(i)} ${percent(probabilities[i], 0)}`).join(" and ");
+    return scale("How torn the model is between two classes", score, `${share(score)} of a tie`,
+      `${names ? `Its two likeliest classes, ${names}, are` : "Its two likeliest classes are"} ${percent(1 - score, 0)} apart; 100% means a tie. The closest calls are picked first.`);
+  }
+  if (strategy === "xal-entropy" && k) {
+    const most = ln(k);
+    return scale("How evenly the cell lies between the centres", score / most, `${share(score / most)} of perfectly even`,
+      `Compared by what the model looked at (relevance), this cell is about as far from each of the ${k} centres of the labeled examples: ` +
+      `score ${score.toFixed(3)} of at most ln ${k} = ${most.toFixed(3)}, reached when it is equally far from all of them. ` +
+      "Cells that resemble no labeled group more than another are picked first.");
+  }
+  if (strategy === "xal-margin" && k) {
+    return scale("How close the two nearest centres are to a tie", 1 + score, `${share(1 + score)} of a tie`,
+      `The two nearest centres of the labeled examples are nearly as far from this cell as each other (score ${score.toFixed(3)}; 0 is a tie, −1 the clearest case). The closest calls are picked first.`);
+  }
+  if (strategy === "xal-least" && k) {
+    return scale("How far the cell is from even its nearest centre", score * k, `${share(score * k)} of the most possible`,
+      `Its nearest centre holds ${percent(score, 1)} of its summed distances to the ${k} centres; at most 1/${k} (${percent(1 / k, 1)}), when every centre is as far. Cells near no centre are picked first.`);
+  }
+  return box(h("p", { class: "small" }, `Picked by ${strategy}; higher scores are picked first.`));
+}
+
+/** The strategy's settings and the network's channels, collapsed: for whoever tunes the method. */
+function technicalDetails(details) {
+  const rows = [];
+  if (details.relevance_method) rows.push(["Relevance", details.relevance_method === "deeptaylor" ? "DeepTaylor" : details.relevance_method]);
+  if (details.representation) {
+    rows.push(["Compared by", details.representation === "concept"
+      ? "relevance per feature channel of the network's last block (concept)" : "relevance per pixel (pixel)"]);
+  }
+  if (details.centres) {
+    rows.push(["Centres", details.centres === "classes"
+      ? "one per class: the most central labeled cell of each class"
+      : "groups of the labeled cells by relevance, each represented by its most central cell"]);
+  }
+  if (Array.isArray(details.top_channels) && details.top_channels.length) {
+    rows.push(["Channels that carried the decision", `${details.top_channels.map((c) => `channel ${c.channel} (${percent(c.share, 0)} of the relevance)`).join(", ")}. ` +
+      "Internal feature detectors of the network; their numbers have no meaning of their own."]);
+  }
+  if (!rows.length) return null;
+  return h("details", { class: "technical", id: "why-technical" }, h("summary", {}, "Technical details"),
+    h("dl", { class: "facts small" }, rows.map(([name, value]) => [h("dt", {}, name), h("dd", {}, value)])));
+}
+
+/** Each centre's name: the class of its medoid (the labeled cell at its centre), from the
+ *  round's summary (every centre) or else from the cell's nearest centres; centres that share
+ *  a class are told apart by number ("Speckled, centre 2"), others by their class alone. */
 function centreNames(details, summary) {
   const known = new Map();
   for (const m of summary?.centre_medoids || []) known.set(m.centre, m.class_name ?? className(m.class));
   for (const n of details.nearest || []) if (!known.has(n.centre)) known.set(n.centre, n.class_name ?? className(n.class));
-  return details.distances.map((_, i) => (known.has(i) ? `C${i + 1} · ${known.get(i)}` : `C${i + 1}`));
+  const k = Math.max(details.distances?.length || 0, ...[...known.keys()].map((c) => c + 1));
+  const total = new Map();
+  for (const name of known.values()) total.set(name, (total.get(name) || 0) + 1);
+  const seen = new Map();
+  return Array.from({ length: k }, (_, i) => {
+    if (!known.has(i)) return `centre ${i + 1}`;
+    const name = known.get(i);
+    if (total.get(name) === 1) return name;
+    seen.set(name, (seen.get(name) || 0) + 1);
+    return `${name}, centre ${seen.get(name)}`;
+  });
 }
 
 /** The round's selection summary (centres and their medoids), fetched once per round. */
@@ -421,13 +526,13 @@ function roundSummary(number) {
   return state.roundSummaries.get(number);
 }
 
-function medoidFigure(near) {
-  const name = near.class_name ?? className(near.class);
-  const cellImg = h("img", { alt: `Medoid cell of ${name}` });
+function medoidFigure(near, name, nearest) {
+  name = name || near.class_name || className(near.class);
+  const cellImg = h("img", { alt: `Labeled example ${name}` });
   const mapImg = h("img", { alt: `Its DeepTaylor map` });
   const figure = h("figure", { class: "medoid" },
     h("div", { class: "pair" }, cellImg, mapImg),
-    h("figcaption", {}, `C${near.centre + 1} · ${name} · d = ${Number(near.distance).toFixed(3)}`));
+    h("figcaption", {}, h("strong", {}, name), ` · distance ${Number(near.distance).toFixed(3)}${nearest ? " (nearest)" : ""}`));
   blobUrl(`${base}/images/${near.image_id}/file`).then((url) => { cellImg.src = url; brighten(cellImg); }, () => {});
   mapsOf(near.image_id).then((maps) => {
     const map = maps.find((m) => m.method === "deeptaylor") || maps[0];
