@@ -75,9 +75,10 @@ latest AS (
     FROM rounds r WHERE r.project_id = (SELECT id FROM project) ORDER BY r.number DESC LIMIT 1
 ),
 served AS (
-    SELECT l.id, l.number, l.n_selected, false AS reserve FROM latest l WHERE l.state = 'done' AND l.n_selected > 0
+    SELECT l.id, l.number, l.n_selected, false AS reserve, 0 AS lo, l.n_selected AS hi
+    FROM latest l WHERE l.state = 'done' AND l.n_selected > 0
     UNION ALL
-    SELECT r.id, r.number, r.n_selected, true
+    SELECT r.id, r.number, r.n_selected, true, r.n_selected, 2147483647
     FROM latest l JOIN rounds r ON r.project_id = (SELECT id FROM project) AND r.number = l.number - 1
     WHERE l.state IN {ACTIVE_STATES} AND l.number > 0 AND r.state = 'done'
       AND (SELECT count(*) FROM labels b
@@ -85,32 +86,39 @@ served AS (
           + (SELECT coalesce(step_size, 0) FROM project) < (SELECT coalesce(budget, 0) FROM project)
 )"""
 
-# the served part's cells: its step (rank < n_selected) or its reserve
-_IN_SERVED_PART = "s.round_id = v.id AND (s.rank >= v.n_selected) = v.reserve"
+# The served part's cells: its step (rank < n_selected) or its reserve. Written with scalar
+# subqueries, which PostgreSQL computes once before the scan, so that the scan walks the index on
+# (round_id, rank) of the unlabeled selections from the best rank and stops at the first free
+# cell: with a join to `served` it read and sorted the whole step (60 ms for a 60,000-cell step).
+_IN_SERVED_PART = (
+    "s.round_id = (SELECT id FROM served) AND s.rank >= (SELECT lo FROM served) AND s.rank < (SELECT hi FROM served)"
+)
+_CALLER_ID = "(SELECT user_id FROM annotator)"
+_ACTIVE_PROJECT = "(SELECT state FROM project) = 'active'"
 
 _NEXT = f"""
 WITH {_CALLER_AND_QUEUE},
 mine AS (
-    SELECT s.id FROM selections s, served v, annotator a, project p
-    WHERE p.state = 'active' AND {_IN_SERVED_PART} AND NOT s.labeled
-      AND s.leased_by_id = a.user_id AND s.lease_expires_at > :now
+    SELECT s.id FROM selections s
+    WHERE {_ACTIVE_PROJECT} AND {_IN_SERVED_PART} AND NOT s.labeled
+      AND s.leased_by_id = {_CALLER_ID} AND s.lease_expires_at > :now
     ORDER BY s.rank LIMIT 1
 ),
 fresh AS (
-    SELECT s.id FROM selections s, served v, annotator a, project p
-    WHERE NOT EXISTS (SELECT 1 FROM mine) AND p.state = 'active' AND {_IN_SERVED_PART} AND NOT s.labeled
+    SELECT s.id FROM selections s
+    WHERE NOT EXISTS (SELECT 1 FROM mine) AND {_ACTIVE_PROJECT} AND {_IN_SERVED_PART} AND NOT s.labeled
       AND (s.leased_by_id IS NULL OR s.lease_expires_at <= :now)
       AND NOT EXISTS (SELECT 1 FROM cell_notes n
-                      WHERE n.image_id = s.image_id AND n.round_id = v.id AND n.user_id = a.user_id)
+                      WHERE n.image_id = s.image_id AND n.round_id = s.round_id AND n.user_id = {_CALLER_ID})
     ORDER BY s.rank LIMIT 1 FOR UPDATE OF s SKIP LOCKED
 ),
 skipped AS (
-    SELECT s.id FROM selections s, served v, annotator a, project p
-    WHERE NOT EXISTS (SELECT 1 FROM mine) AND NOT EXISTS (SELECT 1 FROM fresh) AND p.state = 'active'
+    SELECT s.id FROM selections s
+    WHERE NOT EXISTS (SELECT 1 FROM mine) AND NOT EXISTS (SELECT 1 FROM fresh) AND {_ACTIVE_PROJECT}
       AND {_IN_SERVED_PART} AND NOT s.labeled
       AND (s.leased_by_id IS NULL OR s.lease_expires_at <= :now)
       AND EXISTS (SELECT 1 FROM cell_notes n
-                  WHERE n.image_id = s.image_id AND n.round_id = v.id AND n.user_id = a.user_id)
+                  WHERE n.image_id = s.image_id AND n.round_id = s.round_id AND n.user_id = {_CALLER_ID})
     ORDER BY s.rank LIMIT 1 FOR UPDATE OF s SKIP LOCKED
 ),
 leased AS (
@@ -159,7 +167,7 @@ previous AS (
     SELECT b.id FROM labels b WHERE b.image_id = :image_id AND b.retracted_at IS NULL AND b.superseded_at IS NULL
 ),
 here AS (
-    SELECT s.id FROM selections s, served v WHERE {_IN_SERVED_PART} AND s.image_id = :image_id
+    SELECT s.id FROM selections s WHERE {_IN_SERVED_PART} AND s.image_id = :image_id
 ),
 held AS (
     SELECT s.id FROM selections s JOIN rounds r ON r.id = s.round_id, annotator a
@@ -242,8 +250,8 @@ last AS (
     FOR UPDATE OF b
 ),
 back AS (
-    SELECT s.id, s.round_id, v.reserve FROM selections s, served v, last l
-    WHERE {_IN_SERVED_PART} AND s.image_id = l.image_id
+    SELECT s.id, s.round_id, (SELECT reserve FROM served) AS reserve FROM selections s
+    WHERE {_IN_SERVED_PART} AND s.image_id = (SELECT image_id FROM last)
 ),
 verdict AS (
     SELECT CASE
@@ -290,7 +298,7 @@ image AS (
     SELECT i.id FROM images i WHERE i.id = :image_id AND i.project_id = (SELECT id FROM project)
 ),
 target AS (
-    SELECT s.id, s.round_id, s.leased_by_id, s.lease_expires_at FROM selections s, served v
+    SELECT s.id, s.round_id, s.leased_by_id, s.lease_expires_at FROM selections s
     WHERE {_IN_SERVED_PART} AND s.image_id = :image_id AND NOT s.labeled AND EXISTS (SELECT 1 FROM annotator)
     FOR UPDATE OF s
 ),
