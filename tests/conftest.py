@@ -169,6 +169,19 @@ def started_project(client, headers: dict, i3a_dir: Path, rows: list[dict], spec
     return project_id
 
 
+@pytest.fixture
+def open_project(app_client, admin_headers, i3a_dir, i3a_rows) -> int:
+    """A started project whose round 0 queued 6 of its 24 pool cells (6 classes, budget 12, steps of 6)."""
+    classes = ["Homogeneous", "Speckled", "Nucleolar", "Centromere", "NuMem", "Golgi"]
+    return started_project(
+        app_client,
+        admin_headers,
+        i3a_dir,
+        balanced_sample(i3a_rows, per_class=4, offset=200),
+        {"classes": [{"name": c} for c in classes], "budget": 12, "initial_size": 6, "step_size": 6},
+    )
+
+
 def mislabeled_selections(project_id: int) -> list[tuple[int, int, bool]]:
     """(round number, image id, labeled) of the project's selections whose `labeled` flag
     disagrees with the labels table (the queue reads the flag; the labels are the truth)."""

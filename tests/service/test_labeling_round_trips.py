@@ -5,24 +5,9 @@ seconds."""
 
 from contextlib import contextmanager
 
-import pytest
 from sqlalchemy import Engine, event, select
 
-from tests.conftest import balanced_sample, make_user, started_project
-
-CLASSES = ["Homogeneous", "Speckled", "Nucleolar", "Centromere", "NuMem", "Golgi"]
-
-
-@pytest.fixture
-def open_project(app_client, admin_headers, i3a_dir, i3a_rows):
-    """A started project whose round 0 queued 6 of its 24 pool cells."""
-    return started_project(
-        app_client,
-        admin_headers,
-        i3a_dir,
-        balanced_sample(i3a_rows, per_class=4, offset=300),
-        {"classes": [{"name": c} for c in CLASSES], "budget": 12, "initial_size": 6, "step_size": 6},
-    )
+from tests.conftest import make_user
 
 
 @contextmanager
