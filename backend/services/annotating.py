@@ -33,7 +33,7 @@ from backend.core.settings import get_settings
 from backend.schemas import LabelOut, LeasedCell, NextCell
 from backend.services import labeling
 from backend.services.members import find_visible_project
-from backend.services.users import user_for_token
+from backend.services.users import LAST_USED_RESOLUTION, user_for_token
 
 MAX_ID = 2**31 - 1  # the database's integer keys
 
@@ -42,7 +42,7 @@ def _storable(key: int) -> bool:
     return 0 <= key <= MAX_ID
 
 
-TOKEN_USE_RESOLUTION_S = 60  # as backend.services.users.LAST_USED_RESOLUTION
+TOKEN_USE_RESOLUTION_S = int(LAST_USED_RESOLUTION.total_seconds())  # a token's last use, noted once a minute
 ACTIVE_STATES = "('waiting', 'queued', 'running')"  # backend.core.jobs.ACTIVE
 
 # The caller (token, user, role, membership) and the queue: every statement starts with these.
