@@ -16,14 +16,12 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
-from backend.core.db.models import Project, User
+from backend.core.db.models import MAX_ID, Project, User
 from backend.core.db.session import new_session
 from backend.core.errors import NotFound
 from backend.services.annotating import require_annotator
 from backend.services.members import find_visible_project
 from backend.services.users import user_for_token
-
-MAX_ID = 2**31 - 1  # the database's integer keys
 
 
 async def get_session() -> AsyncIterator[Session]:

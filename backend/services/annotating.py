@@ -25,9 +25,10 @@ from sqlalchemy import JSON, Boolean, DateTime, Float, Integer, String, bindpara
 from sqlalchemy.engine import Row
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from backend.core.db.models import Round, utcnow
+from backend.core.db.models import MAX_ID, Project, Round, User, utcnow
 from backend.core.db.session import get_async_engine, new_session
 from backend.core.errors import Conflict, Forbidden, NotFound, Unauthorized
+from backend.core.jobs import ACTIVE
 from backend.core.outbox import enqueue
 from backend.core.settings import get_settings
 from backend.schemas import LabelOut, LeasedCell, NextCell
@@ -35,15 +36,13 @@ from backend.services import labeling
 from backend.services.members import find_visible_project
 from backend.services.users import LAST_USED_RESOLUTION, user_for_token
 
-MAX_ID = 2**31 - 1  # the database's integer keys
-
 
 def _storable(key: int) -> bool:
     return 0 <= key <= MAX_ID
 
 
 TOKEN_USE_RESOLUTION_S = int(LAST_USED_RESOLUTION.total_seconds())  # a token's last use, noted once a minute
-ACTIVE_STATES = "('waiting', 'queued', 'running')"  # backend.core.jobs.ACTIVE
+ACTIVE_STATES = "(" + ", ".join(f"'{state}'" for state in ACTIVE) + ")"
 
 # The caller (token, user, role, membership) and the queue: every statement starts with these.
 # `served` is the round whose cells the queue serves and whether it serves its reserve: the
@@ -414,12 +413,7 @@ async def _read_access(secret: str, hashed: str, project_id: int) -> str:
 
 def _read_access_orm(secret: str, project_id: int) -> str:
     with new_session() as session:
-        user = user_for_token(session, secret)
-        if user is None:
-            return "unauthorized"
-        if find_visible_project(session, user, project_id) is None:
-            return "no_project"
-        return "ok" if user.role in ("admin", "annotator") else "forbidden"
+        return _caller_orm(session, secret, project_id)[0]
 
 
 def token_hash(secret: str) -> str:
@@ -519,7 +513,7 @@ def _inactive(name: str, state: str) -> Conflict:
 
 
 def _empty_queue(number: int | None, state: str | None, error: str | None) -> NextCell:
-    if state in ("waiting", "queued", "running"):
+    if state in ACTIVE:
         message = f"round {number} is being computed; the next cells arrive when it is done"
     elif state == "failed":
         message = f"round {number} failed: {error}; an admin can retry it"
@@ -680,21 +674,29 @@ async def skip_cell(secret: str, project_id: int, image_id: int, kind: str, note
 # --- the ORM path: labeling.py's functions, in the thread pool ---
 
 
-def _caller_orm(session, secret: str, project_id: int, roles=("admin", "annotator")):
+def _caller_orm(session, secret: str, project_id: int) -> tuple[str, User | None, Project | None]:
+    """(outcome, user, project) by the hot path's rules: 'unauthorized', 'no_project',
+    'forbidden' or 'ok'."""
     user = user_for_token(session, secret)
+    project = find_visible_project(session, user, project_id) if user is not None and _storable(project_id) else None
     if user is None:
-        _refuse("unauthorized", project_id)
-    project = find_visible_project(session, user, project_id) if _storable(project_id) else None
+        return "unauthorized", None, None
     if project is None:
-        _refuse("no_project", project_id)
-    if user.role not in roles:
-        _refuse("forbidden", project_id)
+        return "no_project", user, None
+    return ("ok" if user.role in ("admin", "annotator") else "forbidden"), user, project
+
+
+def _annotator_orm(session, secret: str, project_id: int) -> tuple[User, Project]:
+    """The caller and the project, or the 4xx that refuses them."""
+    outcome, user, project = _caller_orm(session, secret, project_id)
+    if outcome != "ok" or user is None or project is None:
+        _refuse(outcome, project_id)
     return user, project
 
 
 def _next_cell_orm(secret: str, project_id: int) -> NextCell:
     with new_session() as session:
-        user, project = _caller_orm(session, secret, project_id)
+        user, project = _annotator_orm(session, secret, project_id)
         selection, queue = labeling.lease_next_cell(session, project, user)
         latest, served = queue.latest, queue.round
         if selection is None or selection.lease_expires_at is None or served is None or latest is None:
@@ -723,7 +725,7 @@ def _submit_label_orm(
     secret: str, project_id: int, image_id: int, class_name: str, duration_ms: int | None, after_reveal: bool
 ) -> LabelOut:
     with new_session() as session:
-        user, project = _caller_orm(session, secret, project_id)
+        user, project = _annotator_orm(session, secret, project_id)
         label, _ = labeling.submit_label(session, project, user, image_id, class_name, duration_ms, after_reveal)
         hints = labeling.hints_for(session, label) if not label.hints_seen else None
         return _label_out(session, project, label, hints)
@@ -731,20 +733,18 @@ def _submit_label_orm(
 
 def _undo_orm(secret: str, project_id: int) -> LabelOut:
     with new_session() as session:
-        user, project = _caller_orm(session, secret, project_id)
+        user, project = _annotator_orm(session, secret, project_id)
         return _label_out(session, project, labeling.undo_last_label(session, project, user))
 
 
 def _skip_orm(secret: str, project_id: int, image_id: int, kind: str, note: str) -> dict:
     with new_session() as session:
-        user, project = _caller_orm(session, secret, project_id)
+        user, project = _annotator_orm(session, secret, project_id)
         cell_note = labeling.skip_cell(session, project, user, image_id, kind, note)
         return {"released": True, "image_id": cell_note.image_id, "reason": cell_note.kind}
 
 
 def _label_out(session, project, label, hints: dict | None = None) -> LabelOut:
-    from backend.core.db.models import User
-
     return LabelOut(
         id=label.id,
         image_id=label.image_id,

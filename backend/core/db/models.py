@@ -8,6 +8,8 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from backend.core.jobs import JobState
 
+MAX_ID = 2**31 - 1  # the database's integer keys: an id beyond them names no row
+
 
 def utcnow() -> datetime:
     """Naive UTC: stored and compared the same way on PostgreSQL and SQLite."""
