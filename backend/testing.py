@@ -113,6 +113,16 @@ def wait_until_ready(logs: list[Path], timeout: float = 180) -> None:
     )
 
 
+def api_is_up(client: Any) -> bool:
+    """Whether the API behind `client` (an httpx.Client with its base URL) answers its health check."""
+    import httpx
+
+    try:
+        return client.get("/api/health").status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
 def stop(process: subprocess.Popen, timeout: float = 30) -> None:
     """SIGTERM, then SIGKILL if it does not end in time."""
     process.terminate()

@@ -45,7 +45,7 @@ from cpu_speed import python_loop_us
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from backend.testing import POSTGRES_ADMIN_URL, stop, throwaway_service, wait_for  # noqa: E402
+from backend.testing import POSTGRES_ADMIN_URL, api_is_up, stop, throwaway_service, wait_for  # noqa: E402
 
 CLASSES = ["Homogeneous", "Speckled", "Nucleolar", "Centromere", "NuMem", "Golgi"]
 
@@ -107,7 +107,7 @@ def _measure(args, database: str) -> list[dict]:
         server = _start_server(code, n_workers, args.port, args.loop, args.http)
         try:
             with httpx.Client(base_url=base_url, timeout=60) as client:
-                wait_for(lambda: _is_up(client), 120, message="the API")
+                wait_for(lambda: api_is_up(client), 120, message="the API")
             load_before, cpu_speed = os.getloadavg(), python_loop_us()
             with CpuMeter(server, database) as cpu:
                 run = asyncio.run(_load(base_url, project_id, annotators, args.duration, rate))
@@ -167,13 +167,6 @@ def _start_server(code: str, workers: int, port: int, loop: str, http: str) -> s
         cwd=code,
         env={**os.environ, "PYTHONPATH": code},
     )
-
-
-def _is_up(client: httpx.Client) -> bool:
-    try:
-        return client.get("/api/health").status_code == 200
-    except httpx.TransportError:
-        return False
 
 
 def _annotator(index: int) -> dict:

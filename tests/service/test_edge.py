@@ -23,7 +23,7 @@ import pytest
 from PIL import Image as PILImage
 from sqlalchemy import delete, select
 
-from backend.testing import ROOT, stop, wait_for
+from backend.testing import ROOT, api_is_up, stop, wait_for
 from tests.conftest import free_port, make_user
 
 MiB = 2**20
@@ -166,18 +166,12 @@ def serving(log_path, **settings: str) -> Iterator[str]:
         )
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_for(lambda: _healthy(url) or process.poll() is not None, timeout=60, message="the API")
+        with httpx.Client(base_url=url, timeout=2) as client:
+            wait_for(lambda: api_is_up(client) or process.poll() is not None, timeout=60, message="the API")
         assert process.poll() is None, log_path.read_text()[-3000:]
         yield url
     finally:
         stop(process)
-
-
-def _healthy(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/api/health", timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 def recorded_addresses(username: str) -> list[str]:

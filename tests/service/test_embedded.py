@@ -11,7 +11,7 @@ import time
 import httpx
 import pytest
 
-from backend.testing import ROOT, stop, wait_for, wait_for_round
+from backend.testing import ROOT, api_is_up, stop, wait_for, wait_for_round
 from tests.conftest import balanced_sample, free_port
 
 pytestmark = pytest.mark.slow
@@ -39,7 +39,7 @@ def test_the_service_runs_the_loop_on_the_embedded_default(tmp_path, i3a_dir, i3
             lambda: re.search(r"API token: (\S+)", log_path.read_text()), timeout=120, message="the first-start token"
         ).group(1)
         client = httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {token}"}, timeout=30)
-        wait_for(lambda: _healthy(client), timeout=60, message="the API")
+        wait_for(lambda: api_is_up(client), timeout=60, message="the API")
         assert "sqlite" in log_path.read_text() and "filesystem://" in log_path.read_text()
 
         classes = sorted({row["pattern"] for row in i3a_rows})
@@ -117,10 +117,3 @@ def _workers_in(folder) -> list[int]:
         except OSError:
             continue
     return found
-
-
-def _healthy(client) -> bool:
-    try:
-        return client.get("/api/health").status_code == 200
-    except httpx.HTTPError:
-        return False

@@ -25,7 +25,7 @@ import httpx
 import psycopg
 import pytest
 
-from backend.testing import POSTGRES_ADMIN_URL, ROOT, database_url, stop, wait_for, wait_for_round
+from backend.testing import POSTGRES_ADMIN_URL, ROOT, api_is_up, database_url, stop, wait_for, wait_for_round
 from tests.conftest import balanced_sample, free_port, require
 
 pytestmark = pytest.mark.slow
@@ -148,7 +148,7 @@ class Service:
             lambda: re.search(r"API token: (\S+)", self.log("api")), timeout=180, message="the API's first-start token"
         ).group(1)
         client = httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {token}"}, timeout=120)
-        wait_for(lambda: _healthy(client), timeout=120, message="the API")
+        wait_for(lambda: api_is_up(client), timeout=120, message="the API")
         return client
 
     def start_worker(self, name: str) -> subprocess.Popen:
@@ -169,13 +169,6 @@ class Service:
             )
         self.processes.append(process)
         return process
-
-
-def _healthy(client: httpx.Client) -> bool:
-    try:
-        return client.get("/api/health").status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 @pytest.fixture
