@@ -6,10 +6,10 @@ lease held while it is computed (worker.jobs).
 
 A pool larger than both `XAL_SCORING_CHUNK_SIZE` and `max_cells` is encoded in chunks by every
 worker on the queue (issue #6): the clustering task trains on its sample only, writes the model
-and centroids to the job's folder and sends one `xal.encode_chunk` per chunk of the pool; each
-encodes its cells, and the one completing the set sends `xal.merge_clustering`, which
-concatenates the latents in pool order, assigns the clusters and stores the clustering as one
-pass does. Chunks are cut on the encoding batches, so the latents, and with them the clusters,
+to the job's folder and maps the encoding over chunks of the pool (worker.jobs.map_chunks: one
+`xal.encode_chunk` task per chunk, the clustering task computing chunks too), then concatenates
+the latents in pool order, assigns the clusters and stores the clustering as one pass does.
+Chunks are cut on the encoding batches, so the latents, and with them the clusters,
 coordinates and metrics, are those of one pass, bit for bit. A pool the trainer sees whole
 (no larger than `max_cells`) has every latent already and is never chunked."""
 
@@ -31,18 +31,15 @@ from backend.core.queries import release_waiting_rounds
 from backend.core.settings import get_settings
 from worker.jobs import (
     chunk_file,
-    chunk_path,
     chunks_summary,
     claim,
     compute_chunk,
     holding_lease,
     job_folder,
+    map_chunks,
     mark_failed,
-    read_job,
     remove_job_folders,
-    send_chunks,
     set_progress,
-    take_up,
     write_atomically,
 )
 from worker.rounds import load_cells
@@ -200,18 +197,13 @@ def compute_clustering(config: dict, cells: np.ndarray, reference: np.ndarray, r
 
 @dataclass
 class EncodingJob:
-    """What the chunk and merge tasks of one attempt of a clustering share (job.pkl); the
-    trained model is beside it (model.pt, model_bytes)."""
+    """What the chunk tasks of one attempt of a clustering need (job.pkl); the trained model is
+    beside it (model.pt, model_bytes)."""
 
     config: dict
     channel: str
-    image_ids: list[int]  # the pool, in order
-    content_hashes: list[str]
-    reference: np.ndarray
-    centroids: np.ndarray
-    training: dict  # train_clustering's metrics
+    content_hashes: list[str]  # the pool, in order
     chunks: list[tuple[int, int]]  # [start, stop) of each chunk of the pool
-    dispatched_at: float  # time.time() when the chunks were sent
 
 
 def needs_chunks(pool_size: int, config: dict) -> bool:
@@ -237,69 +229,52 @@ def run_clustering(clustering_id: int) -> str:
     report = lambda **progress: set_progress(PoolClustering, clustering_id, **progress)  # noqa: E731
     with holding_lease(PoolClustering, clustering_id, attempt):
         try:
-            if needs_chunks(len(pool), config):  # many workers encode the pool; the last chunk's task stores it
-                return _encode_in_chunks(clustering_id, attempt, config, channel, image_ids, hashes, reference, report)
-            result = compute_clustering(config, load_cells(hashes, channel), reference, report)
+            if needs_chunks(len(pool), config):  # every worker on the queue helps encode the pool
+                result = _cluster_in_chunks(clustering_id, attempt, config, channel, hashes, reference, report)
+            else:
+                result = compute_clustering(config, load_cells(hashes, channel), reference, report)
         except Exception as error:
             log.exception("clustering %s failed", clustering_id)
             mark_failed(PoolClustering, clustering_id, attempt, error)
             send_waiting_rounds(clustering_id)
             return "failed"
+        finally:
+            remove_job_folders(PoolClustering, clustering_id, attempt)
         return _store(clustering_id, attempt, image_ids, result)
 
 
-def _encode_in_chunks(
-    clustering_id: int,
-    attempt: int,
-    config: dict,
-    channel: str,
-    image_ids: list[int],
-    hashes: list[str],
-    reference: np.ndarray,
-    report,
-) -> str:
-    """In the clustering task: train on the sample, then hand the pool's encoding to the chunk tasks."""
+def _cluster_in_chunks(
+    clustering_id: int, attempt: int, config: dict, channel: str, hashes: list[str], reference: np.ndarray, report
+) -> dict:
+    """compute_clustering with the pool's encoding mapped over chunks (worker.jobs.map_chunks)."""
     sample = training_sample(len(hashes), config)
     model, _, centroids, training = train_clustering(config, load_cells([hashes[i] for i in sample], channel), report)
     folder = job_folder(PoolClustering, clustering_id, attempt)
     folder.mkdir(parents=True, exist_ok=True)
-    write_atomically(folder / "model.pt", model_bytes(config, model))
-    job = EncodingJob(
-        config, channel, image_ids, hashes, reference, centroids, training, _pool_chunks(len(hashes), config), time.time()
+    model_file = model_bytes(config, model)
+    write_atomically(folder / "model.pt", model_file)
+    chunks = _pool_chunks(len(hashes), config)
+    started = time.perf_counter()
+    parts = map_chunks(
+        PoolClustering,
+        clustering_id,
+        attempt,
+        EncodingJob(config, channel, hashes, chunks),
+        Task.ENCODE_CHUNK,
+        _encoded_chunk,
+        phase="encoding",
+        pool=len(hashes),
     )
-    send_chunks(PoolClustering, clustering_id, attempt, job, Task.ENCODE_CHUNK, phase="encoding", pool=len(hashes))
-    return "encoding in chunks"
+    encode_s = time.perf_counter() - started
+    report(phase="assigning")
+    latent = np.concatenate([part["latent"] for part in parts])
+    result = assign_clusters(config, latent, centroids, training, reference)
+    result["metrics"]["chunks"] = {**chunks_summary(chunks, parts), "encode_s": encode_s}
+    return {**result, "model": model_file}
 
 
 def encode_chunk(clustering_id: int, attempt: int, index: int) -> str:
-    return compute_chunk(PoolClustering, clustering_id, attempt, index, "encoding", _encoded_chunk, Task.MERGE_CLUSTERING)
-
-
-def merge_clustering(clustering_id: int, attempt: int) -> str:
-    if not take_up(PoolClustering, clustering_id, attempt):
-        return "dropped"
-    with holding_lease(PoolClustering, clustering_id, attempt):
-        folder = job_folder(PoolClustering, clustering_id, attempt)
-        try:
-            job = read_job(folder)
-            started = time.perf_counter()
-            parts = [dict(np.load(chunk_path(folder, index))) for index in range(len(job.chunks))]
-            latent = np.concatenate([part["latent"] for part in parts])
-            result = assign_clusters(job.config, latent, job.centroids, job.training, job.reference)
-            result["model"] = (folder / "model.pt").read_bytes()
-            result["metrics"]["chunks"] = {
-                **chunks_summary(job.chunks, parts),
-                "merge_s": time.perf_counter() - started,
-                "encode_s": time.time() - job.dispatched_at,
-            }
-        except Exception as error:
-            log.exception("merging the encoded chunks of clustering %s failed", clustering_id)
-            mark_failed(PoolClustering, clustering_id, attempt, error)
-            send_waiting_rounds(clustering_id)
-            return "failed"
-        stored = _store(clustering_id, attempt, job.image_ids, result)
-    remove_job_folders(PoolClustering, clustering_id, attempt)
-    return stored
+    return compute_chunk(PoolClustering, clustering_id, attempt, index, _encoded_chunk)
 
 
 def _encoded_chunk(job: EncodingJob, folder: Path, index: int) -> bytes:

@@ -4,13 +4,16 @@ sessions of their own. A worker claims a queued job and holds its lease while it
 the API's sweeper queues again a running job whose lease ran out (backend.core.outbox).
 
 A job too large for one worker (a round scoring a large pool: worker.chunks; a clustering
-encoding one: worker.clustering) is split into chunk tasks that any worker takes, and a merge
-task that the chunk completing the set sends. What they share lives in the job's folder under
-the data dir, one per attempt (`job_folder`): the job's inputs, written by the job's task, and
-one file per chunk, written atomically, so that a file that exists is the chunk's result. No
-Celery result backend is needed: the job row, locked while a chunk's completion is counted,
-decides who sends the merge. A redelivered chunk finds its file and only counts again; a chunk
-or merge of an older attempt of the job (it was rerun) is dropped by `take_up`."""
+encoding one: worker.clustering) maps its per-cell work over chunks of the pool with
+`map_chunks`, an executor the job's own task runs: it sends one chunk task per chunk so that
+idle workers help, computes chunks itself too, and returns when every chunk is done. No worker
+waits idle and nothing deadlocks: with no other worker free, the job's task computes every chunk.
+What they share lives in the job's folder under the data dir, one per attempt (`job_folder`):
+the job's inputs, written by the job's task, a claim file per chunk (whoever creates it first
+computes the chunk, and touches it while it does) and the chunk's result, written atomically,
+so that a file that exists is complete. No Celery result backend is needed. A chunk whose
+claimant died (its claim not touched for a lease) is computed by the job's task; a chunk task
+of an older attempt of the job (it was rerun) or of a finished one is dropped by `take_up`."""
 
 import contextlib
 import logging
@@ -114,10 +117,8 @@ def mark_failed(model, row_id: int, attempt: int, error: Exception) -> None:
 
 
 def take_up(model, row_id: int, attempt: int) -> bool:
-    """In a chunk or merge task: whether this attempt of the job is still running; if so its
-    lease is renewed now. Chunks are often shorter than the quarter lease after which
-    holding_lease first renews, and between the job's task and the merge no one else holds the
-    lease: without this a job computed by one worker in many short chunks would be requeued."""
+    """In a chunk task: whether this attempt of the job is still running; if so its lease is
+    renewed now, so that a job whose task is busy in one long chunk is not requeued."""
     with new_session() as session:
         renewed = session.execute(
             update(model)
@@ -129,70 +130,102 @@ def take_up(model, row_id: int, attempt: int) -> bool:
         return renewed == 1
 
 
-def count_completion(model, row_id: int, attempt: int, n_chunks: int, phase: str) -> bool:
-    """Counts the chunk files with the job row locked; True for the one call that finds the set
-    complete (it sends the merge). The row's progress (in `phase`, the chunks' phase) says how
-    many chunks are done, and becomes "merging" with the last."""
-    folder = job_folder(model, row_id, attempt)
-    with new_session() as session:
-        # an UPDATE first: it takes the row lock on PostgreSQL and the write lock on SQLite
-        # before anything is read, so two chunks finishing at once are counted one after the other
-        session.execute(update(model).where(model.id == row_id).values(attempts=model.attempts))
-        row = session.get(model, row_id)
-        if row.state != "running" or row.attempts != attempt or row.progress.get("phase") != phase:
-            session.rollback()
-            return False
-        done = sum(chunk_path(folder, index).exists() for index in range(n_chunks))
-        complete = done == n_chunks
-        row.progress = {**row.progress, "chunks_done": done, **({"phase": "merging"} if complete else {})}
-        session.commit()
-        return complete
-
-
 def job_folder(model, row_id: int, attempt: int) -> Path:
     return get_settings().data_dir / "chunks" / f"{model.__tablename__}-{row_id}" / f"attempt-{attempt}"
 
 
-def send_chunks(model, row_id: int, attempt: int, job, chunk_task: str, **progress) -> None:
-    """In the job's task: writes `job` (what the chunk and merge tasks share; its `chunks` are
-    the [start, stop) of each) to the job's folder, sets the row's progress to the chunks'
-    phase (`progress`, with a "phase") and sends `chunk_task(row_id, attempt, index)` for each
-    chunk. Files the chunks need beside the job are written to job_folder before this."""
+ChunkWork = Callable[[object, Path, int], bytes]  # (job, its folder, chunk index) -> the chunk's file (chunk_file)
+POLL_SECONDS = 0.2  # how often the job's task looks for the chunks others compute
+
+
+def map_chunks(model, row_id: int, attempt: int, job, chunk_task: str, work: ChunkWork, **progress) -> list[dict]:
+    """The executor of a job's chunks, run by the job's task while it holds the job's lease:
+    writes `job` (what the chunk tasks need; its `chunks` are the [start, stop) of each) to the
+    job's folder, sends `chunk_task(row_id, attempt, index)` for each chunk, computes with
+    `work` every chunk no one has claimed, waits for the others, and gives back every chunk's
+    arrays in chunk order. The row's progress (`progress`, with a "phase") counts the chunks
+    done. Files the chunks need beside the job are written to job_folder before this."""
     from worker.celery_app import celery_app
 
     folder = job_folder(model, row_id, attempt)
     folder.mkdir(parents=True, exist_ok=True)
     write_atomically(folder / "job.pkl", pickle.dumps(job))
-    set_progress(model, row_id, **progress, chunks_done=0, chunks=len(job.chunks))
-    for index in range(len(job.chunks)):
+    n_chunks = len(job.chunks)
+    set_progress(model, row_id, **progress, chunks_done=0, chunks=n_chunks)
+    for index in range(n_chunks):
         celery_app.send_task(chunk_task, args=[row_id, attempt, index], queue=get_settings().queue)
+    reported = 0
+    while True:
+        for index in range(n_chunks):
+            if not chunk_path(folder, index).exists() and (claim_chunk(folder, index) or _take_over(folder, index)):
+                _compute(job, folder, index, work)
+        done = sum(chunk_path(folder, index).exists() for index in range(n_chunks))
+        if done != reported:
+            set_progress(model, row_id, **progress, chunks_done=done, chunks=n_chunks)
+            reported = done
+        if done == n_chunks:
+            return [dict(np.load(chunk_path(folder, index))) for index in range(n_chunks)]
+        time.sleep(POLL_SECONDS)
 
 
-def compute_chunk(
-    model, row_id: int, attempt: int, index: int, phase: str, compute: Callable[[object, Path, int], bytes], merge_task: str
-) -> str:
-    """A chunk task: unless the attempt is over or the chunk's file exists (a redelivery),
-    `compute(job, folder, index)` gives the chunk's file (chunk_file), written while the job's
-    lease is held; then the chunk is counted and the count that completes the set sends
-    `merge_task(row_id, attempt)`."""
-    from worker.celery_app import celery_app
-
+def compute_chunk(model, row_id: int, attempt: int, index: int, work: ChunkWork) -> str:
+    """A chunk task: unless the attempt is over, the chunk is done or someone (the job's task,
+    a redelivery of this message) has claimed it, computes it while the job's lease is held."""
     if not take_up(model, row_id, attempt):
         return "dropped"
     folder = job_folder(model, row_id, attempt)
-    path = chunk_path(folder, index)
     try:
-        job = read_job(folder)
-        if not path.exists():
-            with holding_lease(model, row_id, attempt):  # the job is being worked on: no one requeues it
-                write_atomically(path, compute(job, folder, index))
+        if chunk_path(folder, index).exists() or not claim_chunk(folder, index):
+            return "claimed elsewhere"
+        with holding_lease(model, row_id, attempt):
+            _compute(read_job(folder), folder, index, work)
+    except FileNotFoundError:  # the job finished (its folder is removed) while this task started
+        return "dropped"
     except Exception as error:
         log.exception("chunk %s of %s %s failed", index, model.__name__, row_id)
         mark_failed(model, row_id, attempt, error)
         return "failed"
-    if count_completion(model, row_id, attempt, len(job.chunks), phase):
-        celery_app.send_task(merge_task, args=[row_id, attempt], queue=get_settings().queue)
     return "done"
+
+
+def claim_chunk(folder: Path, index: int) -> bool:
+    """True for the one caller that creates the chunk's claim file (atomic on a shared filesystem)."""
+    try:
+        os.close(os.open(claim_path(folder, index), os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return False
+    return True
+
+
+def _take_over(folder: Path, index: int) -> bool:
+    """A claim not touched for a whole lease is a dead worker's: the job's task computes the chunk."""
+    claim = claim_path(folder, index)
+    try:
+        stale = time.time() - claim.stat().st_mtime > get_settings().job_lease_seconds
+    except FileNotFoundError:
+        return False
+    if stale:
+        log.warning("chunk %s of %s: its claimant stopped; computing it here", index, folder)
+        claim.touch()
+    return stale
+
+
+def _compute(job, folder: Path, index: int, work: ChunkWork) -> None:
+    """Computes a claimed chunk, touching its claim every quarter lease so no one takes it over."""
+    claim, stop = claim_path(folder, index), threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(get_settings().job_lease_seconds / 4):
+            with contextlib.suppress(OSError):
+                claim.touch()
+
+    beating = threading.Thread(target=beat, name=f"chunk-{index}-claim", daemon=True)
+    beating.start()
+    try:
+        write_atomically(chunk_path(folder, index), work(job, folder, index))
+    finally:
+        stop.set()
+        beating.join()
 
 
 def read_job(folder: Path):
@@ -201,6 +234,10 @@ def read_job(folder: Path):
 
 def chunk_path(folder: Path, index: int) -> Path:
     return folder / f"chunk-{index}.npz"
+
+
+def claim_path(folder: Path, index: int) -> Path:
+    return folder / f"chunk-{index}.claim"
 
 
 def chunk_file(arrays: dict, started: float) -> bytes:

@@ -1,14 +1,15 @@
 """A round as a worker runs it, from the message to the stored result: claim the round, gather
-its inputs, compute it in one pass (worker.rounds) or have its pool scored in chunks by every
-worker (worker.chunks), and store it, all while holding the round's lease (worker.jobs)."""
+its inputs, compute it (worker.rounds), its pool scored in this process or, for a large pool,
+in chunks by every worker on the queue (worker.chunks), and store it, all while holding the
+round's lease (worker.jobs)."""
 
 import logging
 
 from backend.core.db.models import Round
 from backend.core.db.session import new_session
-from worker.chunks import needs_chunks, score_in_chunks
-from worker.jobs import claim, holding_lease, mark_failed, set_progress
-from worker.rounds import compute_round, diagnose_previous_batch, gather_round, store_round
+from worker.chunks import ChunkedScoring, needs_chunks
+from worker.jobs import claim, holding_lease, mark_failed, remove_job_folders, set_progress
+from worker.rounds import compute_round, diagnose_previous_batch, gather_round, score_in_process, store_round
 
 log = logging.getLogger(__name__)
 
@@ -20,14 +21,21 @@ def run_round(round_id: int) -> str:
             return "skipped"
         diagnose_previous_batch(session, round_)
         inputs = gather_round(session, round_)
-    with holding_lease(Round, round_id, round_.attempts):
+    attempt = round_.attempts
+    chunked = ChunkedScoring(round_id, attempt) if needs_chunks(inputs) else None
+    with holding_lease(Round, round_id, attempt):
         try:
-            if needs_chunks(inputs):  # many workers score the pool; the last chunk's task stores the round
-                return score_in_chunks(round_id, round_.attempts, inputs)
-            result = compute_round(inputs, lambda **progress: set_progress(Round, round_id, **progress))
+            result = compute_round(
+                inputs, lambda **progress: set_progress(Round, round_id, **progress), chunked or score_in_process
+            )
+            if chunked is not None:
+                result.summary["chunks"] = chunked.summary
         except Exception as error:
             log.exception("round %s failed", round_id)
-            mark_failed(Round, round_id, round_.attempts, error)
+            mark_failed(Round, round_id, attempt, error)
             return "failed"
+        finally:
+            if chunked is not None:
+                remove_job_folders(Round, round_id, attempt)
         store_round(round_id, inputs, result)
     return "done"

@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 from sqlalchemy import exists, func, select
@@ -230,30 +231,42 @@ def _model_for(inputs: RoundInputs, device):
     return model.to(device)
 
 
-def compute_round(inputs: RoundInputs, report: Callable[..., None] = lambda **progress: None) -> RoundResult:
-    """The heavy part: train, evaluate, rank. No database; `report(**progress)` is told the phase.
-    (worker.chunks runs the same phases with the pool's outputs computed by many workers.)"""
+# The executor of a round's pool scoring: (selector model, inputs, device) -> the pool's
+# per-cell outputs (worker.ml.strategies.PoolOutputs). `score_in_process` in one pass here;
+# worker.chunks.ChunkedScoring with every worker on the queue.
+PoolScorer = Callable[[Any, RoundInputs, Any], Any]
+
+
+def score_in_process(model, inputs: RoundInputs, device):
     from worker.ml.strategies import compute_pool_outputs
+
+    return compute_pool_outputs(
+        model,
+        load_cells(inputs.pool_hashes, inputs.channel),
+        inputs.strategy,
+        inputs.strategy_options,
+        device,
+        scoring_batch_size(inputs),
+        precision(inputs),
+    )
+
+
+def compute_round(
+    inputs: RoundInputs,
+    report: Callable[..., None] = lambda **progress: None,
+    score_pool: PoolScorer = score_in_process,
+) -> RoundResult:
+    """The heavy part: train, evaluate, score the pool with `score_pool`, rank. No database;
+    `report(**progress)` is told the phase."""
     from worker.ml.training import resolve_device
 
     device = resolve_device(get_settings().device)
-    model, labeled, result = train_and_evaluate(inputs, device, report)
+    model, labeled, result = _train_and_evaluate(inputs, device, report)
     if inputs.batch_size > 0:
         report(phase="scoring", pool=len(inputs.pool_ids))
         started = time.perf_counter()
         selector = model if model is not None else _cold_start_model(inputs, device)
-        outputs = None
-        if selector is not None:
-            pool = load_cells(inputs.pool_hashes, inputs.channel)
-            outputs = compute_pool_outputs(
-                selector,
-                pool,
-                inputs.strategy,
-                inputs.strategy_options,
-                device,
-                scoring_batch_size(inputs),
-                precision(inputs),
-            )
+        outputs = score_pool(selector, inputs, device) if selector is not None else None
         select_batch(inputs, selector, device, labeled, outputs, result, report, started)
     return result
 
@@ -276,7 +289,7 @@ def scoring_batch_size(inputs: RoundInputs) -> int:
     return inputs.model_settings.get("batch_size", 128)
 
 
-def train_and_evaluate(inputs: RoundInputs, device, report: Callable[..., None]):
+def _train_and_evaluate(inputs: RoundInputs, device, report: Callable[..., None]):
     """(model or None for round 0, the labeled cells, the result so far): fine-tune on every
     label from the parent checkpoint, then score the test split."""
     from worker.ml.metrics import classification_metrics

@@ -23,10 +23,3 @@ def encode_chunk(clustering_id: int, attempt: int, index: int) -> str:
     from worker.clustering import encode_chunk as encode
 
     return encode(clustering_id, attempt, index)
-
-
-@celery_app.task(name=Task.MERGE_CLUSTERING)
-def merge_clustering(clustering_id: int, attempt: int) -> str:
-    from worker.clustering import merge_clustering as merge
-
-    return merge(clustering_id, attempt)

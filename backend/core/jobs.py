@@ -23,9 +23,7 @@ class Task(StrEnum):
     RUN_ROUND = "xal.run_round"
     CLUSTER_POOL = "xal.cluster_pool"
     SCORE_CHUNK = "xal.score_chunk"
-    MERGE_CHUNKS = "xal.merge_chunks"
     ENCODE_CHUNK = "xal.encode_chunk"
-    MERGE_CLUSTERING = "xal.merge_clustering"
 
 
 class ClusteringConfig(BaseModel):

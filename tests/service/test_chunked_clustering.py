@@ -88,7 +88,7 @@ def test_a_pool_encoded_in_chunks_on_two_workers_is_clustered_as_in_one_pass(
     expected = {name: value for name, value in one_pass["metrics"].items() if name != "seconds"}
     assert {name: value for name, value in chunked.items() if name not in ("seconds", "chunks")} == expected
 
-    # A chunk delivered again after the merge changes nothing, and the job's files are gone.
+    # A chunk delivered again after the clustering was stored changes nothing, and the job's files are gone.
     assert encode_chunk(clustering["id"], attempt, 0) == "dropped"
     assert client.get(url, headers=admin_headers).json()["clustering"]["metrics"] == chunked
     assert not job_folder(PoolClustering, clustering["id"], attempt).parent.exists()

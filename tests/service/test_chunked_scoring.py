@@ -82,7 +82,7 @@ def test_chunks_on_two_workers_pick_what_one_pass_picks(app_client, admin_header
         assert details["predicted"] == expected["predicted"]
     assert chunked["selection_summary"]["pool_expected_error"] == pytest.approx(reference.summary["pool_expected_error"])
 
-    # A chunk delivered again after the merge changes nothing.
+    # A chunk delivered again after the round was stored changes nothing.
     from worker.chunks import score_chunk
 
     assert score_chunk(round_id, attempt, 0) == "dropped"
@@ -148,15 +148,20 @@ def _round_row(round_id: int):
         return session.get(Round, round_id)
 
 
-def test_a_chunk_delivered_twice_is_counted_once_and_the_merge_is_sent_once(
+def test_the_rounds_task_computes_unclaimed_chunks_takes_over_a_dead_claimants_and_waits_for_a_live_ones(
     app_client, admin_headers, private_queue, i3a_dir, i3a_rows
 ):
-    """The tasks run here, in this process, in an order a broker may deliver them: chunk 0
-    twice before the others, the last chunk twice after the set is complete, the merge twice."""
+    """The round's task, run here with no worker on the queue, is the executor of its chunks:
+    chunk 0 it claims and computes itself; chunk 1 was claimed by a worker that died (a claim
+    not touched for a lease), so it computes it too; chunk 2's claimant is alive (a thread here,
+    touching its claim and writing the chunk after a while), so it waits for it. Chunk tasks
+    delivered afterwards, or of another attempt, change nothing."""
+    import threading
+
     from backend.core.db.models import Round
     from backend.core.settings import get_settings
-    from worker.chunks import merge_chunks, score_chunk
-    from worker.jobs import job_folder, mark_failed
+    from worker.chunks import _chunk_outputs, score_chunk
+    from worker.jobs import chunk_path, claim_path, job_folder, read_job, write_atomically
     from worker.round_job import run_round
 
     os.environ["XAL_SCORING_CHUNK_SIZE"] = str(CHUNK_SIZE)
@@ -166,34 +171,40 @@ def test_a_chunk_delivered_twice_is_counted_once_and_the_merge_is_sent_once(
             app_client, admin_headers, i3a_dir, i3a_rows, offset=230, run_round_0=run_round
         )
         round_id = _round_id(project["id"], 1)
-        assert run_round(round_id) == "scoring in chunks"
-        round_ = _round_row(round_id)
-        attempt = round_.attempts
-        assert round_.state == "running" and round_.progress == {
-            "phase": "scoring",
-            "pool": 90,
-            "chunks_done": 0,
-            "chunks": 3,
-        }
+        attempt = _round_row(round_id).attempts + 1  # the attempt run_round will claim
+        folder = job_folder(Round, round_id, attempt)
+        folder.mkdir(parents=True)
+        lease = get_settings().job_lease_seconds
+        claim_path(folder, 1).touch()
+        os.utime(claim_path(folder, 1), (time.time() - 2 * lease, time.time() - 2 * lease))
+        claim_path(folder, 2).touch()
+        progress_seen = []
 
-        assert score_chunk(round_id, attempt, 0) == "done"
-        assert score_chunk(round_id, attempt, 0) == "done"
-        assert _round_row(round_id).progress["chunks_done"] == 1
-        assert score_chunk(round_id, attempt + 1, 1) == "dropped"  # a message of another attempt
-        mark_failed(Round, round_id, attempt - 1, RuntimeError("a worker of an earlier attempt"))  # fails nothing
-        assert _round_row(round_id).state == "running"
-        assert score_chunk(round_id, attempt, 1) == "done"
-        assert score_chunk(round_id, attempt, 2) == "done"
-        assert _round_row(round_id).progress == {"phase": "merging", "pool": 90, "chunks_done": 3, "chunks": 3}
-        assert score_chunk(round_id, attempt, 2) == "done"  # counted again: no second merge
-        assert _round_row(round_id).progress["phase"] == "merging"
+        def live_claimant():
+            job_file = folder / "job.pkl"
+            while not job_file.exists():
+                time.sleep(0.05)
+            time.sleep(0.5)  # the job's task is computing chunks 0 and 1 meanwhile
+            claim_path(folder, 2).touch()
+            progress_seen.append(_round_row(round_id).progress)
+            write_atomically(chunk_path(folder, 2), _chunk_outputs(read_job(folder), folder, 2))
 
-        assert merge_chunks(round_id, attempt) == "done"
-        assert merge_chunks(round_id, attempt) == "dropped"
+        claimant = threading.Thread(target=live_claimant)
+        claimant.start()
+        assert run_round(round_id) == "done"
+        claimant.join()
+
         round_ = _round_row(round_id)
         assert round_.state == "done" and round_.n_selected == 10 and round_.attempts == attempt
-        assert round_.selection_summary["chunks"]["n"] == 3
+        chunks = round_.selection_summary["chunks"]
+        assert chunks["n"] == 3 and chunks["workers"] == 1  # one process: the task and the thread
+        assert progress_seen[0]["phase"] == "scoring" and progress_seen[0]["chunks"] == 3
         assert not job_folder(Round, round_id, attempt).parent.exists()  # the job's files are removed
+
+        for index in range(3):  # delivered after the round was stored: dropped
+            assert score_chunk(round_id, attempt, index) == "dropped"
+        assert score_chunk(round_id, attempt + 1, 0) == "dropped"  # a message of another attempt
+        assert _round_row(round_id).n_selected == 10
     finally:
         del os.environ["XAL_SCORING_CHUNK_SIZE"]
         get_settings.cache_clear()
