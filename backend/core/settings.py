@@ -17,8 +17,9 @@ class Settings(BaseSettings):
 
     data_dir: Path = Path("xal-data")
     database_url: str | None = None  # default: sqlite:///<data_dir>/xal.db
-    # PostgreSQL connections per process: pool, and more opened while the pool is busy; keep
-    # processes x (pool + overflow) under the server's max_connections
+    # PostgreSQL connections per process: pool, and more opened while the pool is busy, plus a
+    # pool of database_pool_size for the labeling hot path (no overflow: backend.core.db.session);
+    # keep processes x (2 x pool + overflow) under the server's max_connections
     database_pool_size: int = 10
     database_max_overflow: int = 20
     broker_url: str | None = None  # default: filesystem:// under <data_dir>/broker

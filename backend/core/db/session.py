@@ -61,12 +61,16 @@ def get_async_engine() -> AsyncEngine:
 def _async_engine_for(url: str, _loop: asyncio.AbstractEventLoop) -> AsyncEngine:
     # an asyncpg connection belongs to the event loop that opened it: uvicorn runs one loop per
     # process for its lifetime, a TestClient one per client context
-    settings = get_settings()
+    # A fixed pool, no overflow: the hot path's statements take about a millisecond, so a burst
+    # of requests waits a moment for a pooled connection (an await, free) instead of opening one
+    # that the pool closes again on return, each a new server process, a login and statements
+    # prepared again: in one load run slowed by a profiler, 50 annotators made the overflow open
+    # 210 connections in 25 s (bench/README.md, "The labeling hot path").
     driver, rest = url.split("://", 1)
     return create_async_engine(
         f"postgresql+asyncpg://{rest}" if driver.startswith("postgresql") else url,
         isolation_level="AUTOCOMMIT",
-        pool_size=settings.database_pool_size,
-        max_overflow=settings.database_max_overflow,
+        pool_size=get_settings().database_pool_size,
+        max_overflow=0,
         connect_args={"timeout": 5},
     )
