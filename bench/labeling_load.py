@@ -33,6 +33,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -44,6 +45,7 @@ import psycopg
 from cpu_speed import python_loop_us
 
 ROOT = Path(__file__).resolve().parents[1]
+GC_TRACE_HOOK = Path(__file__).resolve().parent / "gc_trace"  # its sitecustomize times the API's collections
 sys.path.insert(0, str(ROOT))
 from backend.testing import POSTGRES_ADMIN_URL, api_is_up, stop, throwaway_service, wait_for  # noqa: E402
 
@@ -104,15 +106,20 @@ def _measure(args, database: str) -> list[dict]:
     for n_workers, labels_before, rate, repeat, code in plan:
         project_id = _project_in_progress(args.pool, labels_before, annotators)
         _analyze(database)
-        server = _start_server(code, n_workers, args.port, args.loop, args.http)
+        gc_trace = Path(tempfile.mkstemp(prefix="xal-gc-")[1])
+        server = _start_server(code, n_workers, args.port, args.loop, args.http, gc_trace)
         try:
             with httpx.Client(base_url=base_url, timeout=60) as client:
                 wait_for(lambda: api_is_up(client), 120, message="the API")
             load_before, cpu_speed = os.getloadavg(), python_loop_us()
             with CpuMeter(server, database) as cpu:
+                load_started = time.time()
                 run = asyncio.run(_load(base_url, project_id, annotators, args.duration, rate))
+                load_ended = time.time()
         finally:
             stop(server)
+        run["gc_pauses"] = _gc_pauses(gc_trace, load_started, load_ended)
+        gc_trace.unlink()
         per_label = {k: round(v * 1000 / max(run["labels"], 1), 2) for k, v in cpu.seconds.items()}
         run.update(
             code=codes[code],
@@ -142,7 +149,20 @@ def _describe(path: str) -> str:
     return described.stdout.strip() or path
 
 
-def _start_server(code: str, workers: int, port: int, loop: str, http: str) -> subprocess.Popen:
+def _gc_pauses(trace: Path, started: float, ended: float) -> dict:
+    """The API's garbage collections during the load (bench/gc_trace): a full one (generation
+    2) walks every object the process holds, and every request in flight waits it out."""
+    pauses = [line.split() for line in trace.read_text().splitlines()]
+    during = [(int(generation), float(ms)) for at, generation, ms in pauses if started <= float(at) <= ended]
+    full = [ms for generation, ms in during if generation == 2]
+    return {
+        "full_collections": len(full),
+        "longest_full_ms": max(full, default=0.0),
+        "longest_ms": max((ms for _, ms in during), default=0.0),
+    }
+
+
+def _start_server(code: str, workers: int, port: int, loop: str, http: str, gc_trace: Path) -> subprocess.Popen:
     return subprocess.Popen(
         [
             sys.executable,
@@ -165,7 +185,7 @@ def _start_server(code: str, workers: int, port: int, loop: str, http: str) -> s
             "--no-access-log",
         ],
         cwd=code,
-        env={**os.environ, "PYTHONPATH": code},
+        env={**os.environ, "PYTHONPATH": f"{code}{os.pathsep}{GC_TRACE_HOOK}", "XAL_GC_TRACE": str(gc_trace)},
     )
 
 
@@ -457,7 +477,7 @@ def _print_run(run: dict) -> None:
         f"errors {run['errors']}, empty queue {run['empty_queue']}, load {run['loadavg_before'][0]:.2f}, "
         f"python loop {run['python_loop_us']} us; "
         f"CPU ms per label: {run['cpu_ms_per_label']} (API + PostgreSQL {run['api_plus_pg_cpu_ms_per_label']}), "
-        f"database connections: {run['database_connections']}",
+        f"database connections: {run['database_connections']}, garbage collections: {run['gc_pauses']}",
         flush=True,
     )
     for kind, count in run["error_kinds"].items():
@@ -491,6 +511,8 @@ def _summary(runs: list[dict]) -> dict:
                 for route in ("next", "submit")
                 for q in ("p50", "p99")
             },
+            "gc_full_collections": spread([r["gc_pauses"]["full_collections"] for r in mine]),
+            "gc_longest_ms": spread([r["gc_pauses"]["longest_ms"] for r in mine]),
         }
         name = f"{code}, {n_workers} workers, {labels_before} labels before, rate {rate or 'max'}"
         by_setting[name] = entry
@@ -501,7 +523,9 @@ def _summary(runs: list[dict]) -> dict:
             f"p99 {_fmt(entry['submit_p99_ms'])} ms; CPU ms per label: API + PostgreSQL "
             f"{_fmt(entry['api_plus_pg_cpu_ms_per_label'])}, API {_fmt(entry['cpu_ms_per_label_api'])}, "
             f"database {_fmt(entry['cpu_ms_per_label_database'])}, "
-            f"load generator {_fmt(entry['cpu_ms_per_label_load_generator'])}"
+            f"load generator {_fmt(entry['cpu_ms_per_label_load_generator'])}; "
+            f"the API's full garbage collections {_fmt(entry['gc_full_collections'])}, "
+            f"longest collection {_fmt(entry['gc_longest_ms'])} ms"
         )
     return {"by_setting": by_setting, "lines": lines}
 
