@@ -136,6 +136,11 @@ def job_folder(model, row_id: int, attempt: int) -> Path:
 
 ChunkWork = Callable[[object, Path, int], bytes]  # (job, its folder, chunk index) -> the chunk's file (chunk_file)
 POLL_SECONDS = 0.2  # how often the job's task looks for the chunks others compute
+STATE_CHECK_SECONDS = 5.0  # how often, while it waits, it checks that its attempt still runs
+
+
+class AttemptEnded(RuntimeError):
+    """The job's attempt was failed (by a chunk), cancelled or queued again while it waited."""
 
 
 def map_chunks(model, row_id: int, attempt: int, job, chunk_task: str, work: ChunkWork, **progress) -> list[dict]:
@@ -154,7 +159,7 @@ def map_chunks(model, row_id: int, attempt: int, job, chunk_task: str, work: Chu
     set_progress(model, row_id, **progress, chunks_done=0, chunks=n_chunks)
     for index in range(n_chunks):
         celery_app.send_task(chunk_task, args=[row_id, attempt, index], queue=get_settings().queue)
-    reported = 0
+    reported, checked = 0, time.monotonic()
     while True:
         for index in range(n_chunks):
             if not chunk_path(folder, index).exists() and (claim_chunk(folder, index) or _take_over(folder, index)):
@@ -165,7 +170,17 @@ def map_chunks(model, row_id: int, attempt: int, job, chunk_task: str, work: Chu
             reported = done
         if done == n_chunks:
             return [dict(np.load(chunk_path(folder, index))) for index in range(n_chunks)]
+        if time.monotonic() - checked > STATE_CHECK_SECONDS:
+            if not _still_running(model, row_id, attempt):
+                raise AttemptEnded(f"{model.__name__} {row_id} attempt {attempt} ended while its chunks were computed")
+            checked = time.monotonic()
         time.sleep(POLL_SECONDS)
+
+
+def _still_running(model, row_id: int, attempt: int) -> bool:
+    with new_session() as session:
+        row = session.get(model, row_id)
+        return row is not None and row.state == JobState.RUNNING and row.attempts == attempt
 
 
 def compute_chunk(model, row_id: int, attempt: int, index: int, work: ChunkWork) -> str:

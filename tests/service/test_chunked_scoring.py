@@ -208,3 +208,47 @@ def test_the_rounds_task_computes_unclaimed_chunks_takes_over_a_dead_claimants_a
     finally:
         del os.environ["XAL_SCORING_CHUNK_SIZE"]
         get_settings.cache_clear()
+
+
+def test_a_chunk_that_fails_ends_the_wait_of_the_rounds_task(app_client, admin_headers, private_queue, i3a_dir, i3a_rows):
+    """Chunk 2's claimant (a thread here) fails the round, as a chunk task whose computation
+    raises does: the round's task stops waiting, stores nothing and leaves the chunk's error
+    on the round."""
+    import threading
+
+    from backend.core.db.models import Round
+    from backend.core.settings import get_settings
+    from worker.jobs import claim_path, job_folder, mark_failed
+    from worker.round_job import run_round
+
+    os.environ["XAL_SCORING_CHUNK_SIZE"] = str(CHUNK_SIZE)
+    get_settings.cache_clear()
+    try:
+        project = _project_with_a_labeled_first_batch(
+            app_client, admin_headers, i3a_dir, i3a_rows, offset=260, run_round_0=run_round
+        )
+        round_id = _round_id(project["id"], 1)
+        attempt = _round_row(round_id).attempts + 1
+        folder = job_folder(Round, round_id, attempt)
+        folder.mkdir(parents=True)
+        claim_path(folder, 2).touch()
+
+        def failing_claimant():
+            while not (folder / "job.pkl").exists():
+                time.sleep(0.05)
+            claim_path(folder, 2).touch()
+            mark_failed(Round, round_id, attempt, RuntimeError("chunk 2: out of memory"))
+
+        claimant = threading.Thread(target=failing_claimant)
+        claimant.start()
+        # without its state check the task would wait a lease, take chunk 2 over, answer "done"
+        assert run_round(round_id) == "failed"
+        claimant.join()
+
+        round_ = _round_row(round_id)
+        assert round_.state == "failed" and round_.error == "RuntimeError: chunk 2: out of memory"
+        assert round_.n_selected == 0
+        assert not job_folder(Round, round_id, attempt).parent.exists()
+    finally:
+        del os.environ["XAL_SCORING_CHUNK_SIZE"]
+        get_settings.cache_clear()
