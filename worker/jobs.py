@@ -190,12 +190,14 @@ def compute_chunk(model, row_id: int, attempt: int, index: int, work: ChunkWork)
         return "dropped"
     folder = job_folder(model, row_id, attempt)
     try:
+        job = read_job(folder)
         if chunk_path(folder, index).exists() or not claim_chunk(folder, index):
             return "claimed elsewhere"
-        with holding_lease(model, row_id, attempt):
-            _compute(read_job(folder), folder, index, work)
     except FileNotFoundError:  # the job finished (its folder is removed) while this task started
         return "dropped"
+    try:
+        with holding_lease(model, row_id, attempt):
+            _compute(job, folder, index, work)
     except Exception as error:
         log.exception("chunk %s of %s %s failed", index, model.__name__, row_id)
         mark_failed(model, row_id, attempt, error)
