@@ -9,7 +9,9 @@ copy made distinct by a PNG text chunk naming the copy, so its pixels are the sa
 400-cell test split, starts the workers (`xal worker`, torch threads = 2 / workers), starts the
 project (round 0: `--initial` random cells) and then, `--steps` times, labels the open step
 through the API (`queue/next` + `labels`, the ground truth as the annotator) and times how long
-after the step's last label the next round's first cell is served. Pools above
+after the step's last label the next round's first cell is served. With `--pace S` the annotator
+goes on labeling the previous round's reserve meanwhile, one cell every S seconds, and the
+round's `queue_empty_s` says how long the reserve did not cover the round. Pools above
 XAL_SCORING_CHUNK_SIZE are scored in chunks by all workers (worker/chunks.py).
 
 Prints one line per round and a table (median, min-max), and writes everything as JSON to
@@ -144,8 +146,13 @@ def _measure(pool_size, n_workers, args, rows, classes, env, workers) -> list[di
             cpu_speed = python_loop_us()
             cpu_before = sum(cpu_seconds(w.pid) for w in workers)
             last_label_at = _label_open_step(client, headers, project_id, truth)
-            round_ = wait_for_round(client, headers, project_id, number, timeout=3600, interval=0.2)
-            cell = client.post(f"/api/projects/{project_id}/queue/next", headers=headers).json()["cell"]
+            reserve_labeled = 0
+            if args.pace:  # the annotator goes on, on the previous round's reserve, at its pace
+                reserve_labeled, cell = _label_reserve(client, headers, project_id, truth, number, args.pace)
+                round_ = wait_for_round(client, headers, project_id, number, timeout=3600, interval=0.2)
+            else:
+                round_ = wait_for_round(client, headers, project_id, number, timeout=3600, interval=0.2)
+                cell = client.post(f"/api/projects/{project_id}/queue/next", headers=headers).json()["cell"]
             latency = time.perf_counter() - last_label_at
             assert cell is not None
             run = {
@@ -156,6 +163,9 @@ def _measure(pool_size, n_workers, args, rows, classes, env, workers) -> list[di
                 "labeled": round_["n_labels"],
                 "attempts": round_["attempts"],
                 "latency_s": latency,
+                "pace_s": args.pace,
+                "reserve_labeled": reserve_labeled,
+                "queue_empty_s": round_["queue_empty_s"],
                 "workers_cpu_s": sum(cpu_seconds(w.pid) for w in workers) - cpu_before,
                 "load_average": os.getloadavg()[0],
                 "python_loop_us": cpu_speed,
@@ -187,6 +197,28 @@ def _label_open_step(client, headers, project_id: int, truth: dict) -> float:
             return sent
 
 
+def _label_reserve(client, headers, project_id: int, truth: dict, number: int, pace: float) -> tuple[int, dict]:
+    """While round `number` is computed: one label every `pace` seconds on the reserve the queue
+    serves, and when it is used up, asking again every 0.2 s (the round's queue_empty_s counts
+    that wait). Returns the reserve cells labeled and the first cell of round `number`."""
+    labeled = 0
+    while True:
+        cell = client.post(f"/api/projects/{project_id}/queue/next", headers=headers).json()["cell"]
+        if cell is not None and cell["round"] == number:
+            return labeled, cell
+        if cell is None:
+            time.sleep(0.2)
+            continue
+        time.sleep(pace)
+        response = client.post(
+            f"/api/projects/{project_id}/labels",
+            headers=headers,
+            json={"image_id": cell["image_id"], "class_name": truth[cell["filename"]]},
+        )
+        assert response.status_code == 201, response.text
+        labeled += 1
+
+
 def main() -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stopped: still drop its database and workers
     parser = argparse.ArgumentParser()
@@ -196,6 +228,13 @@ def main() -> None:
     parser.add_argument("--initial", type=int, default=200, help="round 0's random cells: round 1 trains on these")
     parser.add_argument("--step", type=int, default=100)
     parser.add_argument("--strategy", default="entropy")
+    parser.add_argument(
+        "--pace",
+        type=float,
+        default=0.0,
+        help="seconds per label of an annotator who goes on labeling the reserve while the next round is "
+        "computed (0: stop at the step's last label); the round's queue_empty_s is the time the reserve did not cover",
+    )
     parser.add_argument("--max-epochs", type=int, default=10)
     parser.add_argument("--patience", type=int, default=3)
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
