@@ -2,8 +2,10 @@
 same scores as one unchunked pass over the same round inputs and the same trained model."""
 
 import os
+import threading
 import time
 import uuid
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -27,9 +29,8 @@ def test_chunks_on_two_workers_pick_what_one_pass_picks(app_client, admin_header
     from backend.core.blobs import get_blob_store
     from backend.core.db.models import ModelVersion, Project, Round, Selection
     from backend.core.db.session import new_session
-    from worker.ml.strategies import compute_pool_outputs
     from worker.ml.training import load_checkpoint
-    from worker.rounds import RoundResult, gather_round, load_cells, scoring_batch_size, select_batch
+    from worker.rounds import RoundResult, gather_round, load_cells, score_in_process, select_batch
 
     client = app_client
     project = _project_with_a_labeled_first_batch(client, admin_headers, i3a_dir, i3a_rows, offset=200)
@@ -52,14 +53,7 @@ def test_chunks_on_two_workers_pick_what_one_pass_picks(app_client, admin_header
     assert len(inputs.pool_ids) == 90
     model = load_checkpoint(get_blob_store().get(checkpoint))
     device = next(model.parameters()).device
-    outputs = compute_pool_outputs(
-        model,
-        load_cells(inputs.pool_hashes, inputs.channel),
-        inputs.strategy,
-        inputs.strategy_options,
-        device,
-        scoring_batch_size(inputs),
-    )
+    outputs = score_in_process(model, inputs, device)
     reference = RoundResult()
     select_batch(
         inputs,
@@ -148,107 +142,107 @@ def _round_row(round_id: int):
         return session.get(Round, round_id)
 
 
+@pytest.fixture
+def chunks_in_this_process(private_queue):
+    """Rounds run here (worker.round_job.run_round) score their pool in chunks of CHUNK_SIZE;
+    no worker listens on the queue, so the chunk tasks sent stay unread."""
+    from backend.core.settings import get_settings
+
+    os.environ["XAL_SCORING_CHUNK_SIZE"] = str(CHUNK_SIZE)
+    get_settings.cache_clear()
+    yield
+    del os.environ["XAL_SCORING_CHUNK_SIZE"]
+    get_settings.cache_clear()
+
+
+def _round_one_about_to_run(client, headers, i3a_dir, i3a_rows, offset: int) -> tuple[int, int, Path]:
+    """Round 1 of a project whose first batch is labeled, queued and not yet run: its id, the
+    attempt run_round will claim and that attempt's job folder, created empty."""
+    from backend.core.db.models import Round
+    from worker.jobs import job_folder
+    from worker.round_job import run_round
+
+    project = _project_with_a_labeled_first_batch(client, headers, i3a_dir, i3a_rows, offset, run_round_0=run_round)
+    round_id = _round_id(project["id"], 1)
+    attempt = _round_row(round_id).attempts + 1
+    folder = job_folder(Round, round_id, attempt)
+    folder.mkdir(parents=True)
+    return round_id, attempt, folder
+
+
 def test_the_rounds_task_computes_unclaimed_chunks_takes_over_a_dead_claimants_and_waits_for_a_live_ones(
-    app_client, admin_headers, private_queue, i3a_dir, i3a_rows
+    app_client, admin_headers, chunks_in_this_process, i3a_dir, i3a_rows
 ):
     """The round's task, run here with no worker on the queue, is the executor of its chunks:
     chunk 0 it claims and computes itself; chunk 1 was claimed by a worker that died (a claim
     not touched for a lease), so it computes it too; chunk 2's claimant is alive (a thread here,
     touching its claim and writing the chunk after a while), so it waits for it. Chunk tasks
     delivered afterwards, or of another attempt, change nothing."""
-    import threading
-
     from backend.core.db.models import Round
     from backend.core.settings import get_settings
     from worker.chunks import _chunk_outputs, score_chunk
     from worker.jobs import chunk_path, claim_path, job_folder, read_job, write_atomically
     from worker.round_job import run_round
 
-    os.environ["XAL_SCORING_CHUNK_SIZE"] = str(CHUNK_SIZE)
-    get_settings.cache_clear()
-    try:
-        project = _project_with_a_labeled_first_batch(
-            app_client, admin_headers, i3a_dir, i3a_rows, offset=230, run_round_0=run_round
-        )
-        round_id = _round_id(project["id"], 1)
-        attempt = _round_row(round_id).attempts + 1  # the attempt run_round will claim
-        folder = job_folder(Round, round_id, attempt)
-        folder.mkdir(parents=True)
-        lease = get_settings().job_lease_seconds
-        claim_path(folder, 1).touch()
-        os.utime(claim_path(folder, 1), (time.time() - 2 * lease, time.time() - 2 * lease))
+    round_id, attempt, folder = _round_one_about_to_run(app_client, admin_headers, i3a_dir, i3a_rows, offset=230)
+    long_ago = time.time() - 2 * get_settings().job_lease_seconds
+    claim_path(folder, 1).touch()
+    os.utime(claim_path(folder, 1), (long_ago, long_ago))
+    claim_path(folder, 2).touch()
+    progress_seen = []
+
+    def live_claimant():
+        while not (folder / "job.pkl").exists():
+            time.sleep(0.05)
+        time.sleep(0.5)  # the job's task is computing chunks 0 and 1 meanwhile
         claim_path(folder, 2).touch()
-        progress_seen = []
+        progress_seen.append(_round_row(round_id).progress)
+        write_atomically(chunk_path(folder, 2), _chunk_outputs(read_job(folder), folder, 2))
 
-        def live_claimant():
-            job_file = folder / "job.pkl"
-            while not job_file.exists():
-                time.sleep(0.05)
-            time.sleep(0.5)  # the job's task is computing chunks 0 and 1 meanwhile
-            claim_path(folder, 2).touch()
-            progress_seen.append(_round_row(round_id).progress)
-            write_atomically(chunk_path(folder, 2), _chunk_outputs(read_job(folder), folder, 2))
+    claimant = threading.Thread(target=live_claimant)
+    claimant.start()
+    assert run_round(round_id) == "done"
+    claimant.join()
 
-        claimant = threading.Thread(target=live_claimant)
-        claimant.start()
-        assert run_round(round_id) == "done"
-        claimant.join()
+    round_ = _round_row(round_id)
+    assert round_.state == "done" and round_.n_selected == 10 and round_.attempts == attempt
+    chunks = round_.selection_summary["chunks"]
+    assert chunks["n"] == 3 and chunks["workers"] == 1  # one process: the task and the thread
+    assert progress_seen[0]["phase"] == "scoring" and progress_seen[0]["chunks"] == 3
+    assert not job_folder(Round, round_id, attempt).parent.exists()  # the job's files are removed
 
-        round_ = _round_row(round_id)
-        assert round_.state == "done" and round_.n_selected == 10 and round_.attempts == attempt
-        chunks = round_.selection_summary["chunks"]
-        assert chunks["n"] == 3 and chunks["workers"] == 1  # one process: the task and the thread
-        assert progress_seen[0]["phase"] == "scoring" and progress_seen[0]["chunks"] == 3
-        assert not job_folder(Round, round_id, attempt).parent.exists()  # the job's files are removed
-
-        for index in range(3):  # delivered after the round was stored: dropped
-            assert score_chunk(round_id, attempt, index) == "dropped"
-        assert score_chunk(round_id, attempt + 1, 0) == "dropped"  # a message of another attempt
-        assert _round_row(round_id).n_selected == 10
-    finally:
-        del os.environ["XAL_SCORING_CHUNK_SIZE"]
-        get_settings.cache_clear()
+    for index in range(3):  # delivered after the round was stored: dropped
+        assert score_chunk(round_id, attempt, index) == "dropped"
+    assert score_chunk(round_id, attempt + 1, 0) == "dropped"  # a message of another attempt
+    assert _round_row(round_id).n_selected == 10
 
 
-def test_a_chunk_that_fails_ends_the_wait_of_the_rounds_task(app_client, admin_headers, private_queue, i3a_dir, i3a_rows):
+def test_a_chunk_that_fails_ends_the_wait_of_the_rounds_task(
+    app_client, admin_headers, chunks_in_this_process, i3a_dir, i3a_rows
+):
     """Chunk 2's claimant (a thread here) fails the round, as a chunk task whose computation
     raises does: the round's task stops waiting, stores nothing and leaves the chunk's error
     on the round."""
-    import threading
-
     from backend.core.db.models import Round
-    from backend.core.settings import get_settings
     from worker.jobs import claim_path, job_folder, mark_failed
     from worker.round_job import run_round
 
-    os.environ["XAL_SCORING_CHUNK_SIZE"] = str(CHUNK_SIZE)
-    get_settings.cache_clear()
-    try:
-        project = _project_with_a_labeled_first_batch(
-            app_client, admin_headers, i3a_dir, i3a_rows, offset=260, run_round_0=run_round
-        )
-        round_id = _round_id(project["id"], 1)
-        attempt = _round_row(round_id).attempts + 1
-        folder = job_folder(Round, round_id, attempt)
-        folder.mkdir(parents=True)
+    round_id, attempt, folder = _round_one_about_to_run(app_client, admin_headers, i3a_dir, i3a_rows, offset=260)
+    claim_path(folder, 2).touch()
+
+    def failing_claimant():
+        while not (folder / "job.pkl").exists():
+            time.sleep(0.05)
         claim_path(folder, 2).touch()
+        mark_failed(Round, round_id, attempt, RuntimeError("chunk 2: out of memory"))
 
-        def failing_claimant():
-            while not (folder / "job.pkl").exists():
-                time.sleep(0.05)
-            claim_path(folder, 2).touch()
-            mark_failed(Round, round_id, attempt, RuntimeError("chunk 2: out of memory"))
+    claimant = threading.Thread(target=failing_claimant)
+    claimant.start()
+    # without its state check the task would wait a lease, take chunk 2 over, answer "done"
+    assert run_round(round_id) == "failed"
+    claimant.join()
 
-        claimant = threading.Thread(target=failing_claimant)
-        claimant.start()
-        # without its state check the task would wait a lease, take chunk 2 over, answer "done"
-        assert run_round(round_id) == "failed"
-        claimant.join()
-
-        round_ = _round_row(round_id)
-        assert round_.state == "failed" and round_.error == "RuntimeError: chunk 2: out of memory"
-        assert round_.n_selected == 0
-        assert not job_folder(Round, round_id, attempt).parent.exists()
-    finally:
-        del os.environ["XAL_SCORING_CHUNK_SIZE"]
-        get_settings.cache_clear()
+    round_ = _round_row(round_id)
+    assert round_.state == "failed" and round_.error == "RuntimeError: chunk 2: out of memory"
+    assert round_.n_selected == 0
+    assert not job_folder(Round, round_id, attempt).parent.exists()
