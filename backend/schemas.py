@@ -60,8 +60,9 @@ class ProjectCreate(BaseModel):
     budget: int | None = Field(default=None, ge=1, description="B; default 20% of the pool")
     initial_size: int | None = Field(default=None, ge=1, description="k; default 15% of B")
     step_size: int | None = Field(default=None, ge=1, description="m; default 10% of B")
-    # random: the AL experiment (README, bench/results/al-i3a) found no strategy above it yet
-    strategy: str = "random"
+    # coverage-entropy: ahead of random sampling at 2, 5 and 10% of the pool from both pool-
+    # pretrained start models of the real-scale experiment (README, bench/results/al-i3a-full*)
+    strategy: str = "coverage-entropy"
     strategy_options: dict[str, Any] = Field(
         default_factory=dict, description="settings of the strategy, e.g. representation"
     )
