@@ -359,6 +359,19 @@ def read_off(record: dict, pct: float, pool_size: int) -> dict | None:
     return min(near, key=lambda s: abs(s["n_labels"] - target)) if near else None
 
 
+def read_off_window(record: dict, pct: float, pool_size: int) -> dict | None:
+    """ACA and MCA averaged over the read-off step and the steps either side of it (1% of the
+    pool each way): a single step carries the step-to-step noise of its training (a step whose
+    early stop kept epoch 1 or 2 lost 1.7 points on average); None when the run has no step
+    beyond the read-off one."""
+    point = read_off(record, pct, pool_size)
+    _, step = step_sizes(pool_size)
+    near = [s for s in record["steps"] if point is not None and abs(s["n_labels"] - point["n_labels"]) <= 1.5 * step]
+    if len(near) < 3:
+        return None
+    return {metric: float(np.mean([s[metric] for s in near])) for metric in ("aca", "mca")}
+
+
 def write_curve_outputs(out: Path) -> None:
     out = Path(out)
     records = _records(out)
@@ -433,6 +446,16 @@ def write_curve_outputs(out: Path) -> None:
                     " ".join(f"{100 * d:+.1f}" for d in paired) if case not in ("rs", "rs-scratch") else ""
                 )
                 row[f"{metric}_minus_rs_min"] = 100 * min(paired) if paired and case not in ("rs", "rs-scratch") else ""
+                windowed = [
+                    w[metric] - b[metric]
+                    for seed, r in runs.items()
+                    if seed in baseline
+                    and (w := read_off_window(r, pct, pool_size)) is not None
+                    and (b := read_off_window(baseline[seed], pct, pool_size)) is not None
+                ]
+                row[f"{metric}_3_steps_minus_rs_per_seed"] = (
+                    " ".join(f"{100 * d:+.1f}" for d in windowed) if case not in ("rs", "rs-scratch") else ""
+                )
             rows.append(row)
     header = [
         "case",
@@ -449,6 +472,8 @@ def write_curve_outputs(out: Path) -> None:
         "mca_sd",
         "mca_minus_rs_per_seed",
         "mca_minus_rs_min",
+        "aca_3_steps_minus_rs_per_seed",
+        "mca_3_steps_minus_rs_per_seed",
     ]
     write_csv(out / "summary.csv", header, rows)
     _write_reach(out / "reach.csv", by_case, pool_size)
