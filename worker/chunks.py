@@ -19,7 +19,7 @@ from backend.core.jobs import Task
 from backend.core.settings import get_settings
 from worker.celery_app import celery_app
 from worker.jobs import chunk_file, chunks_summary, compute_chunk, map_chunks
-from worker.rounds import RoundInputs, load_cells, precision, scoring_batch_size
+from worker.rounds import RoundInputs, score_in_process, scoring_batch_size
 
 
 @dataclass
@@ -58,7 +58,9 @@ class ChunkedScoring:
         chunks = pool_chunks(len(inputs.pool_ids), get_settings().scoring_chunk_size, scoring_batch_size(inputs))
         job = ScoringJob(inputs, get_blob_store().put(save_checkpoint(model)), chunks)
         progress = {"phase": "scoring", "pool": len(inputs.pool_ids)}
-        parts = map_chunks(Round, self.round_id, self.attempt, job, Task.SCORE_CHUNK, _chunk_outputs, **progress)
+        # the chunks this task computes are scored with the model it holds; other workers load it
+        here = lambda _job, _folder, index: _scored_chunk(model, job, index, device)  # noqa: E731
+        parts = map_chunks(Round, self.round_id, self.attempt, job, Task.SCORE_CHUNK, here, **progress)
         self.summary = chunks_summary(chunks, parts)
         return concatenate_pool_outputs([PoolOutputs.from_arrays(part) for part in parts])
 
@@ -69,22 +71,14 @@ def score_chunk(round_id: int, attempt: int, index: int) -> str:
 
 
 def _chunk_outputs(job: ScoringJob, folder: Path, index: int) -> bytes:
-    """The chunk's PoolOutputs as .npz bytes, with the seconds it took and who computed it."""
-    from worker.ml.strategies import compute_pool_outputs
+    """In a chunk task: the chunk's file, scored with the round's model from the blob store."""
     from worker.ml.training import load_checkpoint, resolve_device
 
-    started = time.perf_counter()
-    inputs = job.inputs
     device = resolve_device(get_settings().device)
-    model = load_checkpoint(get_blob_store().get(job.checkpoint_key), map_location=device)
-    start, stop = job.chunks[index]
-    outputs = compute_pool_outputs(
-        model,
-        load_cells(inputs.pool_hashes[start:stop], inputs.channel),
-        inputs.strategy,
-        inputs.strategy_options,
-        device,
-        scoring_batch_size(inputs),
-        precision(inputs),
-    )
-    return chunk_file(outputs.arrays(), started)
+    return _scored_chunk(load_checkpoint(get_blob_store().get(job.checkpoint_key), map_location=device), job, index, device)
+
+
+def _scored_chunk(model, job: ScoringJob, index: int, device) -> bytes:
+    """The chunk's PoolOutputs as .npz bytes, with the seconds it took and who computed it."""
+    started = time.perf_counter()
+    return chunk_file(score_in_process(model, job.inputs, device, *job.chunks[index]).arrays(), started)

@@ -261,7 +261,7 @@ def _cluster_in_chunks(
         attempt,
         EncodingJob(config, channel, hashes, chunks),
         Task.ENCODE_CHUNK,
-        _encoded_chunk,
+        lambda job, _folder, index: _latent_chunk(model, job, index),  # with the model this task holds
         phase="encoding",
         pool=len(hashes),
     )
@@ -278,9 +278,13 @@ def encode_chunk(clustering_id: int, attempt: int, index: int) -> str:
 
 
 def _encoded_chunk(job: EncodingJob, folder: Path, index: int) -> bytes:
+    """In a chunk task: the chunk's file, encoded with the model the clustering task wrote."""
+    return _latent_chunk(model_from_bytes(job.config, (folder / "model.pt").read_bytes()), job, index)
+
+
+def _latent_chunk(model, job: EncodingJob, index: int) -> bytes:
     """The chunk's latents as a chunk file."""
     started = time.perf_counter()
-    model = model_from_bytes(job.config, (folder / "model.pt").read_bytes())
     start, stop = job.chunks[index]
     return chunk_file(
         {"latent": encode_cells(job.config, model, load_cells(job.content_hashes[start:stop], job.channel))}, started

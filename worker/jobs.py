@@ -117,8 +117,9 @@ def mark_failed(model, row_id: int, attempt: int, error: Exception) -> None:
 
 
 def take_up(model, row_id: int, attempt: int) -> bool:
-    """In a chunk task: whether this attempt of the job is still running; if so its lease is
-    renewed now, so that a job whose task is busy in one long chunk is not requeued."""
+    """Whether this attempt of the job is still running; if so its lease is renewed now. A chunk
+    task asks as it starts (so that a job whose task is busy in one long chunk is not
+    requeued), and the job's task while it waits for chunks (map_chunks)."""
     with new_session() as session:
         renewed = session.execute(
             update(model)
@@ -171,16 +172,10 @@ def map_chunks(model, row_id: int, attempt: int, job, chunk_task: str, work: Chu
         if done == n_chunks:
             return [dict(np.load(chunk_path(folder, index))) for index in range(n_chunks)]
         if time.monotonic() - checked > STATE_CHECK_SECONDS:
-            if not _still_running(model, row_id, attempt):
+            if not take_up(model, row_id, attempt):
                 raise AttemptEnded(f"{model.__name__} {row_id} attempt {attempt} ended while its chunks were computed")
             checked = time.monotonic()
         time.sleep(POLL_SECONDS)
-
-
-def _still_running(model, row_id: int, attempt: int) -> bool:
-    with new_session() as session:
-        row = session.get(model, row_id)
-        return row is not None and row.state == JobState.RUNNING and row.attempts == attempt
 
 
 def compute_chunk(model, row_id: int, attempt: int, index: int, work: ChunkWork) -> str:

@@ -237,12 +237,13 @@ def _model_for(inputs: RoundInputs, device):
 PoolScorer = Callable[[Any, RoundInputs, Any], Any]
 
 
-def score_in_process(model, inputs: RoundInputs, device):
+def score_in_process(model, inputs: RoundInputs, device, start: int = 0, stop: int | None = None):
+    """The outputs of the pool's cells [start, stop) (all of them by default), here."""
     from worker.ml.strategies import compute_pool_outputs
 
     return compute_pool_outputs(
         model,
-        load_cells(inputs.pool_hashes, inputs.channel),
+        load_cells(inputs.pool_hashes[start:stop], inputs.channel),
         inputs.strategy,
         inputs.strategy_options,
         device,
