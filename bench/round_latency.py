@@ -149,9 +149,8 @@ def _measure(pool_size, n_workers, args, rows, classes, env, workers) -> list[di
             reserve_labeled = 0
             if args.pace:  # the annotator goes on, on the previous round's reserve, at its pace
                 reserve_labeled, cell = _label_reserve(client, headers, project_id, truth, number, args.pace)
-                round_ = wait_for_round(client, headers, project_id, number, timeout=3600, interval=0.2)
-            else:
-                round_ = wait_for_round(client, headers, project_id, number, timeout=3600, interval=0.2)
+            round_ = wait_for_round(client, headers, project_id, number, timeout=3600, interval=0.2)
+            if not args.pace:
                 cell = client.post(f"/api/projects/{project_id}/queue/next", headers=headers).json()["cell"]
             latency = time.perf_counter() - last_label_at
             assert cell is not None

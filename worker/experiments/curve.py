@@ -365,8 +365,10 @@ def read_off_window(record: dict, pct: float, pool_size: int) -> dict | None:
     early stop kept epoch 1 or 2 lost 1.7 points on average); None when the run has no step
     beyond the read-off one."""
     point = read_off(record, pct, pool_size)
+    if point is None:
+        return None
     _, step = step_sizes(pool_size)
-    near = [s for s in record["steps"] if point is not None and abs(s["n_labels"] - point["n_labels"]) <= 1.5 * step]
+    near = [s for s in record["steps"] if abs(s["n_labels"] - point["n_labels"]) <= 1.5 * step]
     if len(near) < 3:
         return None
     return {metric: float(np.mean([s[metric] for s in near])) for metric in ("aca", "mca")}
