@@ -9,12 +9,14 @@ from worker.ml.training import (
     TrainingConfig,
     load_checkpoint,
     predict_proba,
+    recompute_batch_norm_statistics,
     resolve_device,
     rotate_batch,
     save_checkpoint,
     stratified_holdout,
     train_classifier,
 )
+from worker.ml.wavelets import haar_torch
 
 CPU = torch.device("cpu")
 
@@ -170,3 +172,20 @@ def test_bf16_training_learns_the_same_task():
     assert (predict_proba(trained.model, test_images, CPU, precision="bf16").argmax(1) == test_labels).mean() > 0.9
     with pytest.raises(ValueError):
         train_classifier(ParallelResidualNet(2), images, labels, TrainingConfig(precision="fp16"), CPU)
+
+
+def test_batch_norm_statistics_are_those_of_all_cells_even_when_they_come_grouped_by_class():
+    # cells in import order, one class folder after the other: a dim class, then a bright one
+    rng = np.random.default_rng(0)
+    dim = rng.uniform(0.0, 0.2, (256, 112, 112)).astype(np.float32)
+    bright = rng.uniform(0.6, 1.0, (256, 112, 112)).astype(np.float32)
+    images = torch.from_numpy(np.concatenate([dim, bright])).unsqueeze(1)
+    model = torch.nn.Sequential(torch.nn.BatchNorm2d(2))
+
+    recompute_batch_norm_statistics(model, images, "cpu", batch_size=64)
+
+    coefficients = haar_torch(images)
+    batch_norm = model[0]
+    assert torch.allclose(batch_norm.running_mean, coefficients.mean((0, 2, 3)), rtol=0.02, atol=1e-3)
+    # the whole set's variance, not the within-class one (about 17x smaller for the approximation)
+    assert torch.allclose(batch_norm.running_var, coefficients.var((0, 2, 3)), rtol=0.1)

@@ -137,6 +137,11 @@ def recompute_batch_norm_statistics(model, images: torch.Tensor, device, batch_s
     epochs. Recomputing them before each validation makes the validation loss,
     and so early stopping and the checkpoint choice, judge the weights as they
     are. BN layers in eval mode (frozen early layers) keep their statistics.
+
+    The batches are drawn in a fixed random order: the variance kept is the mean of the batches'
+    variances, so batches of one class each (cells in import order, class folder by class
+    folder) would keep only the within-class variance. On I3A that made every eval-mode
+    prediction worse the more cells a model was trained on (all 8,370 pool cells: 68.6% test ACA).
     """
     model.train()
     batch_norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d) and m.training]
@@ -144,9 +149,10 @@ def recompute_batch_norm_statistics(model, images: torch.Tensor, device, batch_s
     for module in batch_norms:
         module.reset_running_stats()
         module.momentum = None  # cumulative average over the batches below
+    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))
     with torch.no_grad(), autocast(device, precision):
         for start in range(0, len(images), batch_size):
-            model(haar_torch(images[start : start + batch_size].to(device)))
+            model(haar_torch(images[order[start : start + batch_size]].to(device)))
     for module, momentum in zip(batch_norms, momenta):
         module.momentum = momentum
 
