@@ -76,6 +76,7 @@ CURVE_CASES = {
     # schedule: with the curves' patience 4 it stopped at epoch 7 of 20 while the lr was still
     # high and kept epoch 3 (77.7%, below random sampling at 10% of the pool).
     "full": CurveCase("random", full=True, training={"max_epochs": 30, "patience": 30}),
+    "full-scratch": CurveCase("random", start="scratch", full=True, training={"max_epochs": 30, "patience": 30}),
     "rs-scratch": CurveCase("random", start="scratch"),
     "cal-scratch": CurveCase("entropy", start="scratch"),
 }
@@ -418,7 +419,7 @@ def write_curve_outputs(out: Path) -> None:
         by_case.setdefault(r["case"], {})[r["seed"]] = r
     rows = []
     for case, runs in by_case.items():
-        if case == "full":
+        if _is_full(case):
             continue
         start = CURVE_CASES[case].start if case in CURVE_CASES else runs[next(iter(runs))]["start"]
         baseline = by_case.get("rs" if start == "contrastive" else "rs-scratch", {})
@@ -484,6 +485,10 @@ def write_curve_outputs(out: Path) -> None:
         _plot_trainings(out / "training_curves.png", by_case["rs"][min(by_case["rs"])], pool_size)
 
 
+def _is_full(case: str) -> bool:
+    return case in CURVE_CASES and CURVE_CASES[case].full
+
+
 def _plot_trainings(path: Path, record: dict, pool_size: int) -> None:
     """One run's trainings, step after step (warm started): validation loss and accuracy per epoch,
     the checkpoint kept marked, and the test ACA of each step's model."""
@@ -538,7 +543,7 @@ def _write_reach(path: Path, by_case: dict, pool_size: int) -> None:
     levels += [(f"{level:.2f}", level) for level in (0.85, 0.90, 0.95)]
     rows = []
     for case, runs in by_case.items():
-        if case == "full":
+        if _is_full(case):
             continue
         n, aca, _ = _mean_curve(runs)
         if not len(n):  # its runs have queued their first batch only
@@ -562,12 +567,12 @@ def _plot(path: Path, by_case: dict, pool_size: int) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
     for ax, metric in zip(axes, ("aca", "mca")):
         for case, runs in by_case.items():
-            if case == "full":
+            if _is_full(case):
                 ax.axhline(
                     100 * np.mean([r["steps"][0][metric] for r in runs.values()]),
                     color="black",
-                    linestyle=":",
-                    label="every pool cell labeled",
+                    linestyle=":" if case == "full" else "--",
+                    label=f"every pool cell labeled ({CURVE_CASES[case].start} start)",
                 )
                 continue
             steps: dict[int, list[float]] = {}
