@@ -8,7 +8,7 @@ import shutil
 import pytest
 
 from conftest import balanced_sample
-from worker.experiments.curve import CurveSettings, curve, step_plan, step_sizes
+from worker.experiments.curve import CurveSettings, curve, step_plan, step_sizes, write_curve_outputs
 
 pytestmark = pytest.mark.slow
 
@@ -78,6 +78,16 @@ def test_runs_resume_and_extend_step_by_step(tmp_path, folders):
     assert len(_rows(out / "steps.csv")) == 3 * len(step_plan(pool, 10))
     assert (out / "label_efficiency.png").stat().st_size > 0 and _rows(out / "reach.csv")
     assert (out / "training_curves.png").stat().st_size > 0  # rs's trainings, step after step
+
+    # the full-data runs (one step on every pool cell) are ceilings, not curves: the reach table
+    # aims at the pretrained start's, and neither is read off as a budget
+    for case, aca in (("full", 0.9), ("full-scratch", 0.5)):
+        ceiling = {**extended, "case": case, "steps": [{**extended["steps"][-1], "n_labels": pool, "aca": aca}]}
+        (out / "runs" / f"{case}_seed0.json").write_text(json.dumps(ceiling))
+    write_curve_outputs(out)
+    assert not {r["case"] for r in _rows(out / "summary.csv")} & {"full", "full-scratch"}
+    aims = {r["aca_target"] for r in _rows(out / "reach.csv") if r["target"] == "full-data ACA - 1 pt"}
+    assert aims == {"0.89"}
 
     with pytest.raises(Exception, match="other settings"):
         curve(
