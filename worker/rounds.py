@@ -320,7 +320,6 @@ def _train_and_evaluate(inputs: RoundInputs, device, report: Callable[..., None]
         device,
         progress=lambda epoch, total: report(phase="training", epoch=epoch, max_epochs=total),
         validation=validation,
-        warm_start=inputs.parent_checkpoint is not None and not inputs.transfer,
     )
     model = trained.model
     timings["train_s"] = trained.seconds
@@ -330,7 +329,7 @@ def _train_and_evaluate(inputs: RoundInputs, device, report: Callable[..., None]
         "best_val_loss": trained.best_val_loss,
         "history": trained.history,
         "n_labels": len(labeled),
-        "val_acc": trained.best_val_acc,
+        "val_acc": trained.history[trained.best_epoch - 1]["val_acc"],
     }
     result.checkpoint = save_checkpoint(model)
     if inputs.test_hashes:

@@ -189,28 +189,3 @@ def test_batch_norm_statistics_are_those_of_all_cells_even_when_they_come_groupe
     assert torch.allclose(batch_norm.running_mean, coefficients.mean((0, 2, 3)), rtol=0.02, atol=1e-3)
     # the whole set's variance, not the within-class one (about 17x smaller for the approximation)
     assert torch.allclose(batch_norm.running_var, coefficients.var((0, 2, 3)), rtol=0.1)
-
-
-def test_a_warm_start_keeps_the_incoming_model_when_no_epoch_beats_it_on_a_fixed_validation_set():
-    images, labels = bright_or_dark_cells(40)
-    validation = bright_or_dark_cells(20, seed=1)
-    torch.manual_seed(0)
-    config = TrainingConfig(max_epochs=4, batch_size=8, lr_decay="none")
-    model = train_classifier(ParallelResidualNet(2), images, labels, config, CPU, validation=validation).model
-    before = predict_proba(model, validation[0], CPU)
-
-    # labels swapped: every epoch makes the model worse on the validation set
-    again = TrainingConfig(max_epochs=2, patience=2, batch_size=8, lr_decay="none")
-    kept = train_classifier(model, images, 1 - labels, again, CPU, validation=validation, warm_start=True)
-
-    assert kept.best_epoch == 0 and len(kept.history) == 2
-    assert kept.best_val_acc == 1.0 and all(h["val_acc"] < 1.0 for h in kept.history)
-    assert np.allclose(predict_proba(kept.model, validation[0], CPU), before, atol=1e-4)
-
-
-def test_a_holdout_of_the_labels_never_keeps_a_warm_start_it_may_have_trained_on():
-    images, labels = bright_or_dark_cells(40)
-    torch.manual_seed(0)
-    model = train_classifier(ParallelResidualNet(2), images, labels, TrainingConfig(max_epochs=2, batch_size=8), CPU).model
-    again = TrainingConfig(max_epochs=2, patience=2, batch_size=8, lr_decay="none")
-    assert train_classifier(model, images, 1 - labels, again, CPU, warm_start=True).best_epoch >= 1

@@ -54,9 +54,8 @@ class TrainingConfig:
 class TrainingResult:
     model: ParallelResidualNet  # the best checkpoint by validation loss
     epochs_run: int
-    best_epoch: int  # 1-based; 0: a warm start's incoming model, which no epoch beat
+    best_epoch: int  # 1-based
     best_val_loss: float
-    best_val_acc: float
     history: list[dict] = field(default_factory=list)  # epoch, train_loss, val_loss, val_acc, lr
     seconds: float = 0.0
 
@@ -207,18 +206,12 @@ def train_classifier(
     device: torch.device,
     progress: Optional[Callable[[int, int], None]] = None,
     validation: Optional[tuple[np.ndarray, np.ndarray]] = None,
-    warm_start: bool = False,
 ) -> TrainingResult:
     """Train `model` in place with Adam and cross-entropy, and return it at the
     epoch with the lowest validation loss (in eval mode).
 
     `validation` (images, labels): a fixed set to stop on and choose the checkpoint by, the
-    same whatever was labeled; without it, a stratified `val_fraction` of the labels.
-    `warm_start`: `model` is already trained for these classes (the previous round's, on part
-    of these labels); with a fixed `validation` set it is the checkpoint to beat (training
-    restarts at the full lr and can make it worse: in the curve runs the steps that kept their
-    first epoch lost accuracy). A holdout of the labels cannot judge it: the model has trained
-    on some of the cells it would hold out."""
+    same whatever was labeled; without it, a stratified `val_fraction` of the labels."""
     started = time.perf_counter()
     labels = np.asarray(labels, dtype=np.int64)
     all_images = as_image_tensor(images)
@@ -263,13 +256,7 @@ def train_classifier(
     )
 
     history: list[dict] = []
-    best_state, best_epoch, best_val_loss, best_val_acc = None, 0, math.inf, 0.0
-    if warm_start and validation is not None:
-        recompute_batch_norm_statistics(model, train_images, device, config.batch_size, config.precision)
-        best_val_loss, best_val_acc = _evaluate(
-            model, val_images, val_labels, device, config.batch_size, val_weight, config.precision
-        )
-        best_state = copy.deepcopy(model.state_dict())
+    best_state, best_epoch, best_val_loss = None, 0, math.inf
     for epoch in range(1, config.max_epochs + 1):
         lr = optimizer.param_groups[0]["lr"]
         model.train()
@@ -298,7 +285,7 @@ def train_classifier(
             {"epoch": epoch, "train_loss": total_loss / len(order), "val_loss": val_loss, "val_acc": val_acc, "lr": lr}
         )
         if val_loss < best_val_loss:
-            best_val_loss, best_val_acc, best_epoch = val_loss, val_acc, epoch
+            best_val_loss, best_epoch = val_loss, epoch
             best_state = copy.deepcopy(model.state_dict())
         if progress is not None:
             progress(epoch, config.max_epochs)
@@ -314,7 +301,6 @@ def train_classifier(
         epochs_run=len(history),
         best_epoch=best_epoch,
         best_val_loss=best_val_loss,
-        best_val_acc=best_val_acc,
         history=history,
         seconds=time.perf_counter() - started,
     )
