@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The active-learning experiment at real scale behind bench/results/al-i3a-full/ (issue #11):
+# The active-learning experiment at real scale behind bench/results/al-i3a-full-c/ (issue #11;
+# al-i3a-full/ and -b/ are older starts, made before the batch-norm fix):
 # `xal simulate --curve` on the 10,872 I3A cells (test = 20% of each class by content hash,
 # validation = the next 3%, pool = the rest), one run per case and seed, step by step to --to %
 # of the pool (k = 2%, then 1% per step), bf16, class-balanced loss, at most 20 epochs per step
