@@ -21,7 +21,7 @@ export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 while read -r case seed; do
   [ -z "${case:-}" ] && continue
   "${PYTHON:-.venv/bin/python}" -m backend.cli simulate --curve \
-    --data "${XAL_I3A_DIR:-../shared/data/i3a}" --out "${XAL_CURVE_OUT:-bench/results/al-i3a-full}" \
+    --data "${XAL_I3A_DIR:-../shared/data/i3a}" --out "${XAL_CURVE_OUT:-bench/results/al-i3a-full-c}" \
     --cache "${XAL_SIMULATION_CACHE:-${TMPDIR:-/tmp}/xal-al-i3a-cache}" \
     --precision bf16 --cases "$case" --seeds "$seed" "$@"
 done < "$queue"
