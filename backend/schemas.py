@@ -41,6 +41,11 @@ class ModelSettings(BaseModel):
     precision: Literal["fp32", "bf16"] = Field(
         default="fp32", description="bf16: bfloat16 autocast, ~2x faster training on CPUs with bf16 support and GPUs"
     )
+    fine_tune_from: Literal["previous", "start"] = Field(
+        default="previous",
+        description="what each round trains from: the previous round's model (previous), or the start model "
+        "again (start: the pool-pretrained model, or a fresh network when there is none)",
+    )
     pool_pretraining_epochs: int | None = Field(
         default=None,
         ge=0,

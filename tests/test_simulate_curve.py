@@ -60,7 +60,7 @@ def test_runs_resume_and_extend_step_by_step(tmp_path, folders):
     assert [s["n_labels"] for s in first["steps"]] == step_plan(pool, 5)
     assert all(s["aca"] is not None and len(s["history"]) == 1 for s in first["steps"])
 
-    curve(settings, out, ["rs-scratch", "coverage-entropy", "rs"], [0], to_pct=10, cache=tmp_path / "cache")
+    curve(settings, out, ["rs-scratch", "coverage-entropy", "rs", "rs-restart"], [0], to_pct=10, cache=tmp_path / "cache")
     extended = json.loads((out / "runs" / "rs-scratch_seed0.json").read_text())
     assert [s["n_labels"] for s in extended["steps"]] == step_plan(pool, 10)
     assert extended["steps"][: len(first["steps"])] == first["steps"]  # went on, did not start again
@@ -75,7 +75,7 @@ def test_runs_resume_and_extend_step_by_step(tmp_path, folders):
         ("rs-scratch", "5"),
         ("rs-scratch", "10"),
     }
-    assert len(_rows(out / "steps.csv")) == 3 * len(step_plan(pool, 10))
+    assert len(_rows(out / "steps.csv")) == 4 * len(step_plan(pool, 10))
     assert (out / "label_efficiency.png").stat().st_size > 0 and _rows(out / "reach.csv")
     assert (out / "training_curves.png").stat().st_size > 0  # rs's trainings, step after step
 

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from sqlalchemy import exists, func, select
@@ -35,6 +35,8 @@ from backend.core.queries import current_label_exists, is_current, mark_labeled_
 from backend.core.settings import get_settings
 
 log = logging.getLogger(__name__)
+
+Parent = TypeVar("Parent")  # a model version, or (the simulator) a checkpoint key
 
 
 @lru_cache(maxsize=20_000)
@@ -99,6 +101,24 @@ class RoundInputs:
     validation_classes: np.ndarray | None = None
 
 
+FINE_TUNE_FROM = ("previous", "start")
+
+
+def round_parent(previous: Parent | None, start: Parent | None, model_settings: dict) -> tuple[Parent | None, bool]:
+    """(the model a round trains from, whether it is a transfer: new head, frozen early layers).
+
+    `fine_tune_from` "previous": the previous round's model (warm start), the start model in the
+    first round; "start": the start model every round, so that no round inherits the previous
+    round's checkpoint (docs/method.md says what each costs and gives). No start model: a
+    fresh network."""
+    fine_tune_from = model_settings.get("fine_tune_from", "previous")
+    if fine_tune_from not in FINE_TUNE_FROM:
+        raise ValueError(f"unknown fine_tune_from {fine_tune_from!r}; expected one of {', '.join(FINE_TUNE_FROM)}")
+    if previous is not None and fine_tune_from == "previous":
+        return previous, False
+    return (start, True) if start is not None else (None, False)
+
+
 def gather_round(session, round_: Round) -> RoundInputs:
     project = session.get(Project, round_.project_id)
     positions = {cls.id: cls.position for cls in project.classes}
@@ -124,16 +144,15 @@ def gather_round(session, round_: Round) -> RoundInputs:
         .where(Image.project_id == project.id, Image.split == "test", Image.reference_class_id.is_not(None))
         .order_by(Image.id)
     ).all()
-    parent = session.scalar(
+    previous = session.scalar(
         select(ModelVersion)
         .join(Round, Round.model_version_id == ModelVersion.id)
         .where(Round.project_id == project.id, Round.number < round_.number)
         .order_by(Round.number.desc())
         .limit(1)
     )
-    transfer = parent is None and project.start_model_id is not None
-    if transfer:
-        parent = session.get(ModelVersion, project.start_model_id)
+    start = session.get(ModelVersion, project.start_model_id) if project.start_model_id is not None else None
+    parent, transfer = round_parent(previous, start, project.model_settings)
     budget_left = project.budget - len(labeled)
     size = project.initial_size if round_.number == 0 else project.step_size
     batch_size = max(0, min(size, budget_left, len(pool)))

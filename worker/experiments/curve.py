@@ -44,7 +44,7 @@ from worker.experiments.store import blob_store_under, machine, pyplot, write_cs
 from worker.ml.metrics import selection_diagnostics
 from worker.ml.pretext import PretextConfig, pretrain_contrastive
 from worker.ml.training import TrainingConfig, resolve_device, save_checkpoint
-from worker.rounds import compute_round, load_cells
+from worker.rounds import compute_round, load_cells, round_parent
 
 READ_OFF_PCT = (2, 5, 10, 20)
 FULL_BUDGET_PCT = 20.0
@@ -79,6 +79,9 @@ CURVE_CASES = {
     # the lr was still high. (Its low accuracy then, 77.7%, was the batch-norm order bug.)
     "full": CurveCase("random", full=True, training=FULL_DATA_TRAINING),
     "full-scratch": CurveCase("random", start="scratch", full=True, training=FULL_DATA_TRAINING),
+    # every round trains from the start model again instead of the previous round's model
+    "rs-restart": CurveCase("random", training={"fine_tune_from": "start"}),
+    "coverage-entropy-restart": CurveCase("coverage-entropy", training={"fine_tune_from": "start"}),
     "rs-scratch": CurveCase("random", start="scratch"),
     "cal-scratch": CurveCase("entropy", start="scratch"),
 }
@@ -218,9 +221,7 @@ def run_curve(
         started = time.perf_counter()
         in_pool = set(labeled)
         unlabeled = [int(i) for i in split.pool if int(i) not in in_pool]
-        parent, transfer = record["parent"], False
-        if parent is None and start_checkpoint is not None:
-            parent, transfer = start_checkpoint, True
+        parent, transfer = round_parent(record["parent"], start_checkpoint, model_settings)
         torch.manual_seed(seed)  # a transferred model's new head is drawn from the global generator
         result = compute_round(
             oracle_round(

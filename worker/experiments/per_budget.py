@@ -38,7 +38,7 @@ from worker.experiments.store import blob_store_under, machine, pyplot, write_cs
 from worker.ml.metrics import selection_diagnostics
 from worker.ml.strategies import STRATEGIES
 from worker.ml.training import TrainingConfig, resolve_device, stratified_holdout
-from worker.rounds import compute_round, load_cells
+from worker.rounds import compute_round, load_cells, round_parent
 
 
 @dataclass
@@ -141,7 +141,8 @@ def run_case(
     plan = budget_plan(len(split.pool), budget_pct, len(cells.class_names))
     labeled: list[int] = []
     unlabeled = [int(i) for i in split.pool]
-    parent, transfer = (start_checkpoint, True) if case.pretrained else (None, False)
+    start = start_checkpoint if case.pretrained else None
+    previous = None  # the last round's checkpoint
     steps, diagnostics, final_metrics, batches = [], [], {}, []
     model_settings = asdict(settings.training_config(seed, single=budget_pct >= CEILING))
     # compute_round draws a transferred model's new head from torch's global generator: seed it
@@ -151,6 +152,7 @@ def run_case(
     started = time.perf_counter()
     for number, size in enumerate(plan):
         round_started = time.perf_counter()
+        parent, transfer = round_parent(previous, start, model_settings)
         result = compute_round(
             oracle_round(
                 cells,
@@ -168,9 +170,9 @@ def run_case(
             )
         )
         if result.checkpoint is not None:
-            if parent is not None and not transfer:
-                store.delete(parent)  # needed by this round only; ~1.6 MB each adds up over hundreds
-            parent, transfer = store.put(result.checkpoint), False
+            if previous is not None:
+                store.delete(previous)  # needed by the next round only; ~1.6 MB each adds up over hundreds
+            previous = store.put(result.checkpoint)
             metrics = result.metrics
             final_metrics = metrics
             steps.append(
@@ -212,8 +214,8 @@ def run_case(
         chosen = set(picked)
         unlabeled = [i for i in unlabeled if i not in chosen]
         advance()
-    if parent is not None and parent != start_checkpoint:
-        store.delete(parent)
+    if previous is not None:
+        store.delete(previous)
     return {
         "case": case_name,
         "seed": seed,
