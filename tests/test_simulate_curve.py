@@ -8,7 +8,7 @@ import shutil
 import pytest
 
 from conftest import balanced_sample
-from worker.experiments.curve import CurveSettings, curve, step_plan, step_sizes, write_curve_outputs
+from worker.experiments.curve import CurveSettings, curve, random_baseline, step_plan, step_sizes, write_curve_outputs
 
 pytestmark = pytest.mark.slow
 
@@ -48,6 +48,13 @@ def test_the_plan_is_two_percent_then_one_percent_steps():
     assert step_plan(8372, 5)[-1] == 419 and step_plan(8372, 10)[-1] == 839 and step_plan(8372, 20)[-1] == 1679
 
 
+def test_each_case_is_compared_with_random_sampling_from_the_same_start_and_training():
+    assert random_baseline("coverage-entropy", "contrastive") == "rs"
+    assert random_baseline("coverage-entropy-restart", "contrastive") == "rs-restart"
+    assert random_baseline("cal-scratch", "scratch") == "rs-scratch"
+    assert random_baseline("rs-restart", "contrastive") == "rs-restart"
+
+
 def test_runs_resume_and_extend_step_by_step(tmp_path, folders):
     data, test = folders
     settings = CurveSettings(data=str(data), test_data=str(test), **SETTINGS)
@@ -75,6 +82,8 @@ def test_runs_resume_and_extend_step_by_step(tmp_path, folders):
         ("rs-scratch", "5"),
         ("rs-scratch", "10"),
     }
+    baselines = {r["case"]: r["baseline"] for r in summary}
+    assert baselines == {"rs-scratch": "", "rs": "", "rs-restart": "", "coverage-entropy": "rs"}
     assert len(_rows(out / "steps.csv")) == 4 * len(step_plan(pool, 10))
     assert (out / "label_efficiency.png").stat().st_size > 0 and _rows(out / "reach.csv")
     assert (out / "training_curves.png").stat().st_size > 0  # rs's trainings, step after step

@@ -425,7 +425,9 @@ def write_curve_outputs(out: Path) -> None:
         if _is_full(case):
             continue
         start = CURVE_CASES[case].start if case in CURVE_CASES else runs[next(iter(runs))]["start"]
-        baseline = by_case.get("rs" if start == "contrastive" else "rs-scratch", {})
+        baseline_case = random_baseline(case, start)
+        baseline = by_case.get(baseline_case, {})
+        compared = case != baseline_case
         for pct in READ_OFF_PCT:
             points = {seed: read_off(r, pct, pool_size) for seed, r in runs.items()}
             points = {seed: p for seed, p in points.items() if p is not None}
@@ -434,6 +436,7 @@ def write_curve_outputs(out: Path) -> None:
             row = {
                 "case": case,
                 "start": start,
+                "baseline": baseline_case if compared else "",
                 "pct_of_pool": pct,
                 "n_labels": round(pool_size * pct / 100),
                 "n_seeds": len(points),
@@ -448,10 +451,8 @@ def write_curve_outputs(out: Path) -> None:
                     for seed, p in points.items()
                     if seed in baseline and (b := read_off(baseline[seed], pct, pool_size)) is not None
                 ]
-                row[f"{metric}_minus_rs_per_seed"] = (
-                    " ".join(f"{100 * d:+.1f}" for d in paired) if case not in ("rs", "rs-scratch") else ""
-                )
-                row[f"{metric}_minus_rs_min"] = 100 * min(paired) if paired and case not in ("rs", "rs-scratch") else ""
+                row[f"{metric}_minus_rs_per_seed"] = " ".join(f"{100 * d:+.1f}" for d in paired) if compared else ""
+                row[f"{metric}_minus_rs_min"] = 100 * min(paired) if paired and compared else ""
                 windowed = [
                     w[metric] - b[metric]
                     for seed, r in runs.items()
@@ -460,12 +461,13 @@ def write_curve_outputs(out: Path) -> None:
                     and (b := read_off_window(baseline[seed], pct, pool_size)) is not None
                 ]
                 row[f"{metric}_3_steps_minus_rs_per_seed"] = (
-                    " ".join(f"{100 * d:+.1f}" for d in windowed) if case not in ("rs", "rs-scratch") else ""
+                    " ".join(f"{100 * d:+.1f}" for d in windowed) if compared else ""
                 )
             rows.append(row)
     header = [
         "case",
         "start",
+        "baseline",
         "pct_of_pool",
         "n_labels",
         "n_seeds",
@@ -484,16 +486,33 @@ def write_curve_outputs(out: Path) -> None:
     write_csv(out / "summary.csv", header, rows)
     _write_reach(out / "reach.csv", by_case, pool_size)
     _plot(out / "label_efficiency.png", by_case, pool_size)
-    if by_case.get("rs"):
-        _plot_trainings(out / "training_curves.png", by_case["rs"][min(by_case["rs"])], pool_size)
+    for case, name in (("rs", "training_curves.png"), ("rs-restart", "training_curves_restart.png")):
+        runs = by_case.get(case, {})
+        if runs and runs[min(runs)]["steps"]:
+            _plot_trainings(out / name, runs[min(runs)], pool_size)
 
 
 def _is_full(case: str) -> bool:
     return case in CURVE_CASES and CURVE_CASES[case].full
 
 
+def random_baseline(case: str, start: str) -> str:
+    """The random-sampling case that `case` is compared with, seed by seed: the one with the same
+    start model and the same training (its own name for a random case)."""
+    if case in CURVE_CASES:
+        spec = CURVE_CASES[case]
+        for name, other in CURVE_CASES.items():
+            if (
+                other.strategy == "random"
+                and not other.full
+                and (other.start, other.training) == (spec.start, spec.training)
+            ):
+                return name
+    return "rs" if start == "contrastive" else "rs-scratch"  # a case of an older out dir
+
+
 def _plot_trainings(path: Path, record: dict, pool_size: int) -> None:
-    """One run's trainings, step after step (warm started): validation loss and accuracy per epoch,
+    """One run's trainings, step after step: validation loss and accuracy per epoch,
     the checkpoint kept marked, and the test ACA of each step's model."""
     plt = pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.2))
@@ -514,9 +533,14 @@ def _plot_trainings(path: Path, record: dict, pool_size: int) -> None:
     for ax in (left, right):
         ax.set_xlabel("epoch, over all steps (a new step at each grey line)")
         ax.grid(alpha=0.3)
+    trained_from = (
+        "the start model again"
+        if record.get("training_overrides", {}).get("fine_tune_from") == "start"
+        else "the previous step's model"
+    )
     fig.suptitle(
         f"{record['case']} seed {record['seed']}, {record['steps'][0]['n_labels']} to {record['steps'][-1]['n_labels']} "
-        f"labels of {pool_size}: each step fine-tunes the previous step's model",
+        f"labels of {pool_size}: each step trains from {trained_from}",
         fontsize=10,
     )
     fig.tight_layout()
