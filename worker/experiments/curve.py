@@ -63,6 +63,7 @@ class CurveCase:
 
 
 FULL_DATA_TRAINING = {"max_epochs": 30, "patience": 30}
+NO_EARLY_STOP = {"patience": 20}
 
 CURVE_CASES = {
     "rs": CurveCase("random"),
@@ -82,6 +83,11 @@ CURVE_CASES = {
     # every round trains from the start model again instead of the previous round's model
     "rs-restart": CurveCase("random", training={"fine_tune_from": "start"}),
     "coverage-entropy-restart": CurveCase("coverage-entropy", training={"fine_tune_from": "start"}),
+    # every round runs its whole cosine schedule (patience >= the curves' 20 epochs: no early stop)
+    # and keeps its best epoch: a warm-started round whose first epochs at the peak lr scored worse
+    # than the model it started from no longer stops there
+    "rs-no-early-stop": CurveCase("random", training=NO_EARLY_STOP),
+    "coverage-entropy-no-early-stop": CurveCase("coverage-entropy", training=NO_EARLY_STOP),
     "rs-scratch": CurveCase("random", start="scratch"),
     "cal-scratch": CurveCase("entropy", start="scratch"),
 }
