@@ -28,8 +28,14 @@ class ClassSpec(BaseModel):
 
 class ModelSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    max_epochs: int = Field(default=30, ge=1, le=500)
-    patience: int = Field(default=5, ge=1, le=100)
+    max_epochs: int = Field(default=20, ge=1, le=500)
+    patience: int | None = Field(
+        default=None,
+        ge=1,
+        le=100,
+        description="stop a round's training after this many epochs without a better validation loss; "
+        "null (the default): every epoch of the cosine schedule, the best one kept",
+    )
     batch_size: int = Field(default=128, ge=1, le=4096)
     lr: float = Field(default=1e-3, gt=0, le=1)
     val_fraction: float = Field(default=0.2, ge=0, lt=1)

@@ -35,6 +35,7 @@ from cpu_speed import python_loop_us
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from backend.schemas import ModelSettings  # noqa: E402
 from backend.testing import start_worker, stop, throwaway_service, wait_for_round, wait_until_ready  # noqa: E402
 
 I3A = Path(os.environ.get("XAL_I3A_DIR", ROOT.parent / "shared" / "data" / "i3a"))
@@ -234,8 +235,8 @@ def main() -> None:
         help="seconds per label of an annotator who goes on labeling the reserve while the next round is "
         "computed (0: stop at the step's last label); the round's queue_empty_s is the time the reserve did not cover",
     )
-    parser.add_argument("--max-epochs", type=int, default=10)
-    parser.add_argument("--patience", type=int, default=3)
+    parser.add_argument("--max-epochs", type=int, default=ModelSettings().max_epochs, help="default: the product's")
+    parser.add_argument("--patience", type=int, default=None, help="default: none, the product's (no early stop)")
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=0, help="torch threads per worker (0: cores / workers)")

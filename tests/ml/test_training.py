@@ -97,6 +97,17 @@ def test_training_learns_and_restores_the_best_checkpoint():
     assert result.seconds > 0
 
 
+def test_without_a_patience_every_epoch_runs_and_the_best_is_kept():
+    images, labels = bright_or_dark_cells(40)
+    # lr 0: the weights never change, so no epoch improves on the first one
+    frozen = dict(max_epochs=6, batch_size=16, lr=0.0, lr_decay="none")
+    stopped = train_classifier(fresh_model(), images, labels, TrainingConfig(patience=2, **frozen), CPU)
+    assert stopped.epochs_run == 3 and stopped.best_epoch == 1
+    result = train_classifier(fresh_model(), images, labels, TrainingConfig(patience=None, **frozen), CPU)
+    assert result.epochs_run == 6 and result.best_epoch == 1
+    assert TrainingConfig().patience is None  # the default
+
+
 def test_tiny_labeled_sets_validate_on_the_training_set():
     images, labels = bright_or_dark_cells(3)
     result = train_classifier(fresh_model(), images, labels, TrainingConfig(max_epochs=1), CPU)

@@ -26,8 +26,12 @@ PRECISIONS = ("fp32", "bf16")
 
 @dataclass
 class TrainingConfig:
-    max_epochs: int = 30
-    patience: int = 5
+    max_epochs: int = 20
+    # epochs without a better validation loss after which training stops; None: every epoch of
+    # the cosine schedule runs and the best is kept. A warm-started round's first epochs at the
+    # peak lr often score worse than the model it started from, and a patience stopped it there,
+    # before the lr had decayed (docs/method.md: the curves without early stopping).
+    patience: Optional[int] = None
     batch_size: int = 128
     lr: float = 1e-3
     # "cosine": lr follows a cosine from `lr` down to 0 over max_epochs, stepped
@@ -289,7 +293,7 @@ def train_classifier(
             best_state = copy.deepcopy(model.state_dict())
         if progress is not None:
             progress(epoch, config.max_epochs)
-        if epoch - best_epoch >= config.patience:
+        if config.patience is not None and epoch - best_epoch >= config.patience:
             break
 
     if best_state is None:
