@@ -492,7 +492,11 @@ def write_curve_outputs(out: Path) -> None:
     write_csv(out / "summary.csv", header, rows)
     _write_reach(out / "reach.csv", by_case, pool_size)
     _plot(out / "label_efficiency.png", by_case, pool_size)
-    for case, name in (("rs", "training_curves.png"), ("rs-restart", "training_curves_restart.png")):
+    for case, name in (
+        ("rs", "training_curves.png"),
+        ("rs-restart", "training_curves_restart.png"),
+        ("rs-no-early-stop", "training_curves_no_early_stop.png"),
+    ):
         runs = by_case.get(case, {})
         if runs and runs[min(runs)]["steps"]:
             _plot_trainings(out / name, runs[min(runs)], pool_size)
