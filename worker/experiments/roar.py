@@ -262,7 +262,8 @@ class RoarSettings:
     batch_size: int = TrainingConfig.batch_size
 
     def training_config(self) -> TrainingConfig:
-        return TrainingConfig(max_epochs=self.max_epochs, batch_size=self.batch_size, seed=self.seed)
+        # patience 5: the committed ROAR/KAR runs were made with it (the old TrainingConfig default)
+        return TrainingConfig(max_epochs=self.max_epochs, patience=5, batch_size=self.batch_size, seed=self.seed)
 
 
 def read_split(settings: RoarSettings) -> tuple[Cells, Cells, list[str]]:
