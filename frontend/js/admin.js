@@ -90,7 +90,7 @@ async function setUpCreateForm() {
       name: f.name.value.trim(), description: f.description.value.trim(), classes, channel: f.channel.value,
       budget: number(f.budget), initial_size: number(f.initial_size), step_size: number(f.step_size), strategy,
       strategy_options: readsRelevance(strategy) ? { relevance_method: f.relevance_method.value, representation: f.representation.value, centres: f.centres.value } : {},
-      model_settings: { max_epochs: number(f.max_epochs) ?? 30 },
+      model_settings: number(f.max_epochs) ? { max_epochs: number(f.max_epochs) } : {},
       start_model_id: number(f.start_model_id) ?? null,
       cold_start: f.cold_start.value,
       ...(f.reveal_after_label.checked ? { reveal_after_label: true } : {}),
@@ -167,7 +167,7 @@ function drawSummary() {
     h("dt", {}, "Classes"), h("dd", {}, p.classes.map((c) => `${c.name} (${c.key})`).join(", ")),
     h("dt", {}, "Strategy"), h("dd", {}, options ? `${p.strategy} — ${options}` : p.strategy),
     h("dt", {}, "Budget B / k / m"), h("dd", {}, `${p.budget ?? "auto"} / ${p.initial_size ?? "auto"} / ${p.step_size ?? "auto"}`),
-    h("dt", {}, "Model"), h("dd", {}, `${p.start_model_id ? `from model ${p.start_model_id}` : "from scratch"}, up to ${p.model_settings.max_epochs} epochs a round`),
+    h("dt", {}, "Model"), h("dd", {}, `${p.start_model_id ? `from model ${p.start_model_id}` : "from scratch"}, ${p.model_settings.patience ? "up to " : ""}${p.model_settings.max_epochs} epochs a round`),
     h("dt", {}, "Reveal"), h("dd", {}, p.reveal_after_label ? "label first, then reveal" : "hints shown with the cell"),
     h("dt", {}, "First batch"), h("dd", {}, p.cold_start === "clusters" ? "spread over the pool's clusters" : "random cells"));
   $("#start").hidden = p.state !== "draft";
