@@ -62,8 +62,10 @@ class CurveCase:
     training: dict = field(default_factory=dict)
 
 
-FULL_DATA_TRAINING = {"max_epochs": 30, "patience": 30}
-NO_EARLY_STOP = {"patience": 20}
+# patience None: every epoch of the schedule, whatever the out dir's max_epochs (the runs committed
+# before this was possible hold the same thing as a patience equal to max_epochs)
+FULL_DATA_TRAINING = {"max_epochs": 30, "patience": None}
+NO_EARLY_STOP = {"patience": None}
 
 CURVE_CASES = {
     "rs": CurveCase("random"),
@@ -83,9 +85,9 @@ CURVE_CASES = {
     # every round trains from the start model again instead of the previous round's model
     "rs-restart": CurveCase("random", training={"fine_tune_from": "start"}),
     "coverage-entropy-restart": CurveCase("coverage-entropy", training={"fine_tune_from": "start"}),
-    # every round runs its whole cosine schedule (patience >= the curves' 20 epochs: no early stop)
-    # and keeps its best epoch: a warm-started round whose first epochs at the peak lr scored worse
-    # than the model it started from no longer stops there
+    # every round runs its whole cosine schedule (no early stop) and keeps its best epoch: a
+    # warm-started round whose first epochs at the peak lr scored worse than the model it started
+    # from no longer stops there
     "rs-no-early-stop": CurveCase("random", training=NO_EARLY_STOP),
     "coverage-entropy-no-early-stop": CurveCase("coverage-entropy", training=NO_EARLY_STOP),
     # coverage until the model's validation accuracy reaches 0.90 instead of 0.85
