@@ -66,14 +66,13 @@ class CurveCase:
 # before this was possible hold the same thing as a patience equal to max_epochs)
 FULL_DATA_TRAINING = {"max_epochs": 30, "patience": None}
 NO_EARLY_STOP = {"patience": None}
+XAL_CONCEPT = {"relevance_method": "deeptaylor", "representation": "concept", "centres": "clusters"}
 
 CURVE_CASES = {
     "rs": CurveCase("random"),
     "cal": CurveCase("entropy"),
     "coverage-entropy": CurveCase("coverage-entropy"),
-    "xal-concept-clusters": CurveCase(
-        "xal-entropy", {"relevance_method": "deeptaylor", "representation": "concept", "centres": "clusters"}
-    ),
+    "xal-concept-clusters": CurveCase("xal-entropy", XAL_CONCEPT),
     "xal-pixel-clusters": CurveCase(
         "xal-entropy", {"relevance_method": "deeptaylor", "representation": "pixel", "centres": "clusters"}
     ),
@@ -92,6 +91,9 @@ CURVE_CASES = {
     "coverage-entropy-no-early-stop": CurveCase("coverage-entropy", training=NO_EARLY_STOP),
     # coverage until the model's validation accuracy reaches 0.90 instead of 0.85
     "coverage-entropy-handover-90": CurveCase("coverage-entropy", {"handover_accuracy": 0.9}, training=NO_EARLY_STOP),
+    # the alternatives the issue keeps beside the hybrid, with the product's training
+    "cal-no-early-stop": CurveCase("entropy", training=NO_EARLY_STOP),
+    "xal-concept-no-early-stop": CurveCase("xal-entropy", XAL_CONCEPT, training=NO_EARLY_STOP),
     "rs-scratch": CurveCase("random", start="scratch"),
     "cal-scratch": CurveCase("entropy", start="scratch"),
 }
