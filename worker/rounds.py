@@ -93,8 +93,10 @@ class RoundInputs:
     # pool_ids), so that the first k cells are spread evenly over the clusters
     pool_clusters: list[int] | None = None
     cold_start_note: str | None = None  # why a requested cold start fell back to random
-    # the next-ranked cells queued beyond the step, served while the next round is computed
+    # the next-ranked cells queued beyond the step, served while the next round is computed,
+    # and what their number was sized from (reserve_size)
     reserve_size: int = 0
+    reserve_basis: dict = field(default_factory=dict)
     # fixed cells to stop the training on and choose its checkpoint by (the simulator's
     # validation set); empty: a stratified holdout of the labels
     validation_hashes: list[str] = field(default_factory=list)
@@ -156,7 +158,8 @@ def gather_round(session, round_: Round) -> RoundInputs:
     budget_left = project.budget - len(labeled)
     size = project.initial_size if round_.number == 0 else project.step_size
     batch_size = max(0, min(size, budget_left, len(pool)))
-    reserve_size = min(math.ceil(get_settings().queue_reserve * batch_size), len(pool) - batch_size)
+    reserve_basis = _reserve_basis(session, round_, labels_next=len(labeled) + batch_size)
+    reserve = reserve_size(batch_size, len(pool), get_settings().queue_reserve, **reserve_basis)
     pool_clusters, cold_start_note = None, None
     if round_.number == 0 and project.cold_start == "clusters":
         pool_clusters = _pool_clusters(session, project, [i for i, _ in pool])
@@ -171,7 +174,8 @@ def gather_round(session, round_: Round) -> RoundInputs:
         strategy_options=project.strategy_options,
         model_settings=project.model_settings,
         batch_size=batch_size,
-        reserve_size=reserve_size,
+        reserve_size=reserve,
+        reserve_basis=reserve_basis,
         parent_model_id=parent.id if parent else None,
         parent_checkpoint=parent.checkpoint_key if parent else None,
         transfer=transfer,
@@ -185,6 +189,54 @@ def gather_round(session, round_: Round) -> RoundInputs:
         pool_clusters=pool_clusters,
         cold_start_note=cold_start_note,
     )
+
+
+RESERVE_SAFETY = 1.5  # the next round may take longer than the last one did
+RECENT_LABELS = 50  # the annotators' pace is read off the project's last labels
+
+
+def reserve_size(
+    batch: int, pool_left: int, share: float, pace_labels_per_s: float | None, expected_wait_s: float | None
+) -> int:
+    """Cells a round queues beyond its step, so that annotators do not wait for the next round:
+    `share` of the step (XAL_QUEUE_RESERVE), or more where the annotators' recent pace over the
+    next round's expected wait (times RESERVE_SAFETY) needs more; never more than the pool holds
+    beyond the step."""
+    size = math.ceil(share * batch)
+    if pace_labels_per_s and expected_wait_s:
+        size = max(size, math.ceil(RESERVE_SAFETY * pace_labels_per_s * expected_wait_s))
+    return max(0, min(size, pool_left - batch))
+
+
+def _reserve_basis(session, round_: Round, labels_next: int) -> dict:
+    """What the reserve is sized from (reserve_size): the annotators' pace over the project's
+    last RECENT_LABELS labels, and the wait the latest finished round after round 0 gave them
+    (from the label that opened it to its batch), scaled by the labels the next round will
+    train on, since training grows with them. None where there is nothing to measure yet."""
+    times = session.scalars(
+        select(Label.created_at)
+        .where(Label.project_id == round_.project_id)
+        .order_by(Label.created_at.desc())
+        .limit(RECENT_LABELS)
+    ).all()
+    span = (times[0] - times[-1]).total_seconds() if len(times) > 1 else 0.0
+    pace = (len(times) - 1) / span if span > 0 else None
+    last = session.scalar(
+        select(Round)
+        .where(
+            Round.project_id == round_.project_id,
+            Round.number.between(1, round_.number - 1),
+            Round.state == JobState.DONE,
+            Round.finished_at.is_not(None),
+        )
+        .order_by(Round.number.desc())
+        .limit(1)
+    )
+    expected_wait = None
+    if last is not None:
+        wait = (last.finished_at - last.created_at).total_seconds()
+        expected_wait = wait * labels_next / max(last.n_labels, 1)
+    return {"pace_labels_per_s": pace, "expected_wait_s": expected_wait}
 
 
 def _pool_clusters(session, project: Project, pool_ids: list[int]) -> list[int] | None:
@@ -414,6 +466,8 @@ def select_batch(
         result.summary["cold_start"] = "clusters"
     if inputs.cold_start_note is not None:
         result.summary["cold_start"] = inputs.cold_start_note
+    if inputs.reserve_basis:  # a service round (the simulator queues no reserve)
+        result.summary["reserve"] = {"size": inputs.reserve_size, **inputs.reserve_basis}
     for medoid in result.summary.get("centre_medoids", []):
         _name_labeled_cell(medoid, inputs)
     picked = [int(index) for index in ranking.order[: inputs.batch_size + inputs.reserve_size]]
