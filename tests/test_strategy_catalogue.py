@@ -14,6 +14,7 @@ IMPLEMENTED_OPTIONS = {
     "xal-margin": xal.XalOptions,
     "xal-least": xal.XalOptions,
     "coverage-entropy": coverage.CoverageOptions,
+    "coverage-margin": coverage.CoverageOptions,
 }
 
 

@@ -91,6 +91,13 @@ CATALOGUE: dict[str, StrategyInfo] = {
             "covers yet; once it is good enough, the most uncertain cells, spread over the pool.",
         ),
         StrategyInfo(
+            "coverage-margin",
+            frozenset({"probabilities", "embeddings"}),
+            CoverageOptions,
+            "As coverage-entropy, but once the model is good enough the cells whose two most likely classes are "
+            "the closest, spread over the pool.",
+        ),
+        StrategyInfo(
             "cluster-spread",
             frozenset({"clusters"}),
             NoOptions,

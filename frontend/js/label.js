@@ -441,22 +441,24 @@ function scoreMeaning(strategy, score, details) {
     return box(h("p", { class: "small" }, `Picked to cover the pool: the most typical cell of a group of ${details.cluster_size ?? "similar"} cells ` +
       `${details.cluster_covered ? "that already has labeled cells" : "that no labeled cell represents yet"}. The score only orders the picks.`));
   }
+  const spread = details.phase === "uncertainty" ? " Among them, the picks are spread over the pool." : "";
+  if (strategy === "margin" || (details.phase === "uncertainty" && typeof details.margin === "number")) {
+    const value = details.phase === "uncertainty" ? details.margin : score;
+    const names = top2.map((i) => `${className(i)} ${percent(probabilities[i], 0)}`).join(" and ");
+    return scale("How torn the model is between two classes", value, `${share(value)} of a tie`,
+      `${names ? `Its two likeliest classes, ${names}, are` : "Its two likeliest classes are"} ${percent(1 - value, 0)} apart; 100% means a tie. The closest calls are picked first.${spread}`);
+  }
   if (strategy === "entropy" || details.phase === "uncertainty") {
     const value = details.phase === "uncertainty" ? details.entropy : score;
     const most = ln(n);
     return scale("How unsure the model is", value / most, `${share(value / most)} of the most unsure possible`,
       `Entropy ${value.toFixed(3)} of at most ln ${n} = ${most.toFixed(3)}, when all ${n} classes are equally likely; 0 when the model is sure of one class. ` +
-      `The most unsure cells are picked first.${details.phase === "uncertainty" ? " Among them, the picks are spread over the pool." : ""}`);
+      `The most unsure cells are picked first.${spread}`);
   }
   if (strategy === "least_confidence") {
     const most = 1 - 1 / n;
     return scale("How unsure the model is", score / most, `${share(score / most)} of the most unsure possible`,
       `The model gives its likeliest class ${percent(1 - score, 0)}; the least it can give is 1/${n} (${percent(1 / n, 0)}), when all ${n} classes are equally likely. Cells whose likeliest class is least likely are picked first.`);
-  }
-  if (strategy === "margin") {
-    const names = top2.map((i) => `${className(i)} ${percent(probabilities[i], 0)}`).join(" and ");
-    return scale("How torn the model is between two classes", score, `${share(score)} of a tie`,
-      `${names ? `Its two likeliest classes, ${names}, are` : "Its two likeliest classes are"} ${percent(1 - score, 0)} apart; 100% means a tie. The closest calls are picked first.`);
   }
   if (strategy === "xal-entropy" && k) {
     const most = ln(k);

@@ -1,4 +1,5 @@
-"""coverage-entropy: typical cells of the parts of the pool no label covers, then diverse uncertainty."""
+"""coverage-entropy and coverage-margin: typical cells of the parts of the pool no label covers,
+then diverse uncertainty (by entropy or by margin)."""
 
 import numpy as np
 import pytest
@@ -68,16 +69,31 @@ def _context(pool_embeddings, probabilities, accuracy, labeled_embeddings, optio
     return context
 
 
+@pytest.mark.parametrize("strategy", ["coverage-entropy", "coverage-margin"])
 @pytest.mark.parametrize(
     "accuracy, phase", [(None, "coverage"), (0.5, "coverage"), (0.85, "uncertainty"), (0.95, "uncertainty")]
 )
-def test_the_model_accuracy_hands_over_from_coverage_to_uncertainty(accuracy, phase):
+def test_the_model_accuracy_hands_over_from_coverage_to_uncertainty(strategy, accuracy, phase):
     pool, _ = blobs(CENTRES, per_blob=20, spread=0.3)
     probabilities = np.random.default_rng(1).dirichlet(np.ones(4), len(pool))
-    ranking = rank_pool("coverage-entropy", _context(pool, probabilities, accuracy, CENTRES[:1]))
+    ranking = rank_pool(strategy, _context(pool, probabilities, accuracy, CENTRES[:1]))
     assert ranking.summary["phase"] == phase
     assert ranking.summary["handover_accuracy"] == 0.85
     assert {d["phase"] for d in ranking.details} == {phase}
+
+
+def test_the_two_hybrids_measure_uncertainty_each_their_own_way():
+    # cell 0: torn between two classes, sure it is one of them (low entropy, a near tie);
+    # cell 1: spread over all four classes but with a clear favourite (high entropy, no tie)
+    pool, _ = blobs(CENTRES[:1], per_blob=40, spread=0.3)
+    probabilities = np.tile([0.97, 0.01, 0.01, 0.01], (len(pool), 1))
+    probabilities[0] = [0.5, 0.5, 0.0, 0.0]
+    probabilities[1] = [0.55, 0.15, 0.15, 0.15]
+    by_entropy = rank_pool("coverage-entropy", _context(pool, probabilities, 0.9, CENTRES[:1]))
+    by_margin = rank_pool("coverage-margin", _context(pool, probabilities, 0.9, CENTRES[:1]))
+    assert by_entropy.order[0] == 1 and by_margin.order[0] == 0
+    assert by_margin.details[0]["margin"] == pytest.approx(1.0) and "entropy" not in by_margin.details[0]
+    assert by_entropy.details[0]["entropy"] > 1.0
 
 
 def test_options_are_checked():

@@ -91,6 +91,8 @@ CURVE_CASES = {
     "coverage-entropy-no-early-stop": CurveCase("coverage-entropy", training=NO_EARLY_STOP),
     # coverage until the model's validation accuracy reaches 0.90 instead of 0.85
     "coverage-entropy-handover-90": CurveCase("coverage-entropy", {"handover_accuracy": 0.9}, training=NO_EARLY_STOP),
+    # the hybrid with margin instead of entropy once it hands over (TCM: TypiClust, then margin)
+    "coverage-margin-no-early-stop": CurveCase("coverage-margin", training=NO_EARLY_STOP),
     # the alternatives the issue keeps beside the hybrid, with the product's training
     "cal-no-early-stop": CurveCase("entropy", training=NO_EARLY_STOP),
     "xal-concept-no-early-stop": CurveCase("xal-entropy", XAL_CONCEPT, training=NO_EARLY_STOP),

@@ -8,26 +8,30 @@ represents yet (TypiClust). Once the model is good enough its uncertainty become
 following; the uncertain cells are then spread over the pool so that one batch does not ask the
 same question many times (Zhdanov 2019, "Diverse mini-batch active learning").
 
-`coverage-entropy` does both, in the model's feature space (`ParallelResidualNet.embed`, L2-
-normalised; in round 0 the start model's, e.g. one pretrained without labels on the pool):
+`coverage-entropy` and `coverage-margin` do both, in the model's feature space
+(`ParallelResidualNet.embed`, L2-normalised; in round 0 the start model's, e.g. one pretrained
+without labels on the pool), and differ only in how uncertainty is measured (softmax entropy, or
+the margin between the two likeliest classes, as TCM does: Doucet et al. 2024, "Bridging
+diversity and uncertainty in active learning with self-supervised pre-training"):
 
 - coverage, while the model's validation accuracy is below `handover_accuracy` (and in
   round 0, which has no trained model): k-means of labeled + pool cells into |L| + batch
   clusters; the clusters that hold no labeled cell, largest first, each give their most
   typical cell (typicality = 1 / mean distance to its nearest neighbours in its cluster);
-- uncertainty, from then on: the `candidates` x batch cells of highest softmax entropy, k-means
-  into batch clusters, the most uncertain cell of each.
+- uncertainty, from then on: the `candidates` x batch most uncertain cells, k-means into batch
+  clusters, the most uncertain cell of each.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 
 import numpy as np
 from scipy.spatial.distance import cdist
 from sklearn.cluster import KMeans
 
-from .ranking import Ranking, SelectionContext, entropy_scores
+from .ranking import Ranking, SelectionContext, entropy_scores, margin_scores
 
 PHASES = ("coverage", "uncertainty")
 KMEANS_ITERATIONS = 50  # a batch's clusters need not converge to the last decimal
@@ -46,14 +50,14 @@ def parse_options(options: dict) -> CoverageOptions:
     known = [f.name for f in fields(CoverageOptions)]
     unknown = sorted(set(options) - set(known))
     if unknown:
-        raise ValueError(f"unknown coverage-entropy option(s) {', '.join(map(repr, unknown))}; known: {', '.join(known)}")
+        raise ValueError(f"unknown coverage option(s) {', '.join(map(repr, unknown))}; known: {', '.join(known)}")
     accuracy = options.get("handover_accuracy", CoverageOptions.handover_accuracy)
     if isinstance(accuracy, bool) or not isinstance(accuracy, (int, float)) or not 0 <= accuracy <= 1:
-        raise ValueError(f"coverage-entropy option 'handover_accuracy' is {accuracy!r}; allowed: a number in [0, 1]")
+        raise ValueError(f"coverage option 'handover_accuracy' is {accuracy!r}; allowed: a number in [0, 1]")
     for name in ("candidates", "neighbours"):
         value = options.get(name, getattr(CoverageOptions, name))
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"coverage-entropy option {name!r} is {value!r}; allowed: an integer >= 1")
+            raise ValueError(f"coverage option {name!r} is {value!r}; allowed: an integer >= 1")
     return CoverageOptions(**options)
 
 
@@ -115,41 +119,52 @@ def coverage_order(
 
 
 def uncertainty_order(
-    pool: np.ndarray, entropy: np.ndarray, batch: int, candidates: int, seed: int
+    pool: np.ndarray, uncertainty: np.ndarray, batch: int, candidates: int, seed: int, measure: str = "entropy"
 ) -> tuple[np.ndarray, list[dict], dict]:
     """Pool indices: first the most uncertain cell of each of `batch` clusters of the
-    candidates x batch most uncertain cells (by entropy), then every other cell by entropy."""
-    by_entropy = np.lexsort((np.arange(len(entropy)), -entropy))
-    shortlist = by_entropy[: candidates * batch]
+    candidates x batch most uncertain cells, then every other cell by uncertainty. Each cell's
+    detail holds its uncertainty under the name of its `measure`."""
+    by_uncertainty = np.lexsort((np.arange(len(uncertainty)), -uncertainty))
+    shortlist = by_uncertainty[: candidates * batch]
     clusters = kmeans(pool[shortlist], batch, seed)
     heads = []
     for cluster in np.unique(clusters):
         members = shortlist[clusters == cluster]
-        heads.append(int(members[np.argmax(entropy[members])]))
-    heads = sorted(heads, key=lambda i: (-entropy[i], i))
+        heads.append(int(members[np.argmax(uncertainty[members])]))
+    heads = sorted(heads, key=lambda i: (-uncertainty[i], i))
     chosen = set(heads)
-    order = np.array(heads + [int(i) for i in by_entropy if int(i) not in chosen], dtype=np.int64)
-    details = [{"phase": "uncertainty", "entropy": float(entropy[i]), "spread_pick": int(i) in chosen} for i in order]
+    order = np.array(heads + [int(i) for i in by_uncertainty if int(i) not in chosen], dtype=np.int64)
+    details = [{"phase": "uncertainty", measure: float(uncertainty[i]), "spread_pick": int(i) in chosen} for i in order]
     return order, details, {"shortlist": int(len(shortlist)), "n_clusters": int(len(heads))}
 
 
-def coverage_entropy(context: SelectionContext) -> Ranking:
-    """Coverage of the pool until the model is good enough, diverse uncertainty after (module doc)."""
-    options = parse_options(context.options)
-    pool = normalised(context.pool_embeddings())
-    labeled = normalised(context.labeled_embeddings()) if len(context.labeled_labels) else np.zeros((0, pool.shape[1]))
-    batch = max(1, min(context.batch_cells, len(pool)))
-    seed = int(context.rng.integers(2**31))
-    accuracy = context.model_accuracy
-    phase = "uncertainty" if accuracy is not None and accuracy >= options.handover_accuracy else "coverage"
-    if phase == "coverage":
-        order, details, summary = coverage_order(pool, labeled, batch, options.neighbours, seed)
-    else:
-        entropy = entropy_scores(context.pool_probabilities())
-        order, details, summary = uncertainty_order(pool, entropy, batch, options.candidates, seed)
-    return Ranking(
-        order=order,
-        scores=np.linspace(1.0, 0.0, len(order)) if len(order) else np.zeros(0),
-        details=details,
-        summary={"phase": phase, "model_accuracy": accuracy, "handover_accuracy": options.handover_accuracy, **summary},
-    )
+def _coverage_then(score: Callable[[np.ndarray], np.ndarray]) -> Callable[[SelectionContext], Ranking]:
+    measure = score.__name__.removesuffix("_scores")
+
+    def rank(context: SelectionContext) -> Ranking:
+        options = parse_options(context.options)
+        pool = normalised(context.pool_embeddings())
+        labeled = normalised(context.labeled_embeddings()) if len(context.labeled_labels) else np.zeros((0, pool.shape[1]))
+        batch = max(1, min(context.batch_cells, len(pool)))
+        seed = int(context.rng.integers(2**31))
+        accuracy = context.model_accuracy
+        phase = "uncertainty" if accuracy is not None and accuracy >= options.handover_accuracy else "coverage"
+        if phase == "coverage":
+            order, details, summary = coverage_order(pool, labeled, batch, options.neighbours, seed)
+        else:
+            uncertainty = score(context.pool_probabilities())
+            order, details, summary = uncertainty_order(pool, uncertainty, batch, options.candidates, seed, measure)
+        return Ranking(
+            order=order,
+            scores=np.linspace(1.0, 0.0, len(order)) if len(order) else np.zeros(0),
+            details=details,
+            summary={"phase": phase, "model_accuracy": accuracy, "handover_accuracy": options.handover_accuracy, **summary},
+        )
+
+    rank.__name__ = f"coverage_{measure}"
+    rank.__doc__ = f"Coverage of the pool until the model is good enough, then diverse {measure} uncertainty (module doc)."
+    return rank
+
+
+coverage_entropy = _coverage_then(entropy_scores)
+coverage_margin = _coverage_then(margin_scores)

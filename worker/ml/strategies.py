@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from .chunking import batch_aligned_chunks
-from .coverage import coverage_entropy, parse_options as parse_coverage_options
+from .coverage import coverage_entropy, coverage_margin, parse_options as parse_coverage_options
 from .ranking import (  # noqa: F401 - part of this module's interface
     Ranking,
     SelectionContext,
@@ -189,6 +189,7 @@ STRATEGIES: dict[str, Strategy] = {
     "xal-margin": Strategy(xal_margin, _XAL, parse_xal_options),
     "xal-least": Strategy(xal_least, _XAL, parse_xal_options),
     "coverage-entropy": Strategy(coverage_entropy, frozenset({"probabilities", "embeddings"}), parse_coverage_options),
+    "coverage-margin": Strategy(coverage_margin, frozenset({"probabilities", "embeddings"}), parse_coverage_options),
     "cluster-spread": Strategy(cluster_spread, frozenset({"clusters"}), first_batch_only=True),
 }
 
