@@ -10,8 +10,9 @@ copy made distinct by a PNG text chunk naming the copy, so its pixels are the sa
 project (round 0: `--initial` random cells) and then, `--steps` times, labels the open step
 through the API (`queue/next` + `labels`, the ground truth as the annotator) and times how long
 after the step's last label the next round's first cell is served. With `--pace S` the annotator
-goes on labeling the previous round's reserve meanwhile, one cell every S seconds, and the
-round's `queue_empty_s` says how long the reserve did not cover the round. Pools above
+labels one cell every S seconds, the step and then the previous round's reserve while the next
+round is computed, and the round's `queue_empty_s` says how long the reserve did not cover the
+round (the reserve is sized from that pace: worker.rounds.reserve_size). Pools above
 XAL_SCORING_CHUNK_SIZE are scored in chunks by all workers (worker/chunks.py).
 
 Prints one line per round and a table (median, min-max), and writes everything as JSON to
@@ -146,7 +147,7 @@ def _measure(pool_size, n_workers, args, rows, classes, env, workers) -> list[di
         for number in range(1, args.steps + 1):
             cpu_speed = python_loop_us()
             cpu_before = sum(cpu_seconds(w.pid) for w in workers)
-            last_label_at = _label_open_step(client, headers, project_id, truth)
+            last_label_at = _label_open_step(client, headers, project_id, truth, args.pace)
             reserve_labeled = 0
             if args.pace:  # the annotator goes on, on the previous round's reserve, at its pace
                 reserve_labeled, cell = _label_reserve(client, headers, project_id, truth, number, args.pace)
@@ -166,6 +167,7 @@ def _measure(pool_size, n_workers, args, rows, classes, env, workers) -> list[di
                 "pace_s": args.pace,
                 "reserve_labeled": reserve_labeled,
                 "queue_empty_s": round_["queue_empty_s"],
+                "reserve_picked": round_["selection_summary"].get("reserve"),  # for the next round's wait
                 "workers_cpu_s": sum(cpu_seconds(w.pid) for w in workers) - cpu_before,
                 "load_average": os.getloadavg()[0],
                 "python_loop_us": cpu_speed,
@@ -179,12 +181,14 @@ def _measure(pool_size, n_workers, args, rows, classes, env, workers) -> list[di
         return runs
 
 
-def _label_open_step(client, headers, project_id: int, truth: dict) -> float:
-    """Labels the queue until the next round is created; returns when its last label was sent."""
+def _label_open_step(client, headers, project_id: int, truth: dict, pace: float) -> float:
+    """Labels the queue, one label every `pace` seconds, until the next round is created; returns
+    when its last label was sent."""
     while True:
         cell = client.post(f"/api/projects/{project_id}/queue/next", headers=headers).json()["cell"]
         if cell is None:
             raise RuntimeError("the queue ran dry before the step was complete")
+        time.sleep(pace)
         sent = time.perf_counter()
         response = client.post(
             f"/api/projects/{project_id}/labels",
@@ -232,8 +236,9 @@ def main() -> None:
         "--pace",
         type=float,
         default=0.0,
-        help="seconds per label of an annotator who goes on labeling the reserve while the next round is "
-        "computed (0: stop at the step's last label); the round's queue_empty_s is the time the reserve did not cover",
+        help="seconds per label of an annotator who labels the step at this pace and goes on labeling the reserve "
+        "while the next round is computed (0: the step as fast as the API answers, and stop at its last label); the "
+        "round's queue_empty_s is the time the reserve did not cover",
     )
     parser.add_argument("--max-epochs", type=int, default=ModelSettings().max_epochs, help="default: the product's")
     parser.add_argument("--patience", type=int, default=None, help="default: none, the product's (no early stop)")
