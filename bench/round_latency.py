@@ -91,7 +91,8 @@ def _measure(pool_size, n_workers, args, rows, classes, env, workers) -> list[di
         _, secret = issue_token(session, create_user(session, "bench-admin", "admin"))
         session.commit()
     headers = {"Authorization": f"Bearer {secret}"}
-    budget = args.initial + args.step * (args.steps + 1)
+    # the whole pool: the reserve is served only while the budget leaves room beyond the next step
+    budget = pool_size
     with TestClient(create_app()) as client:
         project_id = client.post(
             "/api/projects",

@@ -1,5 +1,5 @@
 """How many cells a round queues beyond its step: the fixed share, or what the annotators'
-pace over the next round's expected wait needs, within what the pool holds."""
+pace over the next round's expected wait needs, within what the pool and the budget leave."""
 
 import pytest
 
@@ -14,14 +14,14 @@ from worker.rounds import RESERVE_SAFETY, reserve_size
         (None, 60.0, 5),
         (0.1, 20.0, 5),  # 2 labels in the wait, times the safety: fewer than the share
         (0.5, 60.0, 45),  # 30 labels in the wait, times 1.5
-        (2.0, 600.0, 90),  # more than the pool holds beyond the step: the rest of the pool
+        (2.0, 600.0, 90),  # more than can be served beyond the step: all that can
     ],
 )
 def test_the_reserve_covers_the_expected_wait_at_the_annotators_pace(pace, wait, expected):
     assert RESERVE_SAFETY == 1.5
-    assert reserve_size(10, 100, 0.5, pace, wait) == expected
+    assert reserve_size(10, 90, 0.5, pace, wait) == expected
 
 
-def test_no_reserve_when_the_step_takes_the_whole_pool():
-    assert reserve_size(10, 10, 0.5, 2.0, 600.0) == 0
-    assert reserve_size(10, 4, 0.5, None, None) == 0
+def test_no_reserve_where_none_could_be_served():
+    assert reserve_size(10, 0, 0.5, 2.0, 600.0) == 0
+    assert reserve_size(10, -6, 0.5, None, None) == 0  # the budget's last step

@@ -159,7 +159,9 @@ def gather_round(session, round_: Round) -> RoundInputs:
     size = project.initial_size if round_.number == 0 else project.step_size
     batch_size = max(0, min(size, budget_left, len(pool)))
     reserve_basis = _reserve_basis(session, round_, labels_next=len(labeled) + batch_size)
-    reserve = reserve_size(batch_size, len(pool), get_settings().queue_reserve, **reserve_basis)
+    # the reserve is served only while the labels leave room for the next round's step (labeling.py)
+    servable = min(len(pool) - batch_size, budget_left - batch_size - project.step_size)
+    reserve = reserve_size(batch_size, servable, get_settings().queue_reserve, **reserve_basis)
     pool_clusters, cold_start_note = None, None
     if round_.number == 0 and project.cold_start == "clusters":
         pool_clusters = _pool_clusters(session, project, [i for i, _ in pool])
@@ -196,16 +198,16 @@ RECENT_LABELS = 50  # the annotators' pace is read off the project's last labels
 
 
 def reserve_size(
-    batch: int, pool_left: int, share: float, pace_labels_per_s: float | None, expected_wait_s: float | None
+    batch: int, servable: int, share: float, pace_labels_per_s: float | None, expected_wait_s: float | None
 ) -> int:
     """Cells a round queues beyond its step, so that annotators do not wait for the next round:
     `share` of the step (XAL_QUEUE_RESERVE), or more where the annotators' recent pace over the
-    next round's expected wait (times RESERVE_SAFETY) needs more; never more than the pool holds
-    beyond the step."""
+    next round's expected wait (times RESERVE_SAFETY) needs more; never more than `servable`,
+    the cells beyond the step that the pool holds and the budget would let annotators label."""
     size = math.ceil(share * batch)
     if pace_labels_per_s and expected_wait_s:
         size = max(size, math.ceil(RESERVE_SAFETY * pace_labels_per_s * expected_wait_s))
-    return max(0, min(size, pool_left - batch))
+    return max(0, min(size, servable))
 
 
 def _reserve_basis(session, round_: Round, labels_next: int) -> dict:

@@ -165,13 +165,20 @@ def test_a_cell_labeled_while_the_round_was_computed_is_not_queued_again(
 
 
 def test_no_reserve_in_the_last_step_of_the_budget(app_client, admin_headers, i3a_dir, i3a_rows, unconsumed_queue):
-    # budget 12 = k + m: reserve labels would push the budget's last step past it
+    # budget 12 = k + m: reserve labels would push the budget's last step past it, so none is picked
     project_id = _started_project(app_client, admin_headers, i3a_dir, i3a_rows, budget=12, per_class=4)
+    assert len(app_client.get(f"/api/projects/{project_id}/rounds/0/selections", headers=admin_headers).json()) == 6
+
+    # a reserve picked before the budget was lowered to k + m is not served either
+    project_id = _started_project(app_client, admin_headers, i3a_dir, i3a_rows, budget=24, per_class=4)
+    lowered = app_client.patch(f"/api/projects/{project_id}", headers=admin_headers, json={"budget": 12})
+    assert lowered.status_code == 200, lowered.text
     _, ann = make_user("annotator", project_ids=[project_id])
     for _ in range(6):
         _label(app_client, project_id, ann, _next(app_client, project_id, ann)["cell"]["image_id"])
     assert _next(app_client, project_id, ann)["cell"] is None
     reserve = app_client.get(f"/api/projects/{project_id}/rounds/0/selections", headers=admin_headers).json()[6:]
+    assert len(reserve) == 3
     refused = app_client.post(
         f"/api/projects/{project_id}/labels", headers=ann, json={"image_id": reserve[0]["image_id"], "class_name": "Golgi"}
     )
@@ -190,7 +197,7 @@ def test_the_reserve_grows_to_cover_the_next_rounds_wait_at_the_annotators_pace(
     from backend.core.db.session import new_session
     from worker.rounds import RESERVE_SAFETY
 
-    project_id = _started_project(app_client, admin_headers, i3a_dir, i3a_rows, budget=36, per_class=10)
+    project_id = _started_project(app_client, admin_headers, i3a_dir, i3a_rows, budget=60, per_class=10)
     _, ann = make_user("annotator", project_ids=[project_id])
 
     def label_the_step():
