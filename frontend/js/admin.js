@@ -224,6 +224,14 @@ function stackedSteps(steps) {
     { max: Math.max(...steps.map((s) => s.size + s.reserve)), title: "Labels per step: " + steps.map((s) => `round ${s.round} ${stepText(s)}`).join(", ") });
 }
 
+/** Why a round's reserve has its size (worker.rounds.reserve_size). */
+function reserveBasis(basis) {
+  if (!basis) return "";
+  if (!basis.pace_labels_per_s || !basis.expected_wait_s) return "Reserve: the fixed share of the step (nothing measured yet).";
+  return `Reserve sized for the annotators' pace, ${basis.pace_labels_per_s.toFixed(2)} labels/s, over the next round's ` +
+    `expected wait, ${seconds(basis.expected_wait_s)}, with a margin; never below the fixed share of the step.`;
+}
+
 const ROUND_COLUMNS = [
   ["Round"], ["State"],
   ["Trained on", "labels the round's model was trained on (while it runs: the labels given before it started)"],
@@ -254,7 +262,7 @@ function drawRounds() {
       h("th", { scope: "row" }, r.number),
       h("td", {}, h("span", { class: `badge state-${r.state}` }, r.state)),
       h("td", { class: "num trained" }, trainedOn),
-      h("td", { class: "num picked" }, picked),
+      h("td", { class: "num picked", title: reserveBasis(r.selection_summary?.reserve) }, picked),
       h("td", { class: "num labeled" }, r.n_selected ? stepText({ labeled: labeled.step ?? 0, size: r.n_selected, reserve: labeled.reserve ?? 0 }) : "–"),
       h("td", { class: "small" }, progressText),
       h("td", { class: "num" }, t.train_s === undefined ? "–" : seconds(t.train_s)),
