@@ -3,7 +3,7 @@ pace over the next round's expected wait needs, within what the pool and the bud
 
 import pytest
 
-from worker.rounds import RESERVE_SAFETY, reserve_size
+from worker.rounds import RESERVE_SAFETY, ReservePlan, reserve_size
 
 
 @pytest.mark.parametrize(
@@ -25,3 +25,11 @@ def test_the_reserve_covers_the_expected_wait_at_the_annotators_pace(pace, wait,
 def test_no_reserve_where_none_could_be_served():
     assert reserve_size(10, 0, 0.5, 2.0, 600.0) == 0
     assert reserve_size(10, -6, 0.5, None, None) == 0  # the budget's last step
+
+
+def test_the_next_rounds_wait_is_this_rounds_so_far_scaled_by_the_labels():
+    plan = ReservePlan(servable=500, share=0.5, pace_labels_per_s=1.0, opened_at=1000.0, trained_on=200, labels_next=300)
+    size, basis = plan.size(batch=100, now=1100.0)  # 100 s so far, on 200 labels; the next trains on 300
+    assert basis == {"size": 225, "pace_labels_per_s": 1.0, "expected_wait_s": 150.0} and size == 225
+    first = ReservePlan(servable=500, share=0.5, pace_labels_per_s=None, opened_at=1000.0, trained_on=0, labels_next=100)
+    assert first.size(batch=100, now=1100.0) == (50, {"size": 50, "pace_labels_per_s": None, "expected_wait_s": None})

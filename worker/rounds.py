@@ -10,6 +10,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import timezone
 from functools import lru_cache
 from typing import Any, TypeVar
 
@@ -93,10 +94,9 @@ class RoundInputs:
     # pool_ids), so that the first k cells are spread evenly over the clusters
     pool_clusters: list[int] | None = None
     cold_start_note: str | None = None  # why a requested cold start fell back to random
-    # the next-ranked cells queued beyond the step, served while the next round is computed,
-    # and what their number was sized from (reserve_size)
-    reserve_size: int = 0
-    reserve_basis: dict = field(default_factory=dict)
+    # the next-ranked cells queued beyond the step, served while the next round is computed;
+    # None: no reserve (the simulator)
+    reserve: "ReservePlan | None" = None
     # fixed cells to stop the training on and choose its checkpoint by (the simulator's
     # validation set); empty: a stratified holdout of the labels
     validation_hashes: list[str] = field(default_factory=list)
@@ -158,10 +158,15 @@ def gather_round(session, round_: Round) -> RoundInputs:
     budget_left = project.budget - len(labeled)
     size = project.initial_size if round_.number == 0 else project.step_size
     batch_size = max(0, min(size, budget_left, len(pool)))
-    reserve_basis = _reserve_basis(session, round_, labels_next=len(labeled) + batch_size)
-    # the reserve is served only while the labels leave room for the next round's step (labeling.py)
-    servable = min(len(pool) - batch_size, budget_left - batch_size - project.step_size)
-    reserve = reserve_size(batch_size, servable, get_settings().queue_reserve, **reserve_basis)
+    reserve = ReservePlan(
+        # the reserve is served only while the labels leave room for the next round's step (labeling.py)
+        servable=min(len(pool) - batch_size, budget_left - batch_size - project.step_size),
+        share=get_settings().queue_reserve,
+        pace_labels_per_s=_recent_pace(session, project.id),
+        opened_at=round_.created_at.replace(tzinfo=timezone.utc).timestamp(),
+        trained_on=len(labeled),
+        labels_next=len(labeled) + batch_size,
+    )
     pool_clusters, cold_start_note = None, None
     if round_.number == 0 and project.cold_start == "clusters":
         pool_clusters = _pool_clusters(session, project, [i for i, _ in pool])
@@ -176,8 +181,7 @@ def gather_round(session, round_: Round) -> RoundInputs:
         strategy_options=project.strategy_options,
         model_settings=project.model_settings,
         batch_size=batch_size,
-        reserve_size=reserve,
-        reserve_basis=reserve_basis,
+        reserve=reserve,
         parent_model_id=parent.id if parent else None,
         parent_checkpoint=parent.checkpoint_key if parent else None,
         transfer=transfer,
@@ -193,7 +197,7 @@ def gather_round(session, round_: Round) -> RoundInputs:
     )
 
 
-RESERVE_SAFETY = 1.5  # the next round may take longer than the last one did
+RESERVE_SAFETY = 1.5  # the next round may take longer than this one did
 RECENT_LABELS = 50  # the annotators' pace is read off the project's last labels
 
 
@@ -210,35 +214,34 @@ def reserve_size(
     return max(0, min(size, servable))
 
 
-def _reserve_basis(session, round_: Round, labels_next: int) -> dict:
-    """What the reserve is sized from (reserve_size): the annotators' pace over the project's
-    last RECENT_LABELS labels, and the wait the latest finished round after round 0 gave them
-    (from the label that opened it to its batch), scaled by the labels the next round will
-    train on, since training grows with them. None where there is nothing to measure yet."""
+@dataclass
+class ReservePlan:
+    """What a round's reserve is sized from, gathered with its inputs. The size itself is decided
+    when the round picks its cells (`size`): by then the round knows how long it has kept the
+    annotators waiting since the label that opened it, and the next round, which trains on more
+    labels, will keep them at least that long times the ratio of the labels."""
+
+    servable: int
+    share: float
+    pace_labels_per_s: float | None  # over the project's last RECENT_LABELS labels; None before two
+    opened_at: float  # POSIX seconds: when the label that opened the round was given
+    trained_on: int  # labels this round trains on
+    labels_next: int  # labels the next round will train on, at least (these and the step)
+
+    def size(self, batch: int, now: float) -> tuple[int, dict]:
+        """(reserve cells, what they were sized from: kept with the round's selection summary)."""
+        expected_wait = (now - self.opened_at) * self.labels_next / self.trained_on if self.trained_on else None
+        size = reserve_size(batch, self.servable, self.share, self.pace_labels_per_s, expected_wait)
+        return size, {"size": size, "pace_labels_per_s": self.pace_labels_per_s, "expected_wait_s": expected_wait}
+
+
+def _recent_pace(session, project_id: int) -> float | None:
+    """Labels per second over the project's last RECENT_LABELS labels, all annotators together."""
     times = session.scalars(
-        select(Label.created_at)
-        .where(Label.project_id == round_.project_id)
-        .order_by(Label.created_at.desc())
-        .limit(RECENT_LABELS)
+        select(Label.created_at).where(Label.project_id == project_id).order_by(Label.created_at.desc()).limit(RECENT_LABELS)
     ).all()
     span = (times[0] - times[-1]).total_seconds() if len(times) > 1 else 0.0
-    pace = (len(times) - 1) / span if span > 0 else None
-    last = session.scalar(
-        select(Round)
-        .where(
-            Round.project_id == round_.project_id,
-            Round.number.between(1, round_.number - 1),
-            Round.state == JobState.DONE,
-            Round.finished_at.is_not(None),
-        )
-        .order_by(Round.number.desc())
-        .limit(1)
-    )
-    expected_wait = None
-    if last is not None:
-        wait = (last.finished_at - last.created_at).total_seconds()
-        expected_wait = wait * labels_next / max(last.n_labels, 1)
-    return {"pace_labels_per_s": pace, "expected_wait_s": expected_wait}
+    return (len(times) - 1) / span if span > 0 else None
 
 
 def _pool_clusters(session, project: Project, pool_ids: list[int]) -> list[int] | None:
@@ -468,11 +471,12 @@ def select_batch(
         result.summary["cold_start"] = "clusters"
     if inputs.cold_start_note is not None:
         result.summary["cold_start"] = inputs.cold_start_note
-    if inputs.reserve_basis:  # a service round (the simulator queues no reserve)
-        result.summary["reserve"] = {"size": inputs.reserve_size, **inputs.reserve_basis}
+    reserve = 0
+    if inputs.reserve is not None:
+        reserve, result.summary["reserve"] = inputs.reserve.size(inputs.batch_size, time.time())
     for medoid in result.summary.get("centre_medoids", []):
         _name_labeled_cell(medoid, inputs)
-    picked = [int(index) for index in ranking.order[: inputs.batch_size + inputs.reserve_size]]
+    picked = [int(index) for index in ranking.order[: inputs.batch_size + reserve]]
     pool_probabilities = outputs.probabilities if outputs is not None and trained else None
     picked_probabilities = None  # every strategy's pick shows what the trained model thought of it
     if pool_probabilities is not None:

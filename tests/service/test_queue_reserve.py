@@ -188,9 +188,9 @@ def test_no_reserve_in_the_last_step_of_the_budget(app_client, admin_headers, i3
 def test_the_reserve_grows_to_cover_the_next_rounds_wait_at_the_annotators_pace(
     app_client, admin_headers, i3a_dir, i3a_rows, unconsumed_queue
 ):
-    """A round that kept annotators waiting long, at a fast pace: the next round's reserve is
-    sized from that pace and wait (scaled by the labels it will train on), not from the fixed
-    share, and the round says what it was sized from."""
+    """A round that has kept annotators waiting long, at a fast pace: its reserve is sized from
+    that pace and wait (scaled by the labels the next round trains on), not from the fixed share,
+    and the round says what it was sized from."""
     from datetime import timedelta
 
     from backend.core.db.models import Label, Round
@@ -199,31 +199,22 @@ def test_the_reserve_grows_to_cover_the_next_rounds_wait_at_the_annotators_pace(
 
     project_id = _started_project(app_client, admin_headers, i3a_dir, i3a_rows, budget=60, per_class=10)
     _, ann = make_user("annotator", project_ids=[project_id])
-
-    def label_the_step():
-        for _ in range(6):
-            _label(app_client, project_id, ann, _next(app_client, project_id, ann)["cell"]["image_id"])
-
-    label_the_step()
-    _compute_round(project_id, 1)  # no earlier round to measure: the fixed share, 3 cells
-    first = _round(app_client, project_id, admin_headers, 1)["selection_summary"]["reserve"]
-    assert first["size"] == 3 and first["expected_wait_s"] is None
-    label_the_step()
-    with new_session() as session:  # round 1 kept them 8 s; they label one cell every 2 s
+    assert "reserve" in _round(app_client, project_id, admin_headers, 0)["selection_summary"]
+    assert _round(app_client, project_id, admin_headers, 0)["selection_summary"]["reserve"]["size"] == 3  # no pace yet
+    for _ in range(6):
+        _label(app_client, project_id, ann, _next(app_client, project_id, ann)["cell"]["image_id"])
+    with new_session() as session:  # round 1 was opened 8 s ago; they label one cell every 2 s
         round_1 = session.scalar(select(Round).where(Round.project_id == project_id, Round.number == 1))
-        round_1.created_at = round_1.finished_at - timedelta(seconds=8)
+        round_1.created_at -= timedelta(seconds=8)
         labels = session.scalars(select(Label).where(Label.project_id == project_id).order_by(Label.id)).all()
-        newest = max(label.created_at for label in labels)
         for age, label in enumerate(reversed(labels)):
-            label.created_at = newest - timedelta(seconds=2 * age)
+            label.created_at = round_1.created_at - timedelta(seconds=2 * age)
         session.commit()
-        trained_on = round_1.n_labels
-    _compute_round(project_id, 2)
+    _compute_round(project_id, 1)
 
-    summary = _round(app_client, project_id, admin_headers, 2)["selection_summary"]["reserve"]
-    expected_wait = 8 * (12 + 6) / trained_on
-    assert summary["pace_labels_per_s"] == pytest.approx(0.5)
-    assert summary["expected_wait_s"] == pytest.approx(expected_wait)
-    assert summary["size"] == math.ceil(RESERVE_SAFETY * 0.5 * expected_wait) > 3
-    picked = app_client.get(f"/api/projects/{project_id}/rounds/2/selections", headers=admin_headers).json()
-    assert len(picked) == 6 + summary["size"]
+    reserve = _round(app_client, project_id, admin_headers, 1)["selection_summary"]["reserve"]
+    assert reserve["pace_labels_per_s"] == pytest.approx(0.5)
+    assert reserve["expected_wait_s"] >= 8 * (6 + 6) / 6  # its wait so far, times the next round's labels / its own
+    assert reserve["size"] == math.ceil(RESERVE_SAFETY * 0.5 * reserve["expected_wait_s"]) > 3
+    picked = app_client.get(f"/api/projects/{project_id}/rounds/1/selections", headers=admin_headers).json()
+    assert len(picked) == 6 + reserve["size"]
