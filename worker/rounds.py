@@ -219,18 +219,23 @@ class ReservePlan:
     """What a round's reserve is sized from, gathered with its inputs. The size itself is decided
     when the round picks its cells (`size`): by then the round knows how long it has kept the
     annotators waiting since the label that opened it, and the next round, which trains on more
-    labels, will keep them at least that long times the ratio of the labels."""
+    labels (these, the step, and the reserve labels given meanwhile at the recent pace), will
+    keep them about that long times the ratio of the labels."""
 
     servable: int
     share: float
     pace_labels_per_s: float | None  # over the project's last RECENT_LABELS labels; None before two
     opened_at: float  # POSIX seconds: when the label that opened the round was given
     trained_on: int  # labels this round trains on
-    labels_next: int  # labels the next round will train on, at least (these and the step)
+    labels_next: int  # these and the step
 
     def size(self, batch: int, now: float) -> tuple[int, dict]:
         """(reserve cells, what they were sized from: kept with the round's selection summary)."""
-        expected_wait = (now - self.opened_at) * self.labels_next / self.trained_on if self.trained_on else None
+        waited = now - self.opened_at
+        expected_wait = None
+        if self.trained_on:
+            labels_next = self.labels_next + (self.pace_labels_per_s or 0.0) * waited
+            expected_wait = waited * labels_next / self.trained_on
         size = reserve_size(batch, self.servable, self.share, self.pace_labels_per_s, expected_wait)
         return size, {"size": size, "pace_labels_per_s": self.pace_labels_per_s, "expected_wait_s": expected_wait}
 
