@@ -29,8 +29,10 @@ def test_no_reserve_where_none_could_be_served():
 
 def test_the_next_rounds_wait_is_this_rounds_so_far_scaled_by_the_labels():
     plan = ReservePlan(servable=500, share=0.5, pace_labels_per_s=1.0, opened_at=1000.0, trained_on=200, labels_next=300)
-    # 100 s so far, on 200 labels; the next trains on 300 and the 100 given meanwhile at 1 a second
+    # 100 s so far, on 200 labels; the next trains on 300 and the 100 given meanwhile at 1 a second:
+    # 1.5 x 200 s at 1 a second, and the 100 cells labeled meanwhile that the round may have picked
     size, basis = plan.size(batch=100, now=1100.0)
-    assert basis == {"size": 300, "pace_labels_per_s": 1.0, "expected_wait_s": 200.0} and size == 300
+    assert basis == {"size": 400, "pace_labels_per_s": 1.0, "expected_wait_s": 200.0} and size == 400
+    assert plan.size(batch=100, now=1400.0)[0] == 500  # never more than can be served
     first = ReservePlan(servable=500, share=0.5, pace_labels_per_s=None, opened_at=1000.0, trained_on=0, labels_next=100)
     assert first.size(batch=100, now=1100.0) == (50, {"size": 50, "pace_labels_per_s": None, "expected_wait_s": None})

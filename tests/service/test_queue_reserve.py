@@ -215,6 +215,7 @@ def test_the_reserve_grows_to_cover_the_next_rounds_wait_at_the_annotators_pace(
     reserve = _round(app_client, project_id, admin_headers, 1)["selection_summary"]["reserve"]
     assert reserve["pace_labels_per_s"] == pytest.approx(0.5)
     assert reserve["expected_wait_s"] >= 8 * (6 + 6) / 6  # its wait so far, times the next round's labels / its own
-    assert reserve["size"] == math.ceil(RESERVE_SAFETY * 0.5 * reserve["expected_wait_s"]) > 3
+    # and the cells labeled during those 8 s or more, which the round may have picked
+    assert reserve["size"] >= math.ceil(RESERVE_SAFETY * 0.5 * reserve["expected_wait_s"]) + 4 > 3
     picked = app_client.get(f"/api/projects/{project_id}/rounds/1/selections", headers=admin_headers).json()
     assert len(picked) == 6 + reserve["size"]
