@@ -12,7 +12,7 @@ through the API (`queue/next` + `labels`, the ground truth as the annotator) and
 after the step's last label the next round's first cell is served. With `--pace S` the annotator
 labels one cell every S seconds, the step and then the previous round's reserve while the next
 round is computed, and the round's `queue_empty_s` says how long the reserve did not cover the
-round (the reserve is sized from that pace: worker.rounds.reserve_size). Pools above
+round (the reserve is sized from that pace: worker.rounds.ReservePlan). Pools above
 XAL_SCORING_CHUNK_SIZE are scored in chunks by all workers (worker/chunks.py).
 
 Prints one line per round and a table (median, min-max), and writes everything as JSON to

@@ -201,47 +201,38 @@ RESERVE_SAFETY = 1.5  # the next round may take longer than this one did
 RECENT_LABELS = 50  # the annotators' pace is read off the project's last labels
 
 
-def reserve_size(
-    batch: int, servable: int, share: float, pace_labels_per_s: float | None, expected_wait_s: float | None
-) -> int:
-    """Cells a round queues beyond its step, so that annotators do not wait for the next round:
-    `share` of the step (XAL_QUEUE_RESERVE), or more where the annotators' recent pace over the
-    next round's expected wait (times RESERVE_SAFETY) needs more; never more than `servable`,
-    the cells beyond the step that the pool holds and the budget would let annotators label."""
-    size = math.ceil(share * batch)
-    if pace_labels_per_s and expected_wait_s:
-        size = max(size, math.ceil(RESERVE_SAFETY * pace_labels_per_s * expected_wait_s))
-    return max(0, min(size, servable))
-
-
 @dataclass
 class ReservePlan:
-    """What a round's reserve is sized from, gathered with its inputs. The size itself is decided
-    when the round picks its cells (`size`): by then the round knows how long it has kept the
-    annotators waiting since the label that opened it, and the next round, which trains on more
-    labels (these, the step, and the reserve labels given meanwhile at the recent pace), will
-    keep them about that long times the ratio of the labels."""
+    """How many cells a round queues beyond its step, so that annotators do not wait for the next
+    round. Gathered with the round's inputs; the size is decided when the round picks its cells
+    (`size`), when it knows how long it has kept the annotators waiting since the label that
+    opened it: the next round trains on more labels (this round's, the step's and the reserve
+    labels given meanwhile), so it will keep them about that long times the ratio of the labels."""
 
-    servable: int
-    share: float
+    servable: int  # cells beyond the step that the pool holds and the budget lets annotators label
+    share: float  # XAL_QUEUE_RESERVE: the least reserve, as a share of the step
     pace_labels_per_s: float | None  # over the project's last RECENT_LABELS labels; None before two
     opened_at: float  # POSIX seconds: when the label that opened the round was given
     trained_on: int  # labels this round trains on
     labels_next: int  # these and the step
 
     def size(self, batch: int, now: float) -> tuple[int, dict]:
-        """(reserve cells, what they were sized from: kept with the round's selection summary)."""
-        waited = now - self.opened_at
-        labeled_meanwhile = (self.pace_labels_per_s or 0.0) * waited
+        """(reserve cells, what they were sized from, kept with the round's selection summary):
+        the share of the step, or the pace over the next round's expected wait times
+        RESERVE_SAFETY, plus the cells labeled during this round's wait. Those are still in the
+        pool it ranks, near the top (they were the previous reserve), and storing the round marks
+        such picks labeled: without them the reserve came out short (865 of 958 cells usable,
+        bench/README.md, "Round latency"). Never more than `servable`."""
+        size = math.ceil(self.share * batch)
         expected_wait = None
         if self.trained_on:
+            waited = now - self.opened_at
+            labeled_meanwhile = (self.pace_labels_per_s or 0.0) * waited
             expected_wait = waited * (self.labels_next + labeled_meanwhile) / self.trained_on
-        size = reserve_size(batch, self.servable, self.share, self.pace_labels_per_s, expected_wait)
-        if expected_wait is not None:
-            # The cells labeled during this round's wait (the previous reserve's) are still in the pool
-            # it ranks, and near the top of it: storing the round marks those picks labeled, so the
-            # reserve would come out that much short (measured: 865 of 958 usable, bench/README.md).
-            size = min(size + math.ceil(labeled_meanwhile), max(0, self.servable))
+            if self.pace_labels_per_s:
+                needed = RESERVE_SAFETY * self.pace_labels_per_s * expected_wait + labeled_meanwhile
+                size = max(size, math.ceil(needed))
+        size = max(0, min(size, self.servable))
         return size, {"size": size, "pace_labels_per_s": self.pace_labels_per_s, "expected_wait_s": expected_wait}
 
 
