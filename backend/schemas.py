@@ -71,9 +71,9 @@ class ProjectCreate(BaseModel):
     budget: int | None = Field(default=None, ge=1, description="B; default 20% of the pool")
     initial_size: int | None = Field(default=None, ge=1, description="k; default 15% of B")
     step_size: int | None = Field(default=None, ge=1, description="m; default 10% of B")
-    # coverage-entropy: ahead of random sampling at 2, 5 and 10% of the pool from both pool-
-    # pretrained start models of the real-scale experiment (README, bench/results/al-i3a-full*)
-    strategy: str = "coverage-entropy"
+    # coverage-margin: ahead of random sampling in every seed at 2, 5 and 10% of the pool in the
+    # real-scale experiment, and of coverage-entropy in every seed at 10% (README, bench/README.md)
+    strategy: str = "coverage-margin"
     strategy_options: dict[str, Any] = Field(
         default_factory=dict, description="settings of the strategy, e.g. representation"
     )

@@ -98,7 +98,7 @@ def test_a_null_in_a_project_update_changes_nothing(app_client, admin_headers):
         json={"reveal_after_label": None, "description": None, "cold_start": None, "strategy": None},
     )
     assert response.status_code == 200
-    assert response.json()["reveal_after_label"] is True and response.json()["strategy"] == "coverage-entropy"
+    assert response.json()["reveal_after_label"] is True and response.json()["strategy"] == "coverage-margin"
 
 
 def test_a_tokens_last_use_is_noted_at_most_once_a_minute(app_client, service_env):
