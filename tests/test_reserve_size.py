@@ -7,9 +7,7 @@ from worker.rounds import RESERVE_SAFETY, ReservePlan
 
 
 def _plan(pace, trained_on=200, servable=1000):
-    return ReservePlan(
-        servable=servable, share=0.5, pace_labels_per_s=pace, opened_at=1000.0, trained_on=trained_on, labels_next=300
-    )
+    return ReservePlan(servable=servable, share=0.5, pace_labels_per_s=pace, opened_at=1000.0, trained_on=trained_on)
 
 
 def test_the_next_rounds_wait_is_this_rounds_so_far_scaled_by_the_labels():

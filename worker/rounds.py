@@ -165,7 +165,6 @@ def gather_round(session, round_: Round) -> RoundInputs:
         pace_labels_per_s=_recent_pace(session, project.id),
         opened_at=round_.created_at.replace(tzinfo=timezone.utc).timestamp(),
         trained_on=len(labeled),
-        labels_next=len(labeled) + batch_size,
     )
     pool_clusters, cold_start_note = None, None
     if round_.number == 0 and project.cold_start == "clusters":
@@ -214,7 +213,6 @@ class ReservePlan:
     pace_labels_per_s: float | None  # over the project's last RECENT_LABELS labels; None before two
     opened_at: float  # POSIX seconds: when the label that opened the round was given
     trained_on: int  # labels this round trains on
-    labels_next: int  # these and the step
 
     def size(self, batch: int, now: float) -> tuple[int, dict]:
         """(reserve cells, what they were sized from, kept with the round's selection summary):
@@ -228,7 +226,7 @@ class ReservePlan:
         if self.trained_on:
             waited = now - self.opened_at
             labeled_meanwhile = (self.pace_labels_per_s or 0.0) * waited
-            expected_wait = waited * (self.labels_next + labeled_meanwhile) / self.trained_on
+            expected_wait = waited * (self.trained_on + batch + labeled_meanwhile) / self.trained_on
             if self.pace_labels_per_s:
                 needed = RESERVE_SAFETY * self.pace_labels_per_s * expected_wait + labeled_meanwhile
                 size = max(size, math.ceil(needed))

@@ -224,7 +224,7 @@ function stackedSteps(steps) {
     { max: Math.max(...steps.map((s) => s.size + s.reserve)), title: "Labels per step: " + steps.map((s) => `round ${s.round} ${stepText(s)}`).join(", ") });
 }
 
-/** Why a round's reserve has its size (worker.rounds.reserve_size). */
+/** Why a round's reserve has its size (worker.rounds.ReservePlan.size). */
 function reserveBasis(basis) {
   if (!basis) return "";
   if (!basis.pace_labels_per_s || !basis.expected_wait_s) return "Reserve: the fixed share of the step (nothing measured yet).";

@@ -73,9 +73,7 @@ CURVE_CASES = {
     "cal": CurveCase("entropy"),
     "coverage-entropy": CurveCase("coverage-entropy"),
     "xal-concept-clusters": CurveCase("xal-entropy", XAL_CONCEPT),
-    "xal-pixel-clusters": CurveCase(
-        "xal-entropy", {"relevance_method": "deeptaylor", "representation": "pixel", "centres": "clusters"}
-    ),
+    "xal-pixel-clusters": CurveCase("xal-entropy", {**XAL_CONCEPT, "representation": "pixel"}),
     # The full-data ceilings (from either start) train once, so they get the whole cosine schedule
     # and no early stop: with the curves' patience 4 the first one stopped at epoch 7 of 20 while
     # the lr was still high. (Its low accuracy then, 77.7%, was the batch-norm order bug.)
