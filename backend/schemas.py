@@ -186,6 +186,9 @@ class LabelIn(BaseModel):
     class_name: str = Field(min_length=1)
     duration_ms: int | None = Field(default=None, ge=0, le=24 * 3600 * 1000)
     after_reveal: bool = Field(default=False, description="the answer given after the hints of a blind label were revealed")
+    lease_next: bool = Field(
+        default=False, description="also lease the caller's next cell and answer it as `next`: one request per cell"
+    )
 
 
 class SkipIn(BaseModel):
@@ -207,6 +210,7 @@ class LabelOut(ORM):
     superseded_at: datetime | None
     hints_seen: bool
     hints: dict[str, Any] | None = None  # the strategy's details, returned after a blind label
+    next: NextCell | None = None  # the caller's next cell, after a label posted with lease_next
 
 
 class RoundLabels(BaseModel):

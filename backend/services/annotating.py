@@ -27,7 +27,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 
 from backend.core.db.models import MAX_ID, Project, Round, User, utcnow
 from backend.core.db.session import get_async_engine, new_session
-from backend.core.errors import Conflict, Forbidden, NotFound, Unauthorized
+from backend.core.errors import Conflict, DomainError, Forbidden, NotFound, Unauthorized
 from backend.core.jobs import ACTIVE
 from backend.core.outbox import enqueue
 from backend.core.settings import get_settings
@@ -95,17 +95,20 @@ _IN_SERVED_PART = (
 _CALLER_ID = "(SELECT user_id FROM annotator)"
 _ACTIVE_PROJECT = "(SELECT state FROM project) = 'active'"
 
-_NEXT = f"""
-WITH {_CALLER_AND_QUEUE},
+
+def _lease(only_if: str = "") -> str:
+    """The CTEs that lease the caller's held cell again, or else the best-ranked free one they
+    have not skipped, or else one they skipped; `only_if` narrows all three."""
+    return f"""
 mine AS (
     SELECT s.id FROM selections s
-    WHERE {_ACTIVE_PROJECT} AND {_IN_SERVED_PART} AND NOT s.labeled
+    WHERE {_ACTIVE_PROJECT} AND {_IN_SERVED_PART} AND NOT s.labeled {only_if}
       AND s.leased_by_id = {_CALLER_ID} AND s.lease_expires_at > :now
     ORDER BY s.rank LIMIT 1
 ),
 fresh AS (
     SELECT s.id FROM selections s
-    WHERE NOT EXISTS (SELECT 1 FROM mine) AND {_ACTIVE_PROJECT} AND {_IN_SERVED_PART} AND NOT s.labeled
+    WHERE NOT EXISTS (SELECT 1 FROM mine) AND {_ACTIVE_PROJECT} AND {_IN_SERVED_PART} AND NOT s.labeled {only_if}
       AND (s.leased_by_id IS NULL OR s.lease_expires_at <= :now)
       AND NOT EXISTS (SELECT 1 FROM cell_notes n
                       WHERE n.image_id = s.image_id AND n.round_id = s.round_id AND n.user_id = {_CALLER_ID})
@@ -114,7 +117,7 @@ fresh AS (
 skipped AS (
     SELECT s.id FROM selections s
     WHERE NOT EXISTS (SELECT 1 FROM mine) AND NOT EXISTS (SELECT 1 FROM fresh) AND {_ACTIVE_PROJECT}
-      AND {_IN_SERVED_PART} AND NOT s.labeled
+      AND {_IN_SERVED_PART} AND NOT s.labeled {only_if}
       AND (s.leased_by_id IS NULL OR s.lease_expires_at <= :now)
       AND EXISTS (SELECT 1 FROM cell_notes n
                   WHERE n.image_id = s.image_id AND n.round_id = s.round_id AND n.user_id = {_CALLER_ID})
@@ -128,7 +131,23 @@ leased AS (
     FROM annotator a
     WHERE s.id IN (SELECT id FROM mine UNION ALL SELECT id FROM fresh UNION ALL SELECT id FROM skipped) AND NOT s.labeled
     RETURNING s.round_id, s.image_id, s.rank, s.score, s.details, s.lease_expires_at
-),
+)"""
+
+
+# The leased cell (all null when none was) and what its answer says of the queue.
+_LEASED_COLUMNS = """p.reveal_after_label, l.number AS latest_number, l.state AS latest_state, l.error AS latest_error,
+       v.number AS served_number, v.n_selected AS served_n_selected, x.image_id AS cell_image_id,
+       x.rank AS cell_rank, x.score AS cell_score, x.details AS cell_details,
+       x.lease_expires_at AS cell_lease_expires_at, i.filename AS cell_filename"""
+_LEASED_JOINS = """LEFT JOIN project p ON true
+LEFT JOIN latest l ON true
+LEFT JOIN leased x ON true
+LEFT JOIN served v ON v.id = x.round_id
+LEFT JOIN images i ON i.id = x.image_id"""
+
+_NEXT = f"""
+WITH {_CALLER_AND_QUEUE},
+{_lease()},
 queue_empty AS (
     UPDATE rounds r SET queue_empty_since = :now
     FROM latest l
@@ -137,25 +156,17 @@ queue_empty AS (
       AND NOT EXISTS (SELECT 1 FROM leased)
     RETURNING r.id
 )
-SELECT c.id AS user_id, c.role, p.name AS project_name, p.state AS project_state, p.reveal_after_label,
-       l.number AS latest_number, l.state AS latest_state, l.error AS latest_error,
-       v.number AS served_number, v.n_selected AS served_n_selected,
-       x.image_id, x.rank, x.score, x.details, x.lease_expires_at, i.filename
+SELECT c.id AS user_id, c.role, p.name AS project_name, p.state AS project_state, {_LEASED_COLUMNS}
 FROM (SELECT 1) AS one
 LEFT JOIN caller c ON true
-LEFT JOIN project p ON true
-LEFT JOIN latest l ON true
-LEFT JOIN leased x ON true
-LEFT JOIN served v ON v.id = x.round_id
-LEFT JOIN images i ON i.id = x.image_id
+{_LEASED_JOINS}
 """
 
 # A first label of a queued cell. `seen` is the cell's selection as this statement's snapshot
 # has it, `sel` the same row locked: a row written since the snapshot (a round stored meanwhile
 # that queued the cell again, backend.core.queries.mark_labeled_cells) comes back in a new
 # version, and the statement does nothing and asks to be run again with a fresh snapshot.
-_LABEL = f"""
-WITH {_CALLER_AND_QUEUE},
+_LABEL_CTES = f"""
 cls AS (
     SELECT pc.id FROM project_classes pc WHERE pc.project_id = (SELECT id FROM project) AND pc.name = :class_name
 ),
@@ -229,14 +240,26 @@ opened AS (
     FROM step WHERE open_cells = 0
     ON CONFLICT (project_id, number) DO NOTHING
     RETURNING id
-)
+)"""
+_LABEL_SELECT = """
 SELECT d.outcome, c.username, n.id AS label_id, n.duration_ms, n.created_at, n.hints_seen,
        (SELECT number FROM rounds WHERE id = n.round_id) AS round_number,
-       s.details, s.lease_expires_at, (SELECT id FROM opened) AS opened_round_id
+       s.details, s.lease_expires_at, (SELECT id FROM opened) AS opened_round_id"""
+_LABEL_FROM = """
 FROM verdict d
 LEFT JOIN caller c ON true
 LEFT JOIN inserted n ON true
-LEFT JOIN sel s ON true
+LEFT JOIN sel s ON true"""
+_LABEL = f"WITH {_CALLER_AND_QUEUE},{_LABEL_CTES}{_LABEL_SELECT}{_LABEL_FROM}"
+
+# A label and the caller's next cell in one statement: the browser's one request per cell. The
+# statement's snapshot still has the labeled cell queued, so the lease passes it over; it leases
+# only once the label is stored (a refused label changes nothing), and where it finds no cell
+# (the label closed the step, or the queue is empty) `queue/next`'s statement answers instead.
+_LABEL_THEN_NEXT = f"""WITH {_CALLER_AND_QUEUE},{_LABEL_CTES},
+{_lease("AND s.image_id <> :image_id AND EXISTS (SELECT 1 FROM inserted)")}{_LABEL_SELECT},
+       {_LEASED_COLUMNS}{_LABEL_FROM}
+{_LEASED_JOINS}
 """
 
 _UNDO = f"""
@@ -333,27 +356,21 @@ def _statement(sql: str, **result_types):
     return text(sql).columns(**result_types) if result_types else text(sql)
 
 
-NEXT = _statement(
-    _NEXT,
-    user_id=Integer,
-    role=String,
-    project_name=String,
-    project_state=String,
+_LEASED_TYPES = dict(
     reveal_after_label=Boolean,
     latest_number=Integer,
     latest_state=String,
     latest_error=String,
     served_number=Integer,
     served_n_selected=Integer,
-    image_id=Integer,
-    rank=Integer,
-    score=Float,
-    details=JSON,
-    lease_expires_at=DateTime,
-    filename=String,
+    cell_image_id=Integer,
+    cell_rank=Integer,
+    cell_score=Float,
+    cell_details=JSON,
+    cell_lease_expires_at=DateTime,
+    cell_filename=String,
 )
-LABEL = _statement(
-    _LABEL,
+_LABEL_TYPES = dict(
     outcome=String,
     username=String,
     label_id=Integer,
@@ -364,7 +381,12 @@ LABEL = _statement(
     details=JSON,
     lease_expires_at=DateTime,
     opened_round_id=Integer,
-).bindparams(bindparam("duration_ms", type_=Integer))
+)
+NEXT = _statement(_NEXT, user_id=Integer, role=String, project_name=String, project_state=String, **_LEASED_TYPES)
+LABEL = _statement(_LABEL, **_LABEL_TYPES).bindparams(bindparam("duration_ms", type_=Integer))
+LABEL_THEN_NEXT = _statement(_LABEL_THEN_NEXT, **_LABEL_TYPES, **_LEASED_TYPES).bindparams(
+    bindparam("duration_ms", type_=Integer)
+)
 UNDO = _statement(_UNDO)
 SKIP = _statement(_SKIP)
 
@@ -488,18 +510,23 @@ async def next_cell(secret: str, project_id: int) -> NextCell:
         _refuse("forbidden", project_id)
     if row.project_state != "active":
         raise _inactive(row.project_name, row.project_state)
-    if row.image_id is None:
-        return _empty_queue(row.latest_number, row.latest_state, row.latest_error)
+    return _leased_from(project_id, row) or _empty_queue(row.latest_number, row.latest_state, row.latest_error)
+
+
+def _leased_from(project_id: int, row: Row) -> NextCell | None:
+    """The answer of `queue/next` from a statement that leased a cell (_LEASED_COLUMNS), or None."""
+    if row.cell_image_id is None:
+        return None
     return NextCell(
         cell=_leased_cell(
             project_id,
-            row.image_id,
-            row.filename,
+            row.cell_image_id,
+            row.cell_filename,
             row.served_number,
-            row.rank,
-            row.score,
-            row.details,
-            row.lease_expires_at,
+            row.cell_rank,
+            row.cell_score,
+            row.cell_details,
+            row.cell_lease_expires_at,
             row.served_n_selected,
             row.reveal_after_label,
         ),
@@ -555,34 +582,63 @@ async def submit_label(
     class_name: str,
     duration_ms: int | None,
     after_reveal: bool,
+    lease_next: bool = False,
 ) -> LabelOut:
-    """Labels a queued cell (a relabel, or the answer after a reveal, keeps the old label)."""
+    """Labels a queued cell (a relabel, or the answer after a reveal, keeps the old label).
+    With `lease_next` the answer carries the caller's next cell as `queue/next` gives it, leased
+    in the label's own statement where it can be; `next` stays None where the label was stored
+    but `queue/next` would refuse (the label spent the budget, say): the label's answer is never
+    an error once it is stored."""
+    label, leased = await _store_label(secret, project_id, image_id, class_name, duration_ms, after_reveal, lease_next)
+    if lease_next:
+        try:
+            label.next = leased or await next_cell(secret, project_id)
+        except DomainError:
+            label.next = None
+    return label
+
+
+async def _store_label(
+    secret: str,
+    project_id: int,
+    image_id: int,
+    class_name: str,
+    duration_ms: int | None,
+    after_reveal: bool,
+    lease_next: bool,
+) -> tuple[LabelOut, NextCell | None]:
+    """The stored label, and the next cell where the statement leased one."""
     if _on_sqlite():
-        return await run_in_threadpool(
+        label = await run_in_threadpool(
             _submit_label_orm, secret, project_id, image_id, class_name, duration_ms, after_reveal
         )
+        return label, None
     if not _storable(project_id):
         raise NotFound(f"no project {project_id}")
     if not _storable(image_id):
         image_id = 0  # no such image: the statement says so
     while True:
+        now = utcnow()
+        lease = {"expires": now + timedelta(seconds=get_settings().lease_seconds)} if lease_next else {}
         row = await _run(
-            LABEL,
+            LABEL_THEN_NEXT if lease_next else LABEL,
             token_hash=token_hash(secret),
             project_id=project_id,
             image_id=image_id,
             class_name=class_name,
             duration_ms=duration_ms,
             after_reveal=after_reveal,
-            now=utcnow(),
+            now=now,
+            **lease,
         )
         if row.outcome != "retry":
             break
     match row.outcome:
         case "relabel" | "no_class":  # the ORM path relabels, and words a class error with the classes
-            return await run_in_threadpool(
+            label = await run_in_threadpool(
                 _submit_label_orm, secret, project_id, image_id, class_name, duration_ms, after_reveal
             )
+            return label, None
         case "leased":
             raise Conflict(f"image {image_id} is leased to another annotator until {row.lease_expires_at:%H:%M:%S} UTC")
         case "ok" if row.label_id is None:
@@ -593,7 +649,7 @@ async def submit_label(
             _refuse(outcome, project_id, image_id)
     if row.opened_round_id is not None:
         await run_in_threadpool(enqueue, Round, row.opened_round_id)
-    return LabelOut(
+    label = LabelOut(
         id=row.label_id,
         image_id=image_id,
         class_name=class_name,
@@ -606,6 +662,7 @@ async def submit_label(
         hints_seen=row.hints_seen,
         hints=None if row.hints_seen else row.details,
     )
+    return label, _leased_from(project_id, row) if lease_next else None
 
 
 async def undo_last_label(secret: str, project_id: int) -> LabelOut:

@@ -1,11 +1,12 @@
 // The labeling page: one leased cell at a time, labeled by keyboard, mouse or touch.
 //
 // Speed: the API leases one cell per annotator, so the next cell is only known once the
-// current label is stored. While a cell is shown, the page reads the queue and fetches the
-// images (and maps) of the next free cells into the blob cache; after a label, queue/next
-// usually names one of them and it is drawn from memory. A label is never dropped: it is
-// kept in sessionStorage until the server confirms it, retried on network errors, and a
-// refusal is shown with the server's reason while the cell stays on screen.
+// current label is stored: the label's request leases it (`lease_next`), so each cell costs
+// one request. While a cell is shown, the page reads the queue and fetches the images (and
+// maps) of the next free cells into the blob cache; the leased cell is usually one of them
+// and is drawn from memory. A label is never dropped: it is kept in sessionStorage until the
+// server confirms it, retried on network errors, and a refusal is shown with the server's
+// reason while the cell stays on screen.
 
 import { api, ApiError, blobUrl, requireSession, signOut, withRetry } from "./api.js";
 import { barChart, progressBar } from "./charts.js";
@@ -101,6 +102,11 @@ async function advance() {
     throw error;
   }
   connectionBack();
+  await showNext(next);
+}
+
+/** Shows the cell queue/next answered (or that a label leased with it), or waits. */
+async function showNext(next) {
   if (!next.cell) return showWaiting(next);
   await showCell(next.cell);
 }
@@ -206,7 +212,12 @@ async function submitLabel(className) {
   if (!cell || state.busy) return;
   state.busy = true;
   markChosen(className);
-  const body = { image_id: cell.image_id, class_name: className, duration_ms: Math.round(performance.now() - state.shownAt) };
+  const body = {
+    image_id: cell.image_id,
+    class_name: className,
+    duration_ms: Math.round(performance.now() - state.shownAt),
+    lease_next: !cell.hints_hidden, // the answer leases the next cell: one request per cell
+  };
   sessionStorage.setItem(outboxKey, JSON.stringify(body));
   const slow = setTimeout(() => status(`Saving “${className}”…`), 300);
   try {
@@ -215,8 +226,10 @@ async function submitLabel(className) {
     bumpProgress(className);
     if (cell.hints_hidden) {
       startReveal(cell, className, stored.hints || {});
+    } else if (stored.next) {
+      await showNext(stored.next);
     } else {
-      await advance();
+      await advance(); // the project stopped with this label: queue/next says how
     }
   } catch (error) {
     reportRefusal(error, `The label “${className}” was not saved`);

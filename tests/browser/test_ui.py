@@ -159,8 +159,13 @@ def test_annotator_labels_a_step_by_keyboard_and_the_dashboard_follows(project, 
     page.keyboard.press("a")
     assert page.inner_text("#gain-readout").startswith("auto ")
 
+    posted = []  # the page's POSTs while it labels the step: each label leases the next cell
+    page.on("request", lambda r: posted.append(r) if r.method == "POST" else None)
     labeled = label_until_the_queue_is_empty(page, truth, first, limit=INITIAL)
     assert len(labeled) == INITIAL and len(set(labeled)) == INITIAL
+    labels = [i for i, r in enumerate(posted) if r.url.endswith(f"/projects/{project_id}/labels")]
+    assert len(labels) == INITIAL and all(posted[i].post_data_json["lease_next"] for i in labels)
+    assert not [r.url for r in posted[: labels[-1]] if r.url.endswith("/queue/next")], "a request more per cell"
 
     # the queue waits for round 1, says so, and resumes by itself
     expect_text(page, "#waiting-title", "being computed")

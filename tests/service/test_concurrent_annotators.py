@@ -108,19 +108,23 @@ class Holders:
 
 def _annotate(base_url: str, project_id: int, username: str, headers: dict, holders: Holders) -> dict:
     """Leases and labels until the queue is empty; skips its first cell now and then (once),
-    which puts it back in the queue for the others."""
+    which puts it back in the queue for the others. Half of the annotators label as the browser
+    does, with `lease_next`: the label's answer leases their next cell."""
     rng = random.Random(username)
     acknowledged, skipped, failures = [], [], []
     may_skip = rng.random() < 0.3
+    lease_next = rng.random() < 0.5
+    cell = None
     with httpx.Client(base_url=base_url, headers=headers, timeout=120) as client:
         while True:
-            response = client.post(f"/api/projects/{project_id}/queue/next")
-            if response.status_code != 200:
-                failures.append(("next", response.status_code, response.text))
-                break
-            cell = response.json()["cell"]
             if cell is None:
-                break
+                response = client.post(f"/api/projects/{project_id}/queue/next")
+                if response.status_code != 200:
+                    failures.append(("next", response.status_code, response.text))
+                    break
+                cell = response.json()["cell"]
+                if cell is None:
+                    break
             holders.take(cell["image_id"], username)
             time.sleep(rng.uniform(0, 0.02))  # looks at the cell, then asks again: the same cell
             again = client.post(f"/api/projects/{project_id}/queue/next")
@@ -136,16 +140,20 @@ def _annotate(base_url: str, project_id: int, username: str, headers: dict, hold
                     skipped.append(cell["image_id"])
                 else:
                     failures.append(("skip", response.status_code, response.text))
+                cell = None
                 continue
             class_name = rng.choice(CLASSES)
             response = client.post(
-                f"/api/projects/{project_id}/labels", json={"image_id": cell["image_id"], "class_name": class_name}
+                f"/api/projects/{project_id}/labels",
+                json={"image_id": cell["image_id"], "class_name": class_name, "lease_next": lease_next},
             )
             if response.status_code == 201:
                 label = response.json()
                 acknowledged.append((label["id"], cell["image_id"], class_name))
+                cell = (label["next"] or {}).get("cell") if lease_next else None
             else:
                 failures.append(("label", response.status_code, response.text))
+                cell = None
     return {"username": username, "acknowledged": acknowledged, "skipped": skipped, "failures": failures}
 
 

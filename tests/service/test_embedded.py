@@ -63,15 +63,23 @@ def test_the_service_runs_the_loop_on_the_embedded_default(tmp_path, i3a_dir, i3
         truth = {f"{row['image_id']}.png": row["pattern"] for row in rows}
         for number in (0, 1):
             assert wait_for_round(client, {}, project["id"], number, timeout=180)["n_selected"] == 6
-            for _ in range(6):
-                cell = client.post(f"/api/projects/{project['id']}/queue/next").json()["cell"]
-                assert (
-                    client.post(
-                        f"/api/projects/{project['id']}/labels",
-                        json={"image_id": cell["image_id"], "class_name": truth[cell["filename"]]},
-                    ).status_code
-                    == 201
+            lease_next = number == 0  # step 0 as the browser labels: each label leases the next cell
+            cell = client.post(f"/api/projects/{project['id']}/queue/next").json()["cell"]
+            for position in range(6):
+                answer = client.post(
+                    f"/api/projects/{project['id']}/labels",
+                    json={"image_id": cell["image_id"], "class_name": truth[cell["filename"]], "lease_next": lease_next},
                 )
+                assert answer.status_code == 201, answer.text
+                if position < 5:
+                    leased = (
+                        answer.json()["next"]
+                        if lease_next
+                        else client.post(f"/api/projects/{project['id']}/queue/next").json()
+                    )
+                    cell = leased["cell"]
+                elif lease_next:
+                    assert answer.json()["next"]["cell"] is None  # the step is done; round 1 is computed
         final = wait_for_round(client, {}, project["id"], 2, timeout=180)
         assert final["n_labels"] == 12 and final["model_version_id"]
         assert (tmp_path / "xal-data" / "xal.db").is_file()

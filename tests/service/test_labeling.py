@@ -17,10 +17,28 @@ def _next(client, project_id, headers):
     return response.json()["cell"]
 
 
-def _label(client, project_id, headers, image_id, class_name="Golgi"):
+def _label(client, project_id, headers, image_id, class_name="Golgi", **options):
     return client.post(
-        f"/api/projects/{project_id}/labels", headers=headers, json={"image_id": image_id, "class_name": class_name}
+        f"/api/projects/{project_id}/labels",
+        headers=headers,
+        json={"image_id": image_id, "class_name": class_name, **options},
     )
+
+
+def _leased_to(project_id, username):
+    """The image ids of the project's selections leased to `username`."""
+    from backend.core.db.models import Round, Selection, User
+    from backend.core.db.session import new_session
+
+    with new_session() as session:
+        return set(
+            session.scalars(
+                select(Selection.image_id)
+                .join(Round, Round.id == Selection.round_id)
+                .join(User, User.id == Selection.leased_by_id)
+                .where(Round.project_id == project_id, User.username == username)
+            )
+        )
 
 
 def _label_rows(project_id):
@@ -38,6 +56,33 @@ def test_an_annotator_gets_the_same_leased_cell_until_they_label_it(app_client, 
     assert _next(app_client, open_project, annotator)["image_id"] == first["image_id"]
     assert _label(app_client, open_project, annotator, first["image_id"]).status_code == 201
     assert _next(app_client, open_project, annotator)["rank"] == 1
+
+
+def test_a_label_can_lease_the_next_cell_in_the_same_request(app_client, open_project):
+    name, annotator = make_user("annotator", project_ids=[open_project])
+    first = _next(app_client, open_project, annotator)
+    answer = _label(app_client, open_project, annotator, first["image_id"], lease_next=True)
+    assert answer.status_code == 201, answer.text
+    label, leased = answer.json(), answer.json()["next"]
+    assert label["image_id"] == first["image_id"] and label["class_name"] == "Golgi"
+    assert leased["message"] == "leased" and leased["round_state"] == "done"
+    assert leased["cell"]["rank"] == 1 and leased["cell"]["image_url"].endswith(f"/images/{leased['cell']['image_id']}/file")
+    assert _leased_to(open_project, name) == {leased["cell"]["image_id"]}  # the labeled cell's lease ended
+    again = _next(app_client, open_project, annotator)  # the same cell, its lease renewed
+    assert again.pop("lease_expires_at") >= leased["cell"].pop("lease_expires_at") and again == leased["cell"]
+    plain = _label(app_client, open_project, annotator, leased["cell"]["image_id"])
+    assert plain.status_code == 201 and plain.json()["next"] is None and _leased_to(open_project, name) == set()
+
+
+def test_a_refused_label_leases_nothing(app_client, open_project):
+    _, alice = make_user("annotator", project_ids=[open_project])
+    bob_name, bob = make_user("annotator", project_ids=[open_project])
+    cell = _next(app_client, open_project, alice)
+    before = _label_rows(open_project)
+    assert _label(app_client, open_project, bob, cell["image_id"], lease_next=True).status_code == 409
+    assert _label(app_client, open_project, bob, 10**9, lease_next=True).status_code == 404
+    assert _label(app_client, open_project, bob, cell["image_id"], "Mitotic", lease_next=True).status_code == 422
+    assert _leased_to(open_project, bob_name) == set() and _label_rows(open_project) == before
 
 
 def test_a_cell_leased_to_someone_else_cannot_be_labeled_and_nothing_changes(app_client, open_project):
@@ -97,14 +142,19 @@ def test_undo_returns_the_cell_to_its_annotator_and_keeps_the_history(app_client
 def test_the_last_label_of_a_step_opens_the_next_round_once(app_client, open_project, admin_headers):
     annotators = [make_user("annotator", project_ids=[open_project])[1] for _ in range(6)]
     cells = [_next(app_client, open_project, headers) for headers in annotators]
-    with ThreadPoolExecutor(6) as pool:
-        statuses = list(
+    with ThreadPoolExecutor(6) as pool:  # half of them ask for their next cell with the label
+        answers = list(
             pool.map(
-                lambda pair: _label(app_client, open_project, pair[0], pair[1]["image_id"]).status_code,
-                zip(annotators, cells),
+                lambda job: _label(app_client, open_project, job[1], job[2]["image_id"], lease_next=job[0] % 2 == 0),
+                zip(range(6), annotators, cells),
             )
         )
-    assert statuses == [201] * 6
+    assert [a.status_code for a in answers] == [201] * 6
+    for leased in (a.json()["next"] for a in answers[::2]):  # the step is all leased: no next cell
+        assert leased["cell"] is None and leased["message"] in (
+            "every queued cell is leased or labeled",
+            "round 1 is being computed; the next cells arrive when it is done",
+        )
     rounds = app_client.get(f"/api/projects/{open_project}/rounds", headers=admin_headers).json()
     assert [r["number"] for r in rounds] == [0, 1]
     waiting = app_client.post(f"/api/projects/{open_project}/queue/next", headers=annotators[0]).json()

@@ -1,7 +1,7 @@
-"""The labeling hot path on PostgreSQL: `queue/next`, `labels`, `labels/undo` and `queue/skip`
-each send one statement (one round trip) once the caller's access is known, and a revoked
-token or a removed member is refused at once although that access is read only every few
-seconds."""
+"""The labeling hot path on PostgreSQL: `queue/next`, `labels` (a label that leases the next
+cell too), `labels/undo` and `queue/skip` each send one statement (one round trip) once the
+caller's access is known, and a revoked token or a removed member is refused at once although
+that access is read only every few seconds."""
 
 from contextlib import contextmanager
 
@@ -44,6 +44,14 @@ def test_each_labeling_request_is_one_statement(app_client, open_project):
             f"/api/projects/{project}/labels", headers=headers, json={"image_id": cell["image_id"], "class_name": "Golgi"}
         )
     assert label.status_code == 201 and len(sent) == 1, sent
+    cell = client.post(f"/api/projects/{project}/queue/next", headers=headers).json()["cell"]
+    with statements_sent() as sent:
+        label = client.post(
+            f"/api/projects/{project}/labels",
+            headers=headers,
+            json={"image_id": cell["image_id"], "class_name": "Golgi", "lease_next": True},
+        )
+    assert label.status_code == 201 and label.json()["next"]["cell"] is not None and len(sent) == 1, sent
     with statements_sent() as sent:
         undone = client.post(f"/api/projects/{project}/labels/undo", headers=headers)
     assert undone.status_code == 200 and undone.json()["image_id"] == cell["image_id"] and len(sent) == 1, sent
