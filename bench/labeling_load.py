@@ -1,10 +1,16 @@
 """Load on the labeling API: N concurrent simulated annotators, each its own user and token,
-each looping `POST /queue/next` then `POST /labels` for the leased cell, with no think time,
-against a real uvicorn server process on loopback and the real PostgreSQL.
+each labeling leased cells in a loop with no think time, against a real uvicorn server process
+on loopback and the real PostgreSQL.
 
     .venv/bin/python bench/labeling_load.py [--annotators 50] [--duration 30] [--workers 1]
         [--rates 0 100] [--repeats 3] [--pool 3000] [--labels-before 0]
-        [--code . ../xal-before]
+        [--patterns label-leases-next next-then-label] [--code . ../xal-before]
+
+`--patterns`: how an annotator asks for cells. `label-leases-next` is the browser's: one
+`POST /labels` per cell with `lease_next`, whose answer leases the next cell (`queue/next`
+only for the first cell and when a label's answer has none). `next-then-label` is two requests
+per cell, `POST /queue/next` then `POST /labels`, as a REST client may do, and as every client
+did before `lease_next` (the only pattern an older checkout in `--code` understands).
 
 `--rates`: the labels per second the annotators aim at together, each pacing itself (0: no
 pause, as fast as the server answers). A paced run shows the latency at that load; one that
@@ -67,6 +73,13 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="runs per worker count and rate")
     parser.add_argument("--pool", type=int, default=3000, help="cells of the project (one fresh project per run)")
     parser.add_argument("--labels-before", type=int, nargs="+", default=[0], help="labels the project holds before the load")
+    parser.add_argument(
+        "--patterns",
+        nargs="+",
+        choices=["label-leases-next", "next-then-label"],
+        default=["label-leases-next"],
+        help="requests per cell: a label that leases the next cell (the browser), or queue/next then the label",
+    )
     parser.add_argument("--code", nargs="+", default=[str(ROOT)], help="checkouts whose API to measure, in turn")
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--loop", default="auto", help="uvicorn's --loop (auto: uvloop where installed)")
@@ -96,14 +109,15 @@ def _measure(args, database: str) -> list[dict]:
     base_url = f"http://127.0.0.1:{args.port}"
     runs = []
     plan = [
-        (n_workers, labels_before, rate, repeat, code)
+        (n_workers, labels_before, rate, repeat, code, pattern)
         for n_workers in args.workers
         for labels_before in args.labels_before
         for rate in args.rates
         for repeat in range(args.repeats)
         for code in args.code
+        for pattern in args.patterns
     ]
-    for n_workers, labels_before, rate, repeat, code in plan:
+    for n_workers, labels_before, rate, repeat, code, pattern in plan:
         project_id = _project_in_progress(args.pool, labels_before, annotators)
         _analyze(database)
         gc_trace = Path(tempfile.mkstemp(prefix="xal-gc-")[1])
@@ -114,7 +128,7 @@ def _measure(args, database: str) -> list[dict]:
             load_before, cpu_speed = os.getloadavg(), python_loop_us()
             with CpuMeter(server, database) as cpu:
                 load_started = time.time()
-                run = asyncio.run(_load(base_url, project_id, annotators, args.duration, rate))
+                run = asyncio.run(_load(base_url, project_id, annotators, args.duration, rate, pattern))
                 load_ended = time.time()
         finally:
             stop(server)
@@ -123,6 +137,7 @@ def _measure(args, database: str) -> list[dict]:
         per_label = {k: round(v * 1000 / max(run["labels"], 1), 2) for k, v in cpu.seconds.items()}
         run.update(
             code=codes[code],
+            pattern=pattern,
             workers=n_workers,
             labels_before=labels_before,
             rate=rate,
@@ -367,7 +382,7 @@ def _ok(response: httpx.Response) -> dict:
     return response.json()
 
 
-async def _load(base_url: str, project_id: int, annotators: list[dict], duration: float, rate: float = 0) -> dict:
+async def _load(base_url: str, project_id: int, annotators: list[dict], duration: float, rate: float, pattern: str) -> dict:
     next_ms: list[float] = []
     submit_ms: list[float] = []
     counts = {"labels": 0, "empty_queue": 0, "errors": 0}
@@ -379,32 +394,36 @@ async def _load(base_url: str, project_id: int, annotators: list[dict], duration
         rng = random.Random(headers["Authorization"])
         interval = len(annotators) / rate if rate else 0.0  # each annotator's share of the rate
         due = time.perf_counter() + rng.uniform(0, interval)  # spread out, not all at once
+        lease_next = pattern == "label-leases-next"
+        cell = None
         while time.perf_counter() < deadline:
             if interval:
                 await asyncio.sleep(max(0.0, due - time.perf_counter()))
                 due += interval
-            started = time.perf_counter()
-            response = await _post(client, f"/api/projects/{project_id}/queue/next", headers)
-            next_ms.append((time.perf_counter() - started) * 1000)
-            if not isinstance(response, httpx.Response) or response.status_code != 200:
-                _count_error(counts, errors, "next", response)
-                await asyncio.sleep(0.1)
-                continue
-            cell = response.json()["cell"]
             if cell is None:
-                counts["empty_queue"] += 1
-                await asyncio.sleep(0.1)
-                continue
+                started = time.perf_counter()
+                response = await _post(client, f"/api/projects/{project_id}/queue/next", headers)
+                next_ms.append((time.perf_counter() - started) * 1000)
+                if not isinstance(response, httpx.Response) or response.status_code != 200:
+                    _count_error(counts, errors, "next", response)
+                    await asyncio.sleep(0.1)
+                    continue
+                cell = response.json()["cell"]
+                if cell is None:
+                    counts["empty_queue"] += 1
+                    await asyncio.sleep(0.1)
+                    continue
             started = time.perf_counter()
+            body = {"image_id": cell["image_id"], "class_name": rng.choice(CLASSES)}
             response = await _post(
-                client,
-                f"/api/projects/{project_id}/labels",
-                headers,
-                {"image_id": cell["image_id"], "class_name": rng.choice(CLASSES)},
+                client, f"/api/projects/{project_id}/labels", headers, {**body, "lease_next": True} if lease_next else body
             )
             submit_ms.append((time.perf_counter() - started) * 1000)
+            cell = None
             if isinstance(response, httpx.Response) and response.status_code == 201:
                 counts["labels"] += 1
+                if lease_next:
+                    cell = (response.json()["next"] or {}).get("cell")
             else:
                 _count_error(counts, errors, "submit", response)
 
@@ -469,8 +488,8 @@ def _labels_in_database(project_id: int) -> int:
 def _print_run(run: dict) -> None:
     n, s = run["next_ms"], run["submit_ms"]
     print(
-        f"{run['code']} workers={run['workers']} labels before={run['labels_before']} rate={run['rate'] or 'max'} "
-        f"run={run['repeat']}: {run['labels_per_s']} labels/s "
+        f"{run['code']} {run['pattern']} workers={run['workers']} labels before={run['labels_before']} "
+        f"rate={run['rate'] or 'max'} run={run['repeat']}: {run['labels_per_s']} labels/s "
         f"({run['labels']} in {run['seconds']} s, {run['labels_in_database']} in the database), "
         f"next p50/p90/p99/max {n.get('p50')}/{n.get('p90')}/{n.get('p99')}/{n.get('max')} ms, "
         f"submit {s.get('p50')}/{s.get('p90')}/{s.get('p99')}/{s.get('max')} ms, "
@@ -486,13 +505,12 @@ def _print_run(run: dict) -> None:
 
 def _summary(runs: list[dict]) -> dict:
     by_setting, lines = {}, []
-    settings = sorted({(r["code"], r["workers"], r["labels_before"], r["rate"]) for r in runs}, key=str)
-    for code, n_workers, labels_before, rate in settings:
-        mine = [
-            r
-            for r in runs
-            if (r["code"], r["workers"], r["labels_before"], r["rate"]) == (code, n_workers, labels_before, rate)
-        ]
+
+    def setting(run: dict) -> tuple:
+        return run["code"], run["pattern"], run["workers"], run["labels_before"], run["rate"]
+
+    for code, pattern, n_workers, labels_before, rate in sorted({setting(r) for r in runs}, key=str):
+        mine = [r for r in runs if setting(r) == (code, pattern, n_workers, labels_before, rate)]
 
         def spread(values):
             if not values:
@@ -514,7 +532,7 @@ def _summary(runs: list[dict]) -> dict:
             "gc_full_collections": spread([r["gc_pauses"]["full_collections"] for r in mine]),
             "gc_longest_ms": spread([r["gc_pauses"]["longest_ms"] for r in mine]),
         }
-        name = f"{code}, {n_workers} workers, {labels_before} labels before, rate {rate or 'max'}"
+        name = f"{code}, {pattern}, {n_workers} workers, {labels_before} labels before, rate {rate or 'max'}"
         by_setting[name] = entry
         lines.append(
             f"{name}, {len(mine)} runs, median (min-max): "
