@@ -126,10 +126,12 @@ def _measure(args, database: str) -> list[dict]:
             with httpx.Client(base_url=base_url, timeout=60) as client:
                 wait_for(lambda: api_is_up(client), 120, message="the API")
             load_before, cpu_speed = os.getloadavg(), python_loop_us()
+            wal_before = _wal_and_checkpoints(database)
             with CpuMeter(server, database) as cpu:
                 load_started = time.time()
                 run = asyncio.run(_load(base_url, project_id, annotators, args.duration, rate, pattern))
                 load_ended = time.time()
+            wal_after = _wal_and_checkpoints(database)
         finally:
             stop(server)
         run["gc_pauses"] = _gc_pauses(gc_trace, load_started, load_ended)
@@ -151,6 +153,9 @@ def _measure(args, database: str) -> list[dict]:
             api_plus_pg_cpu_ms_per_label=round(per_label["api"] + per_label["database"], 2),
         )
         run["labels_in_database"] = _labels_in_database(project_id) - labels_before
+        wal = {key: wal_after[key] - wal_before[key] for key in wal_before}
+        run["checkpoints_during_run"] = wal.pop("checkpoints")
+        run["wal_per_label"] = {key: round(value / max(run["labels"], 1), 2) for key, value in wal.items()}
         runs.append(run)
         _print_run(run)
     return runs
@@ -475,6 +480,16 @@ def _percentiles(values: list[float]) -> dict:
     }
 
 
+def _wal_and_checkpoints(database: str) -> dict:
+    """The server's WAL so far (records, full-page images, bytes) and its checkpoints: a page's
+    first change after a checkpoint starts writes the whole page to the WAL, which a run that
+    overlaps a checkpoint pays for in PostgreSQL's CPU."""
+    with psycopg.connect(POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + f"/{database}", autocommit=True) as conn:
+        records, fpi, size = conn.execute("SELECT wal_records, wal_fpi, wal_bytes FROM pg_stat_wal").fetchone()
+        checkpoints = conn.execute("SELECT checkpoints_timed + checkpoints_req FROM pg_stat_bgwriter").fetchone()[0]
+    return {"wal_records": records, "wal_fpi": fpi, "wal_bytes": int(size), "checkpoints": checkpoints}
+
+
 def _labels_in_database(project_id: int) -> int:
     from sqlalchemy import func, select
 
@@ -496,7 +511,8 @@ def _print_run(run: dict) -> None:
         f"errors {run['errors']}, empty queue {run['empty_queue']}, load {run['loadavg_before'][0]:.2f}, "
         f"python loop {run['python_loop_us']} us; "
         f"CPU ms per label: {run['cpu_ms_per_label']} (API + PostgreSQL {run['api_plus_pg_cpu_ms_per_label']}), "
-        f"database connections: {run['database_connections']}, garbage collections: {run['gc_pauses']}",
+        f"database connections: {run['database_connections']}, garbage collections: {run['gc_pauses']}, "
+        f"WAL per label: {run['wal_per_label']}, checkpoints during the run: {run['checkpoints_during_run']}",
         flush=True,
     )
     for kind, count in run["error_kinds"].items():
