@@ -37,7 +37,7 @@ async def submit_label(project_id: int, body: LabelIn, secret: AnnotatorSecret):
     """Labels a queued cell (or relabels one's own labeled cell; the old label is kept).
     After a blind label of a "label first, then reveal" project the response carries the hints.
     With `lease_next` it also carries the caller's next cell as `next`, as `queue/next` answers
-    it (null where `queue/next` would refuse, as when the label spent the budget)."""
+    it (null in the rare case where `queue/next` refuses although the label was stored)."""
     return await annotating.submit_label(
         secret, project_id, body.image_id, body.class_name, body.duration_ms, body.after_reveal, body.lease_next
     )

@@ -586,9 +586,9 @@ async def submit_label(
 ) -> LabelOut:
     """Labels a queued cell (a relabel, or the answer after a reveal, keeps the old label).
     With `lease_next` the answer carries the caller's next cell as `queue/next` gives it, leased
-    in the label's own statement where it can be; `next` stays None where the label was stored
-    but `queue/next` would refuse (the label spent the budget, say): the label's answer is never
-    an error once it is stored."""
+    in the label's own statement where it can be. `next` stays None where the label was stored
+    but `queue/next` then refuses (the token revoked meanwhile, say): once a label is stored its
+    answer is never an error."""
     label, leased = await _store_label(secret, project_id, image_id, class_name, duration_ms, after_reveal, lease_next)
     if lease_next:
         try:

@@ -229,7 +229,7 @@ async function submitLabel(className) {
     } else if (stored.next) {
       await showNext(stored.next);
     } else {
-      await advance(); // the project stopped with this label: queue/next says how
+      await advance(); // stored, but no next cell came with it: queue/next says why
     }
   } catch (error) {
     reportRefusal(error, `The label “${className}” was not saved`);
