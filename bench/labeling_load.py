@@ -150,6 +150,11 @@ def _measure(args, database: str) -> list[dict]:
             loadavg_after=os.getloadavg(),
             database_connections={"opened": cpu.backends_started, "most_at_once": cpu.most_backends_at_once},
             cpu_ms_per_label=per_label,
+            database_per_label={
+                "user_ms": round(cpu.database_split["user_s"] * 1000 / max(run["labels"], 1), 2),
+                "system_ms": round(cpu.database_split["system_s"] * 1000 / max(run["labels"], 1), 2),
+                "minor_faults": round(cpu.database_split["minor_faults"] / max(run["labels"], 1), 1),
+            },
             api_plus_pg_cpu_ms_per_label=round(per_label["api"] + per_label["database"], 2),
         )
         run["labels_in_database"] = _labels_in_database(project_id) - labels_before
@@ -308,7 +313,8 @@ class CpuMeter:
 
     def __init__(self, server: subprocess.Popen, database: str):
         self.server, self.database = server, database
-        self.backend_cpu: dict[int, tuple[float, float]] = {}  # pid: (CPU when first seen, CPU last seen)
+        # pid: (user s, system s, minor page faults) when first seen and when last seen
+        self.backend_cpu: dict[int, tuple[tuple[float, float, int], tuple[float, float, int]]] = {}
         self.backends_started = 0
         self.most_backends_at_once = 0
         self._stop = threading.Event()
@@ -326,8 +332,14 @@ class CpuMeter:
         self._sample()
         self.seconds = {
             "api": self._api_cpu() - self._api_start,
-            "database": sum(last - first for first, last in self.backend_cpu.values()),
+            "database": sum(sum(last[:2]) - sum(first[:2]) for first, last in self.backend_cpu.values()),
             "load_generator": self._self_cpu() - self._self_start,
+        }
+        # where the backends' time went: a change in system time or page faults points at the
+        # machine (memory, scheduling) rather than at the statements
+        self.database_split = {
+            name: sum(last[i] - first[i] for first, last in self.backend_cpu.values())
+            for i, name in enumerate(("user_s", "system_s", "minor_faults"))
         }
 
     def _sample_until_stopped(self) -> None:
@@ -346,12 +358,15 @@ class CpuMeter:
             if not title.startswith(b"postgres:") or marker not in title:
                 continue
             alive += 1
-            pid, _, cpu = _stat(path.parent / "stat")
+            counters = _backend_counters(path.parent / "stat")
+            if counters is None:
+                continue
+            pid = int(path.parent.name)
             if pid not in self.backend_cpu:
                 self.backends_started += during_run
-                self.backend_cpu[pid] = (0.0 if during_run else cpu, cpu)
-            elif cpu:
-                self.backend_cpu[pid] = (self.backend_cpu[pid][0], cpu)
+                self.backend_cpu[pid] = ((0.0, 0.0, 0) if during_run else counters, counters)
+            else:
+                self.backend_cpu[pid] = (self.backend_cpu[pid][0], counters)
         self.most_backends_at_once = max(self.most_backends_at_once, alive)
 
     def _api_cpu(self) -> float:
@@ -362,6 +377,16 @@ class CpuMeter:
     def _self_cpu() -> float:
         usage = resource.getrusage(resource.RUSAGE_SELF)
         return usage.ru_utime + usage.ru_stime
+
+
+def _backend_counters(path: Path) -> tuple[float, float, int] | None:
+    """(user s, system s, minor page faults) from /proc/PID/stat; None when the process is gone."""
+    try:
+        fields = path.read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick, int(fields[7])
 
 
 def _stat(path: Path) -> tuple[int, int, float]:
@@ -510,7 +535,8 @@ def _print_run(run: dict) -> None:
         f"submit {s.get('p50')}/{s.get('p90')}/{s.get('p99')}/{s.get('max')} ms, "
         f"errors {run['errors']}, empty queue {run['empty_queue']}, load {run['loadavg_before'][0]:.2f}, "
         f"python loop {run['python_loop_us']} us; "
-        f"CPU ms per label: {run['cpu_ms_per_label']} (API + PostgreSQL {run['api_plus_pg_cpu_ms_per_label']}), "
+        f"CPU ms per label: {run['cpu_ms_per_label']} (API + PostgreSQL {run['api_plus_pg_cpu_ms_per_label']}; "
+        f"PostgreSQL's {run['database_per_label']}), "
         f"database connections: {run['database_connections']}, garbage collections: {run['gc_pauses']}, "
         f"WAL per label: {run['wal_per_label']}, checkpoints during the run: {run['checkpoints_during_run']}",
         flush=True,
