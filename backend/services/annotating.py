@@ -2,7 +2,9 @@
 to PostgreSQL: one statement that checks the token, the role and the membership, reads which
 part of the queue is served (backend.services.labeling.queue_state says the same in Python),
 and writes, with data-modifying CTEs, on an async engine (asyncpg) in autocommit, so each
-statement is its own transaction. asyncpg prepares each statement once per connection.
+statement is its own transaction. asyncpg prepares each statement once per connection. The
+browser's label also leases the next cell in its statement (`lease_next`): one request and one
+statement per cell.
 
 The rules are labeling.py's, which stays the one implementation for the rest: the embedded
 SQLite database (no data-modifying CTEs, no SKIP LOCKED, one writer) runs those functions as
