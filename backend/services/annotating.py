@@ -18,7 +18,7 @@ and then re-read, so exactly one of them sees 0 and inserts the next round."""
 import hashlib
 import time
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, NoReturn
 
 import asyncpg
@@ -502,7 +502,7 @@ async def next_cell(secret: str, project_id: int) -> NextCell:
         token_hash=token_hash(secret),
         project_id=project_id,
         now=now,
-        expires=now + timedelta(seconds=get_settings().lease_seconds),
+        expires=labeling.lease_expiry(now),
     )
     if row.user_id is None:
         _refuse("unauthorized", project_id)
@@ -621,7 +621,7 @@ async def _store_label(
         image_id = 0  # no such image: the statement says so
     while True:
         now = utcnow()
-        lease = {"expires": now + timedelta(seconds=get_settings().lease_seconds)} if lease_next else {}
+        lease = {"expires": labeling.lease_expiry(now)} if lease_next else {}
         row = await _run(
             LABEL_THEN_NEXT if lease_next else LABEL,
             token_hash=token_hash(secret),
@@ -679,7 +679,7 @@ async def undo_last_label(secret: str, project_id: int) -> LabelOut:
         token_hash=token_hash(secret),
         project_id=project_id,
         now=now,
-        expires=now + timedelta(seconds=get_settings().lease_seconds),
+        expires=labeling.lease_expiry(now),
     )
     match row.outcome:
         case "nothing":

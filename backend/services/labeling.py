@@ -25,6 +25,11 @@ from backend.schemas import SelectionOut
 from backend.services.projects import count_labeled, image_of_project, project_image
 
 
+def lease_expiry(now: datetime) -> datetime:
+    """When a lease taken (or renewed) at `now` ends."""
+    return now + timedelta(seconds=get_settings().lease_seconds)
+
+
 def is_leased(selection: Selection, now: datetime) -> bool:
     return selection.leased_by_id is not None and selection.lease_expires_at is not None and selection.lease_expires_at > now
 
@@ -165,7 +170,7 @@ def lease_next_cell(session: Session, project: Project, user: User) -> tuple[Sel
 
 def _lease_in(session: Session, round_: Round, reserve: bool, user: User) -> Selection | None:
     now = utcnow()
-    expires = now + timedelta(seconds=get_settings().lease_seconds)
+    expires = lease_expiry(now)
     queue = unlabeled_selections(round_, reserve)
     held = session.scalar(
         queue.where(Selection.leased_by_id == user.id, Selection.lease_expires_at > now).order_by(Selection.rank).limit(1)
@@ -430,6 +435,6 @@ def undo_last_label(session: Session, project: Project, user: User) -> Label:
         )
     session.execute(update(Selection).where(Selection.image_id == label.image_id).values(labeled=False))
     selection.leased_by_id, selection.leased_at = user.id, now
-    selection.lease_expires_at = now + timedelta(seconds=get_settings().lease_seconds)
+    selection.lease_expires_at = lease_expiry(now)
     session.commit()
     return label
