@@ -36,6 +36,8 @@ from cpu_speed import python_loop_us  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from backend.core.db.models import utcnow  # noqa: E402
+from backend.services import annotating  # noqa: E402
 from backend.testing import POSTGRES_ADMIN_URL, throwaway_service  # noqa: E402
 
 VARIANTS = {
@@ -52,11 +54,7 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "label-statement-cpu.json"))
     args = parser.parse_args()
 
-    from backend.core.db.models import utcnow
-    from backend.services import annotating
-
-    sql = re.sub(r"(?<![:\w]):(\w+)", r"%(\1)s", annotating._LABEL_THEN_NEXT)
-    first = re.sub(r"(?<![:\w]):(\w+)", r"%(\1)s", annotating._NEXT)
+    sql, first = _psycopg(annotating._LABEL_THEN_NEXT), _psycopg(annotating._NEXT)
     with ExitStack() as stack:
         setups = {}
         for variant, ddl in VARIANTS.items():
@@ -74,7 +72,7 @@ def main() -> None:
             cells = {}
             for secret in secrets:  # each annotator's first lease
                 now = utcnow()
-                params = _params(annotating, secret, project_id, now)
+                params = _params(secret, project_id, now)
                 cells[secret] = conn.execute(first, params, prepare=True).fetchone()
             setups[variant] = {"conn": conn, "secrets": secrets, "cells": cells, "project_id": project_id}
             setups[variant]["pid"] = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
@@ -89,7 +87,7 @@ def main() -> None:
                     image_id = setup["cells"][secret].cell_image_id
                     now = utcnow()
                     params = {
-                        **_params(annotating, secret, setup["project_id"], now),
+                        **_params(secret, setup["project_id"], now),
                         "image_id": image_id,
                         "class_name": labeling_load.CLASSES[labeled % 6],
                         "duration_ms": None,
@@ -129,7 +127,12 @@ def main() -> None:
     print(f"written to {args.out}")
 
 
-def _params(annotating, secret: str, project_id: int, now) -> dict:
+def _psycopg(sql: str) -> str:
+    """The statement with psycopg's placeholders for SQLAlchemy's `:name` ones (not `::type` casts)."""
+    return re.sub(r"(?<![:\w]):(\w+)", r"%(\1)s", sql)
+
+
+def _params(secret: str, project_id: int, now) -> dict:
     return {
         "token_hash": annotating.token_hash(secret),
         "project_id": project_id,
@@ -139,7 +142,7 @@ def _params(annotating, secret: str, project_id: int, now) -> dict:
 
 
 def _cpu(pid: int) -> float:
-    return labeling_load._stat(Path(f"/proc/{pid}/stat"))[2]
+    return labeling_load._stat(Path(f"/proc/{pid}/stat")).cpu_s
 
 
 if __name__ == "__main__":

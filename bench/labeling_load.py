@@ -44,6 +44,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from typing import NamedTuple
 
 import httpx
 import psycopg
@@ -330,16 +331,16 @@ class CpuMeter:
         self._stop.set()
         self._sampler.join()
         self._sample()
-        self.seconds = {
-            "api": self._api_cpu() - self._api_start,
-            "database": sum(sum(last[:2]) - sum(first[:2]) for first, last in self.backend_cpu.values()),
-            "load_generator": self._self_cpu() - self._self_start,
-        }
         # where the backends' time went: a change in system time or page faults points at the
         # machine (memory, scheduling) rather than at the statements
         self.database_split = {
             name: sum(last[i] - first[i] for first, last in self.backend_cpu.values())
             for i, name in enumerate(("user_s", "system_s", "minor_faults"))
+        }
+        self.seconds = {
+            "api": self._api_cpu() - self._api_start,
+            "database": self.database_split["user_s"] + self.database_split["system_s"],
+            "load_generator": self._self_cpu() - self._self_start,
         }
 
     def _sample_until_stopped(self) -> None:
@@ -358,10 +359,10 @@ class CpuMeter:
             if not title.startswith(b"postgres:") or marker not in title:
                 continue
             alive += 1
-            counters = _backend_counters(path.parent / "stat")
-            if counters is None:
+            stat = _stat(path.parent / "stat")
+            if stat is None:
                 continue
-            pid = int(path.parent.name)
+            pid, counters = stat.pid, (stat.user_s, stat.system_s, stat.minor_faults)
             if pid not in self.backend_cpu:
                 self.backends_started += during_run
                 self.backend_cpu[pid] = ((0.0, 0.0, 0) if during_run else counters, counters)
@@ -370,8 +371,9 @@ class CpuMeter:
         self.most_backends_at_once = max(self.most_backends_at_once, alive)
 
     def _api_cpu(self) -> float:
-        children = [_stat(p)[0] for p in Path("/proc").glob("[0-9]*/stat") if _stat(p)[1] == self.server.pid]
-        return sum(_stat(Path(f"/proc/{pid}/stat"))[2] for pid in [self.server.pid, *children])
+        """The server's CPU and its worker processes'."""
+        stats = (_stat(path) for path in Path("/proc").glob("[0-9]*/stat"))
+        return sum(s.cpu_s for s in stats if s is not None and self.server.pid in (s.pid, s.ppid))
 
     @staticmethod
     def _self_cpu() -> float:
@@ -379,23 +381,26 @@ class CpuMeter:
         return usage.ru_utime + usage.ru_stime
 
 
-def _backend_counters(path: Path) -> tuple[float, float, int] | None:
-    """(user s, system s, minor page faults) from /proc/PID/stat; None when the process is gone."""
+class ProcStat(NamedTuple):
+    pid: int
+    ppid: int
+    user_s: float
+    system_s: float
+    minor_faults: int
+
+    @property
+    def cpu_s(self) -> float:
+        return self.user_s + self.system_s
+
+
+def _stat(path: Path) -> ProcStat | None:
+    """A process's counters from /proc/PID/stat; None when the process is gone."""
     try:
         fields = path.read_text().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
         return None
     tick = os.sysconf("SC_CLK_TCK")
-    return int(fields[11]) / tick, int(fields[12]) / tick, int(fields[7])
-
-
-def _stat(path: Path) -> tuple[int, int, float]:
-    """(pid, parent pid, CPU seconds) from /proc/PID/stat; zeros when the process is gone."""
-    try:
-        fields = path.read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return 0, 0, 0.0
-    return int(path.parent.name), int(fields[1]), (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return ProcStat(int(path.parent.name), int(fields[1]), int(fields[11]) / tick, int(fields[12]) / tick, int(fields[7]))
 
 
 def _analyze(database: str) -> None:
