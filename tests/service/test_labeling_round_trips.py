@@ -1,11 +1,12 @@
 """The labeling hot path on PostgreSQL: `queue/next`, `labels` (a label that leases the next
 cell too), `labels/undo` and `queue/skip` each send one statement (one round trip) once the
-caller's access is known, and a revoked token or a removed member is refused at once although
-that access is read only every few seconds."""
+caller's access is known, planned once per connection, and a revoked token or a removed member
+is refused at once although that access is read only every few seconds."""
 
+import asyncio
 from contextlib import contextmanager
 
-from sqlalchemy import Engine, event, select
+from sqlalchemy import Engine, event, select, text
 
 from tests.conftest import make_user
 
@@ -56,6 +57,37 @@ def test_each_labeling_request_is_one_statement(app_client, open_project):
         undone = client.post(f"/api/projects/{project}/labels/undo", headers=headers)
     assert undone.status_code == 200 and undone.json()["image_id"] == cell["image_id"] and len(sent) == 1, sent
     assert undone.json()["retracted_at"] is not None
+
+
+def test_a_connection_plans_the_hot_paths_statement_once(app_client, open_project):
+    """PostgreSQL keeps one generic plan of the prepared statement instead of planning it again
+    at every call, which it may otherwise choose to do from the sixth call on, and which costs
+    about as much as running it."""
+    from backend.core.db.session import get_async_engine
+    from backend.services import annotating
+
+    _, headers = make_user("annotator", project_ids=[open_project])
+    secret = headers["Authorization"].split()[1]
+
+    async def plans_after(calls: int) -> tuple[int, int]:
+        engine = get_async_engine()  # this loop's own: one connection, as the calls take turns
+        try:
+            for _ in range(calls):
+                assert (await annotating.next_cell(secret, open_project)).cell is not None
+            async with engine.connect() as connection:
+                return (
+                    await connection.execute(
+                        text(
+                            "SELECT sum(generic_plans)::int, sum(custom_plans)::int FROM pg_prepared_statements"
+                            " WHERE statement LIKE '%SKIP LOCKED%' AND statement NOT LIKE '%pg_prepared_statements%'"
+                        )
+                    )
+                ).one()
+        finally:
+            await engine.dispose()
+
+    generic, custom = asyncio.run(plans_after(8))
+    assert (generic, custom) == (8, 0)
 
 
 def test_a_revoked_token_and_a_removed_member_are_refused_at_once(app_client, admin_headers, open_project):
