@@ -66,12 +66,11 @@ def _async_engine_for(url: str, _loop: asyncio.AbstractEventLoop) -> AsyncEngine
     # that the pool closes again on return, each a new server process, a login and statements
     # prepared again: in one load run slowed by a profiler, 50 annotators made the overflow open
     # 210 connections in 25 s (bench/README.md, "The labeling hot path").
-    # Generic plans: asyncpg prepares each statement once per connection, and PostgreSQL then
-    # plans it either once (a generic plan) or again at every call (a custom plan), choosing by
-    # comparing the two plans' cost estimates after the fifth call. For the hot path's statements
-    # the estimates are close, so the choice flipped with the statistics of the moment, and a
-    # connection that chose custom plans spent a millisecond or more planning each label, about
-    # as much as executing it (bench/README.md, "PostgreSQL's two modes").
+    # Generic plans: asyncpg prepares each statement once per connection, and PostgreSQL may then
+    # plan it once (a generic plan) or again at every call (a custom plan), choosing by comparing
+    # cost estimates after the fifth call. Planning the hot path's statements costs more than twice
+    # what running them does (bench/README.md, "PostgreSQL's high mode"), so a connection plans
+    # each once; their parameters (a project, a caller) do not change which plan is best.
     driver, rest = url.split("://", 1)
     return create_async_engine(
         f"postgresql+asyncpg://{rest}" if driver.startswith("postgresql") else url,
