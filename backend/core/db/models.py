@@ -198,6 +198,8 @@ class Selection(Base):
             postgresql_where=text("NOT labeled"),
             sqlite_where=text("NOT labeled"),
         ),
+        # the caller's held cell: their leases in the round (migration 0013 says why not leased_by_id alone)
+        Index("ix_selections_leased_by_id_round_id", "leased_by_id", "round_id"),
     )
     id: Mapped[int] = mapped_column(primary_key=True)
     round_id: Mapped[int] = mapped_column(ForeignKey("rounds.id", ondelete="CASCADE"), index=True)
@@ -208,7 +210,7 @@ class Selection(Base):
     # whether the cell has a current label; a copy of what `labels` says, written in the same
     # transaction as the label, that the queue's queries can read from one index
     labeled: Mapped[bool] = mapped_column(default=False, server_default=text("false"))
-    leased_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"), index=True)
+    leased_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
     leased_at: Mapped[datetime | None]
     lease_expires_at: Mapped[datetime | None]
     image: Mapped[Image] = relationship(lazy="joined")
