@@ -23,7 +23,7 @@ It sets everything up itself: a fresh PostgreSQL database (dropped at the end), 
 this checkout, its users, and per run a fresh project written directly in SQL as its earlier
 rounds would have left it: `--pool` cells (database rows only: the labeling routes never read
 the images), `--labels-before` of them labeled, the rest queued in the open round's step.
-Then ANALYZE (see _analyze). The load comes from this process (an asyncio httpx client), the
+Then ANALYZE (see _analyze). The load comes from this process (an asyncio aiohttp client), the
 API runs in its own uvicorn process(es); all share the machine's cores. Prints p50/p90/p99/max
 latency of next and submit, labels per second and CPU time per label (API, database, load
 generator) per run, and writes everything to bench/results/labeling-load.json, each run with
@@ -46,6 +46,7 @@ import uuid
 from pathlib import Path
 from typing import NamedTuple
 
+import aiohttp
 import httpx
 import psycopg
 
@@ -417,15 +418,23 @@ def _ok(response: httpx.Response) -> dict:
     return response.json()
 
 
+class Answer(NamedTuple):
+    """A response's status and body, read in full before its connection goes back to the pool."""
+
+    status: int
+    text: str
+
+    def json(self) -> dict:
+        return json.loads(self.text)
+
+
 async def _load(base_url: str, project_id: int, annotators: list[dict], duration: float, rate: float, pattern: str) -> dict:
     next_ms: list[float] = []
     submit_ms: list[float] = []
     counts = {"labels": 0, "empty_queue": 0, "errors": 0}
     errors: dict[str, int] = {}
-    # idle connections are dropped before uvicorn's 5 s keep-alive timeout closes them under a request
-    limits = httpx.Limits(max_connections=len(annotators), max_keepalive_connections=len(annotators), keepalive_expiry=2)
 
-    async def annotate(client: httpx.AsyncClient, headers: dict, deadline: float) -> None:
+    async def annotate(client: aiohttp.ClientSession, headers: dict, deadline: float) -> None:
         rng = random.Random(headers["Authorization"])
         interval = len(annotators) / rate if rate else 0.0  # each annotator's share of the rate
         due = time.perf_counter() + rng.uniform(0, interval)  # spread out, not all at once
@@ -437,32 +446,36 @@ async def _load(base_url: str, project_id: int, annotators: list[dict], duration
                 due += interval
             if cell is None:
                 started = time.perf_counter()
-                response = await _post(client, f"/api/projects/{project_id}/queue/next", headers)
+                answer = await _post(client, f"/api/projects/{project_id}/queue/next", headers)
                 next_ms.append((time.perf_counter() - started) * 1000)
-                if not isinstance(response, httpx.Response) or response.status_code != 200:
-                    _count_error(counts, errors, "next", response)
+                if not isinstance(answer, Answer) or answer.status != 200:
+                    _count_error(counts, errors, "next", answer)
                     await asyncio.sleep(0.1)
                     continue
-                cell = response.json()["cell"]
+                cell = answer.json()["cell"]
                 if cell is None:
                     counts["empty_queue"] += 1
                     await asyncio.sleep(0.1)
                     continue
             started = time.perf_counter()
             body = {"image_id": cell["image_id"], "class_name": rng.choice(CLASSES)}
-            response = await _post(
+            answer = await _post(
                 client, f"/api/projects/{project_id}/labels", headers, {**body, "lease_next": True} if lease_next else body
             )
             submit_ms.append((time.perf_counter() - started) * 1000)
             cell = None
-            if isinstance(response, httpx.Response) and response.status_code == 201:
+            if isinstance(answer, Answer) and answer.status == 201:
                 counts["labels"] += 1
                 if lease_next:
-                    cell = (response.json()["next"] or {}).get("cell")
+                    cell = (answer.json()["next"] or {}).get("cell")
             else:
-                _count_error(counts, errors, "submit", response)
+                _count_error(counts, errors, "submit", answer)
 
-    async with httpx.AsyncClient(base_url=base_url, limits=limits, timeout=60) as client:
+    # aiohttp, not httpx: its C parser costs the load generator a fraction of httpx's CPU, which
+    # shares the machine's cores with the server it measures. Idle connections are dropped before
+    # uvicorn's 5 s keep-alive timeout closes them under a request.
+    connector = aiohttp.TCPConnector(limit=len(annotators), keepalive_timeout=2)
+    async with aiohttp.ClientSession(base_url, connector=connector, timeout=aiohttp.ClientTimeout(total=60)) as client:
         started = time.perf_counter()
         deadline = started + duration
         await asyncio.gather(*(annotate(client, a["headers"], deadline) for a in annotators))
@@ -480,20 +493,18 @@ async def _load(base_url: str, project_id: int, annotators: list[dict], duration
     }
 
 
-async def _post(client: httpx.AsyncClient, url: str, headers: dict, body: dict | None = None):
-    """The response, or the error when the connection failed (counted as an error, not a crash)."""
+async def _post(client: aiohttp.ClientSession, url: str, headers: dict, body: dict | None = None) -> Answer | Exception:
+    """The answer, or the error when the connection failed (counted as an error, not a crash)."""
     try:
-        return await client.post(url, headers=headers, json=body)
-    except httpx.TransportError as error:
+        async with client.post(url, headers=headers, json=body) as response:
+            return Answer(response.status, await response.text())
+    except (aiohttp.ClientError, TimeoutError) as error:
         return error
 
 
-def _count_error(counts: dict, errors: dict, route: str, response: httpx.Response | httpx.TransportError) -> None:
+def _count_error(counts: dict, errors: dict, route: str, answer: Answer | Exception) -> None:
     counts["errors"] += 1
-    if isinstance(response, httpx.Response):
-        key = f"{route} {response.status_code}: {response.text[:120]}"
-    else:
-        key = f"{route}: {response!r}"
+    key = f"{route} {answer.status}: {answer.text[:120]}" if isinstance(answer, Answer) else f"{route}: {answer!r}"
     errors[key] = errors.get(key, 0) + 1
 
 
