@@ -10,7 +10,10 @@ on loopback and the real PostgreSQL.
 `POST /labels` per cell with `lease_next`, whose answer leases the next cell (`queue/next`
 only for the first cell and when a label's answer has none). `next-then-label` is two requests
 per cell, `POST /queue/next` then `POST /labels`, as a REST client may do, and as every client
-did before `lease_next` (the only pattern an older checkout in `--code` understands).
+did before `lease_next` (the only pattern an older checkout in `--code` understands). Each
+annotator's first `queue/next` comes before the measured window, at a server that has just
+started (its pool connects, its statements are prepared), and is reported apart
+(`first_next_ms`); `next_ms` holds the ones in the window.
 
 `--rates`: the labels per second the annotators aim at together, each pacing itself (0: no
 pause, as fast as the server answers). A paced run shows the latency at that load; one that
@@ -429,24 +432,37 @@ class Answer(NamedTuple):
 
 
 async def _load(base_url: str, project_id: int, annotators: list[dict], duration: float, rate: float, pattern: str) -> dict:
+    first_next_ms: list[float] = []
     next_ms: list[float] = []
     submit_ms: list[float] = []
     counts = {"labels": 0, "empty_queue": 0, "errors": 0}
     errors: dict[str, int] = {}
+    interval = len(annotators) / rate if rate else 0.0  # each annotator's share of the rate
+    next_url = f"/api/projects/{project_id}/queue/next"
 
-    async def annotate(client: aiohttp.ClientSession, headers: dict, deadline: float) -> None:
+    async def first_lease(client: aiohttp.ClientSession, headers: dict) -> dict | None:
+        """Before the measured window: the annotators arrive within a second (or one interval)
+        at a server that has just started, whose pool connects and prepares its statements."""
+        await asyncio.sleep(random.Random(headers["Authorization"]).uniform(0, interval or 1.0))
+        started = time.perf_counter()
+        answer = await _post(client, next_url, headers)
+        first_next_ms.append((time.perf_counter() - started) * 1000)
+        if not isinstance(answer, Answer) or answer.status != 200:
+            _count_error(counts, errors, "next", answer)
+            return None
+        return answer.json()["cell"]
+
+    async def annotate(client: aiohttp.ClientSession, headers: dict, deadline: float, cell: dict | None) -> None:
         rng = random.Random(headers["Authorization"])
-        interval = len(annotators) / rate if rate else 0.0  # each annotator's share of the rate
         due = time.perf_counter() + rng.uniform(0, interval)  # spread out, not all at once
         lease_next = pattern == "label-leases-next"
-        cell = None
         while time.perf_counter() < deadline:
             if interval:
                 await asyncio.sleep(max(0.0, due - time.perf_counter()))
                 due += interval
             if cell is None:
                 started = time.perf_counter()
-                answer = await _post(client, f"/api/projects/{project_id}/queue/next", headers)
+                answer = await _post(client, next_url, headers)
                 next_ms.append((time.perf_counter() - started) * 1000)
                 if not isinstance(answer, Answer) or answer.status != 200:
                     _count_error(counts, errors, "next", answer)
@@ -476,9 +492,10 @@ async def _load(base_url: str, project_id: int, annotators: list[dict], duration
     # uvicorn's 5 s keep-alive timeout closes them under a request.
     connector = aiohttp.TCPConnector(limit=len(annotators), keepalive_timeout=2)
     async with aiohttp.ClientSession(base_url, connector=connector, timeout=aiohttp.ClientTimeout(total=60)) as client:
+        cells = await asyncio.gather(*(first_lease(client, a["headers"]) for a in annotators))
         started = time.perf_counter()
         deadline = started + duration
-        await asyncio.gather(*(annotate(client, a["headers"], deadline) for a in annotators))
+        await asyncio.gather(*(annotate(client, a["headers"], deadline, c) for a, c in zip(annotators, cells)))
         elapsed = time.perf_counter() - started
     return {
         "annotators": len(annotators),
@@ -488,6 +505,7 @@ async def _load(base_url: str, project_id: int, annotators: list[dict], duration
         "error_kinds": errors,
         "labels_per_s": round(counts["labels"] / elapsed, 1),
         "requests_per_s": round((len(next_ms) + len(submit_ms)) / elapsed, 1),
+        "first_next_ms": _percentiles(first_next_ms),
         "next_ms": _percentiles(next_ms),
         "submit_ms": _percentiles(submit_ms),
     }
@@ -542,11 +560,12 @@ def _labels_in_database(project_id: int) -> int:
 
 
 def _print_run(run: dict) -> None:
-    n, s = run["next_ms"], run["submit_ms"]
+    f, n, s = run["first_next_ms"], run["next_ms"], run["submit_ms"]
     print(
         f"{run['code']} {run['pattern']} workers={run['workers']} labels before={run['labels_before']} "
         f"rate={run['rate'] or 'max'} run={run['repeat']}: {run['labels_per_s']} labels/s "
         f"({run['labels']} in {run['seconds']} s, {run['labels_in_database']} in the database), "
+        f"first lease p50/max {f.get('p50')}/{f.get('max')} ms, "
         f"next p50/p90/p99/max {n.get('p50')}/{n.get('p90')}/{n.get('p99')}/{n.get('max')} ms, "
         f"submit {s.get('p50')}/{s.get('p90')}/{s.get('p99')}/{s.get('max')} ms, "
         f"errors {run['errors']}, empty queue {run['empty_queue']}, load {run['loadavg_before'][0]:.2f}, "
@@ -584,7 +603,7 @@ def _summary(runs: list[dict]) -> dict:
             },
             **{
                 f"{route}_{q}_ms": spread([r[f"{route}_ms"][q] for r in mine if r[f"{route}_ms"]["n"]])
-                for route in ("next", "submit")
+                for route in ("first_next", "next", "submit")
                 for q in ("p50", "p99")
             },
             "gc_full_collections": spread([r["gc_pauses"]["full_collections"] for r in mine]),
@@ -594,7 +613,8 @@ def _summary(runs: list[dict]) -> dict:
         by_setting[name] = entry
         lines.append(
             f"{name}, {len(mine)} runs, median (min-max): "
-            f"{_fmt(entry['labels_per_s'])} labels/s; next p50 {_fmt(entry['next_p50_ms'])} ms, "
+            f"{_fmt(entry['labels_per_s'])} labels/s; first lease p50 {_fmt(entry['first_next_p50_ms'])} ms, "
+            f"p99 {_fmt(entry['first_next_p99_ms'])} ms; next p50 {_fmt(entry['next_p50_ms'])} ms, "
             f"p99 {_fmt(entry['next_p99_ms'])} ms; submit p50 {_fmt(entry['submit_p50_ms'])} ms, "
             f"p99 {_fmt(entry['submit_p99_ms'])} ms; CPU ms per label: API + PostgreSQL "
             f"{_fmt(entry['api_plus_pg_cpu_ms_per_label'])}, API {_fmt(entry['cpu_ms_per_label_api'])}, "
