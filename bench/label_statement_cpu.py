@@ -2,16 +2,19 @@
 cell, backend.services.annotating._LABEL_THEN_NEXT), in one connection, with no HTTP and no
 concurrency: what the statement itself costs the server, free of the load bench's spread.
 
-    .venv/bin/python bench/label_statement_cpu.py [--pool 60000] [--labels 300] [--blocks 6]
+    .venv/bin/python bench/label_statement_cpu.py [--pool 60000] [--projects 4] [--labels 300] [--blocks 6]
 
-Two databases, each a fresh migrated one with a project of `--pool` queued cells and 50
-annotators (bench/labeling_load.py writes them): `as-is`, and `hot-leases`, where the
-selections table has no index on leased_by_id and leaves 20% of each page free (fillfactor 80),
-so that a lease, which changes no indexed column, can be a HOT update (a new row version on the
-same page and no new index entries) instead of one that adds an entry to each of the table's
-seven indexes. Blocks of `--labels` labels alternate between the two, each annotator in turn
-labeling their leased cell and leasing the next; the server process's CPU (/proc) over each
-block, divided by its labels. Prints per block and the median per variant; writes
+One database per variant, each a fresh migrated one with `--projects` projects of `--pool`
+queued cells and the same 50 annotators (bench/labeling_load.py writes them), who hold a lease
+in each project, as annotators of several projects do; the last project is labeled. Variants:
+- `as-is`: the schema and the plans as the API has them (one generic plan per connection);
+- `leased-by-id-alone`: the index on selections.leased_by_id that migration 0013 replaced by
+  one on (leased_by_id, round_id);
+- `custom-plans`: as-is, but PostgreSQL plans the statement again at every call, as it may
+  choose to without the API's `plan_cache_mode`.
+Blocks of `--labels` labels alternate between the variants, each annotator in turn labeling
+their leased cell and leasing the next; the server process's CPU (/proc) over each block,
+divided by its labels. Prints per block and the median per variant; writes
 bench/results/label-statement-cpu.json."""
 
 import argparse
@@ -40,15 +43,24 @@ from backend.core.db.models import utcnow  # noqa: E402
 from backend.services import annotating  # noqa: E402
 from backend.testing import POSTGRES_ADMIN_URL, throwaway_service  # noqa: E402
 
+GENERIC = "-c plan_cache_mode=force_generic_plan"
 VARIANTS = {
-    "as-is": [],
-    "hot-leases": ["DROP INDEX ix_selections_leased_by_id", "ALTER TABLE selections SET (fillfactor = 80)"],
+    "as-is": {"ddl": [], "options": GENERIC},
+    "leased-by-id-alone": {
+        "ddl": [
+            "CREATE INDEX ix_selections_leased_by_id ON selections (leased_by_id)",
+            "DROP INDEX ix_selections_leased_by_id_round_id",
+        ],
+        "options": GENERIC,
+    },
+    "custom-plans": {"ddl": [], "options": "-c plan_cache_mode=force_custom_plan"},
 }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pool", type=int, default=60000)
+    parser.add_argument("--projects", type=int, default=4, help="projects whose cells the annotators hold leases in")
     parser.add_argument("--labels", type=int, default=300, help="labels per block")
     parser.add_argument("--blocks", type=int, default=6, help="blocks per variant, alternating")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "label-statement-cpu.json"))
@@ -57,23 +69,24 @@ def main() -> None:
     sql, first = _psycopg(annotating._LABEL_THEN_NEXT), _psycopg(annotating._NEXT)
     with ExitStack() as stack:
         setups = {}
-        for variant, ddl in VARIANTS.items():
+        for variant, setting in VARIANTS.items():
             env = stack.enter_context(throwaway_service("xal_stmt", OMP_NUM_THREADS="1"))
             database = env["XAL_DATABASE_URL"].rsplit("/", 1)[1]
             url = POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + f"/{database}"
             with psycopg.connect(url, autocommit=True) as conn:
-                for statement in ddl:
+                for statement in setting["ddl"]:
                     conn.execute(statement)
             annotators = [labeling_load._annotator(i) for i in range(50)]
-            project_id = labeling_load._project_in_progress(args.pool, 0, annotators)
-            labeling_load._analyze(database)
-            conn = stack.enter_context(psycopg.connect(url, autocommit=True, row_factory=namedtuple_row))
             secrets = [a["headers"]["Authorization"].split()[1] for a in annotators]
-            cells = {}
-            for secret in secrets:  # each annotator's first lease
-                now = utcnow()
-                params = _params(secret, project_id, now)
-                cells[secret] = conn.execute(first, params, prepare=True).fetchone()
+            conn = stack.enter_context(
+                psycopg.connect(url, autocommit=True, row_factory=namedtuple_row, options=setting["options"])
+            )
+            for _ in range(args.projects):
+                project_id = labeling_load._project_in_progress(args.pool, 0, annotators)
+                labeling_load._analyze(database)
+                cells = {}
+                for secret in secrets:  # each annotator's lease in this project
+                    cells[secret] = conn.execute(first, _params(secret, project_id, utcnow()), prepare=True).fetchone()
             setups[variant] = {"conn": conn, "secrets": secrets, "cells": cells, "project_id": project_id}
             setups[variant]["pid"] = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
 
