@@ -4,7 +4,7 @@ on loopback and the real PostgreSQL.
 
     .venv/bin/python bench/labeling_load.py [--annotators 50] [--duration 30] [--workers 1]
         [--rates 0 100] [--repeats 3] [--pool 3000] [--labels-before 0]
-        [--patterns label-leases-next next-then-label] [--code . ../xal-before]
+        [--patterns label-leases-next next-then-label] [--code . ../xal-before] [--database-pools 0]
 
 `--patterns`: how an annotator asks for cells. `label-leases-next` is the browser's: one
 `POST /labels` per cell with `lease_next`, whose answer leases the next cell (`queue/next`
@@ -19,7 +19,8 @@ started (its pool connects, its statements are prepared), and is reported apart
 pause, as fast as the server answers). A paced run shows the latency at that load; one that
 falls short of its rate has saturated the server. `--code`: checkouts whose API is measured,
 run after run in turn (for example a worktree of an older commit beside this one), so that
-both see the same machine. `--labels-before`: labels the project holds already (its earlier
+both see the same machine. `--database-pools`: the API's XAL_DATABASE_POOL_SIZE, per run in
+turn like `--code` (0: its default). `--labels-before`: labels the project holds already (its earlier
 rounds), to show whether a label costs more in a project that holds many.
 
 It sets everything up itself: a fresh PostgreSQL database (dropped at the end), migrated by
@@ -86,6 +87,13 @@ def main() -> None:
         help="requests per cell: a label that leases the next cell (the browser), or queue/next then the label",
     )
     parser.add_argument("--code", nargs="+", default=[str(ROOT)], help="checkouts whose API to measure, in turn")
+    parser.add_argument(
+        "--database-pools",
+        type=int,
+        nargs="+",
+        default=[0],
+        help="the API's XAL_DATABASE_POOL_SIZE to try (0: its default)",
+    )
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--loop", default="auto", help="uvicorn's --loop (auto: uvloop where installed)")
     parser.add_argument("--http", default="auto", help="uvicorn's --http (auto: httptools where installed)")
@@ -114,19 +122,20 @@ def _measure(args, database: str) -> list[dict]:
     base_url = f"http://127.0.0.1:{args.port}"
     runs = []
     plan = [
-        (n_workers, labels_before, rate, repeat, code, pattern)
+        (n_workers, labels_before, rate, repeat, code, pattern, database_pool)
         for n_workers in args.workers
         for labels_before in args.labels_before
         for rate in args.rates
         for repeat in range(args.repeats)
         for code in args.code
         for pattern in args.patterns
+        for database_pool in args.database_pools
     ]
-    for n_workers, labels_before, rate, repeat, code, pattern in plan:
+    for n_workers, labels_before, rate, repeat, code, pattern, database_pool in plan:
         project_id = _project_in_progress(args.pool, labels_before, annotators)
         _analyze(database)
         gc_trace = Path(tempfile.mkstemp(prefix="xal-gc-")[1])
-        server = _start_server(code, n_workers, args.port, args.loop, args.http, gc_trace)
+        server = _start_server(code, n_workers, args.port, args.loop, args.http, gc_trace, database_pool)
         try:
             with httpx.Client(base_url=base_url, timeout=60) as client:
                 wait_for(lambda: api_is_up(client), 120, message="the API")
@@ -146,6 +155,7 @@ def _measure(args, database: str) -> list[dict]:
             code=codes[code],
             pattern=pattern,
             workers=n_workers,
+            database_pool=database_pool or None,
             labels_before=labels_before,
             rate=rate,
             repeat=repeat,
@@ -192,7 +202,10 @@ def _gc_pauses(trace: Path, started: float, ended: float) -> dict:
     }
 
 
-def _start_server(code: str, workers: int, port: int, loop: str, http: str, gc_trace: Path) -> subprocess.Popen:
+def _start_server(
+    code: str, workers: int, port: int, loop: str, http: str, gc_trace: Path, database_pool: int
+) -> subprocess.Popen:
+    pool = {"XAL_DATABASE_POOL_SIZE": str(database_pool)} if database_pool else {}
     return subprocess.Popen(
         [
             sys.executable,
@@ -215,7 +228,7 @@ def _start_server(code: str, workers: int, port: int, loop: str, http: str, gc_t
             "--no-access-log",
         ],
         cwd=code,
-        env={**os.environ, "PYTHONPATH": f"{code}{os.pathsep}{GC_TRACE_HOOK}", "XAL_GC_TRACE": str(gc_trace)},
+        env={**os.environ, **pool, "PYTHONPATH": f"{code}{os.pathsep}{GC_TRACE_HOOK}", "XAL_GC_TRACE": str(gc_trace)},
     )
 
 
@@ -562,7 +575,8 @@ def _labels_in_database(project_id: int) -> int:
 def _print_run(run: dict) -> None:
     f, n, s = run["first_next_ms"], run["next_ms"], run["submit_ms"]
     print(
-        f"{run['code']} {run['pattern']} workers={run['workers']} labels before={run['labels_before']} "
+        f"{run['code']} {run['pattern']} workers={run['workers']} database pool={run['database_pool'] or 'default'} "
+        f"labels before={run['labels_before']} "
         f"rate={run['rate'] or 'max'} run={run['repeat']}: {run['labels_per_s']} labels/s "
         f"({run['labels']} in {run['seconds']} s, {run['labels_in_database']} in the database), "
         f"first lease p50/max {f.get('p50')}/{f.get('max')} ms, "
@@ -584,10 +598,10 @@ def _summary(runs: list[dict]) -> dict:
     by_setting, lines = {}, []
 
     def setting(run: dict) -> tuple:
-        return run["code"], run["pattern"], run["workers"], run["labels_before"], run["rate"]
+        return run["code"], run["pattern"], run["workers"], run.get("database_pool"), run["labels_before"], run["rate"]
 
-    for code, pattern, n_workers, labels_before, rate in sorted({setting(r) for r in runs}, key=str):
-        mine = [r for r in runs if setting(r) == (code, pattern, n_workers, labels_before, rate)]
+    for code, pattern, n_workers, database_pool, labels_before, rate in sorted({setting(r) for r in runs}, key=str):
+        mine = [r for r in runs if setting(r) == (code, pattern, n_workers, database_pool, labels_before, rate)]
 
         def spread(values):
             if not values:
@@ -609,7 +623,8 @@ def _summary(runs: list[dict]) -> dict:
             "gc_full_collections": spread([r["gc_pauses"]["full_collections"] for r in mine]),
             "gc_longest_ms": spread([r["gc_pauses"]["longest_ms"] for r in mine]),
         }
-        name = f"{code}, {pattern}, {n_workers} workers, {labels_before} labels before, rate {rate or 'max'}"
+        pool = f", database pool {database_pool}" if database_pool else ""
+        name = f"{code}, {pattern}, {n_workers} workers{pool}, {labels_before} labels before, rate {rate or 'max'}"
         by_setting[name] = entry
         lines.append(
             f"{name}, {len(mine)} runs, median (min-max): "
