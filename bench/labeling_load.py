@@ -87,13 +87,7 @@ def main() -> None:
         help="requests per cell: a label that leases the next cell (the browser), or queue/next then the label",
     )
     parser.add_argument("--code", nargs="+", default=[str(ROOT)], help="checkouts whose API to measure, in turn")
-    parser.add_argument(
-        "--database-pools",
-        type=int,
-        nargs="+",
-        default=[0],
-        help="the API's XAL_DATABASE_POOL_SIZE to try (0: its default)",
-    )
+    parser.add_argument("--database-pools", type=int, nargs="+", default=[0], help="the API pool sizes (0: default)")
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--loop", default="auto", help="uvicorn's --loop (auto: uvloop where installed)")
     parser.add_argument("--http", default="auto", help="uvicorn's --http (auto: httptools where installed)")
