@@ -63,7 +63,7 @@ def test_each_labeling_request_is_one_statement(app_client, open_project):
 def test_a_connection_plans_the_hot_paths_statement_once(app_client, open_project):
     """PostgreSQL keeps one generic plan of the prepared statement instead of planning it again
     at every call, which it may otherwise choose to do from the sixth call on, and which costs
-    about as much as running it."""
+    more than running it (bench/README.md, "PostgreSQL's high mode")."""
     from backend.core.db.session import get_async_engine
     from backend.services import annotating
 
