@@ -144,7 +144,8 @@ def _measure(args, database: str) -> list[dict]:
             stop(server)
         run["gc_pauses"] = _gc_pauses(gc_trace, load_started, load_ended)
         gc_trace.unlink()
-        per_label = {k: round(v * 1000 / max(run["labels"], 1), 2) for k, v in cpu.seconds.items()}
+        labels = max(run["labels"], 1)
+        per_label = {k: round(v * 1000 / labels, 2) for k, v in cpu.seconds.items()}
         run.update(
             code=codes[code],
             pattern=pattern,
@@ -160,16 +161,16 @@ def _measure(args, database: str) -> list[dict]:
             database_connections={"opened": cpu.backends_started, "most_at_once": cpu.most_backends_at_once},
             cpu_ms_per_label=per_label,
             database_per_label={
-                "user_ms": round(cpu.database_split["user_s"] * 1000 / max(run["labels"], 1), 2),
-                "system_ms": round(cpu.database_split["system_s"] * 1000 / max(run["labels"], 1), 2),
-                "minor_faults": round(cpu.database_split["minor_faults"] / max(run["labels"], 1), 1),
+                "user_ms": round(cpu.database_split["user_s"] * 1000 / labels, 2),
+                "system_ms": round(cpu.database_split["system_s"] * 1000 / labels, 2),
+                "minor_faults": round(cpu.database_split["minor_faults"] / labels, 1),
             },
             api_plus_pg_cpu_ms_per_label=round(per_label["api"] + per_label["database"], 2),
         )
         run["labels_in_database"] = _labels_in_database(project_id) - labels_before
         wal = {key: wal_after[key] - wal_before[key] for key in wal_before}
         run["checkpoints_during_run"] = wal.pop("checkpoints")
-        run["wal_per_label"] = {key: round(value / max(run["labels"], 1), 2) for key, value in wal.items()}
+        run["wal_per_label"] = {key: round(value / labels, 2) for key, value in wal.items()}
         runs.append(run)
         _print_run(run)
     return runs
@@ -447,17 +448,21 @@ async def _load(base_url: str, project_id: int, annotators: list[dict], duration
     interval = len(annotators) / rate if rate else 0.0  # each annotator's share of the rate
     next_url = f"/api/projects/{project_id}/queue/next"
 
+    async def ask_next(client: aiohttp.ClientSession, headers: dict, times_ms: list[float]) -> tuple[bool, dict | None]:
+        """`queue/next`, timed into `times_ms`: whether the server answered 200, and the cell it leased."""
+        started = time.perf_counter()
+        answer = await _post(client, next_url, headers)
+        times_ms.append((time.perf_counter() - started) * 1000)
+        if not isinstance(answer, Answer) or answer.status != 200:
+            _count_error(counts, errors, "next", answer)
+            return False, None
+        return True, answer.json()["cell"]
+
     async def first_lease(client: aiohttp.ClientSession, headers: dict) -> dict | None:
         """Before the measured window: the annotators arrive within a second (or one interval)
         at a server that has just started, whose pool connects and prepares its statements."""
         await asyncio.sleep(random.Random(headers["Authorization"]).uniform(0, interval or 1.0))
-        started = time.perf_counter()
-        answer = await _post(client, next_url, headers)
-        first_next_ms.append((time.perf_counter() - started) * 1000)
-        if not isinstance(answer, Answer) or answer.status != 200:
-            _count_error(counts, errors, "next", answer)
-            return None
-        return answer.json()["cell"]
+        return (await ask_next(client, headers, first_next_ms))[1]
 
     async def annotate(client: aiohttp.ClientSession, headers: dict, deadline: float, cell: dict | None) -> None:
         rng = random.Random(headers["Authorization"])
@@ -468,16 +473,9 @@ async def _load(base_url: str, project_id: int, annotators: list[dict], duration
                 await asyncio.sleep(max(0.0, due - time.perf_counter()))
                 due += interval
             if cell is None:
-                started = time.perf_counter()
-                answer = await _post(client, next_url, headers)
-                next_ms.append((time.perf_counter() - started) * 1000)
-                if not isinstance(answer, Answer) or answer.status != 200:
-                    _count_error(counts, errors, "next", answer)
-                    await asyncio.sleep(0.1)
-                    continue
-                cell = answer.json()["cell"]
-                if cell is None:
-                    counts["empty_queue"] += 1
+                answered, cell = await ask_next(client, headers, next_ms)
+                if cell is None:  # an error (counted by ask_next) or an empty queue
+                    counts["empty_queue"] += answered
                     await asyncio.sleep(0.1)
                     continue
             started = time.perf_counter()
@@ -592,7 +590,7 @@ def _summary(runs: list[dict]) -> dict:
     by_setting, lines = {}, []
 
     def setting(run: dict) -> tuple:
-        return run["code"], run["pattern"], run["workers"], run.get("database_pool"), run["labels_before"], run["rate"]
+        return run["code"], run["pattern"], run["workers"], run["database_pool"], run["labels_before"], run["rate"]
 
     for code, pattern, n_workers, database_pool, labels_before, rate in sorted({setting(r) for r in runs}, key=str):
         mine = [r for r in runs if setting(r) == (code, pattern, n_workers, database_pool, labels_before, rate)]
