@@ -26,7 +26,6 @@ import statistics
 import sys
 import time
 from contextlib import ExitStack
-from datetime import timedelta
 from pathlib import Path
 
 import psycopg
@@ -40,7 +39,7 @@ from cpu_speed import python_loop_us  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from backend.core.db.models import utcnow  # noqa: E402
-from backend.services import annotating  # noqa: E402
+from backend.services import annotating, labeling  # noqa: E402
 from backend.testing import POSTGRES_ADMIN_URL, throwaway_service  # noqa: E402
 
 GENERIC = "-c plan_cache_mode=force_generic_plan"
@@ -150,7 +149,7 @@ def _params(secret: str, project_id: int, now) -> dict:
         "token_hash": annotating.token_hash(secret),
         "project_id": project_id,
         "now": now,
-        "expires": now + timedelta(seconds=600),
+        "expires": labeling.lease_expiry(now),
     }
 
 
