@@ -46,22 +46,19 @@ def _storable(key: int) -> bool:
 TOKEN_USE_RESOLUTION_S = int(LAST_USED_RESOLUTION.total_seconds())  # a token's last use, noted once a minute
 ACTIVE_STATES = "(" + ", ".join(f"'{state}'" for state in ACTIVE) + ")"
 
-# The caller (token, user, role, membership) and the queue: every statement starts with these.
-# `served` is the round whose cells the queue serves and whether it serves its reserve: the
-# latest round's step once it is done, or while the next round is computed the previous
-# round's reserve, unless labels beyond the next round's plan would overrun the budget.
-_CALLER_AND_QUEUE = f"""
+# The caller: the user of a usable token.
+_CALLER = """
 caller AS (
     SELECT u.id, u.username, u.role, t.id AS token_id
     FROM api_tokens t JOIN users u ON u.id = t.user_id
     WHERE t.token_hash = :token_hash AND t.revoked_at IS NULL AND (t.expires_at IS NULL OR t.expires_at > :now)
-),
-token_used AS (
-    UPDATE api_tokens SET last_used_at = :now
-    WHERE id = (SELECT token_id FROM caller)
-      AND (last_used_at IS NULL OR last_used_at < CAST(:now AS timestamp) - INTERVAL '{TOKEN_USE_RESOLUTION_S} seconds')
-    RETURNING id
-),
+)"""
+
+# The caller (token, user, role, membership) and the queue: every statement starts with these.
+# `served` is the round whose cells the queue serves and whether it serves its reserve: the
+# latest round's step once it is done, or while the next round is computed the previous
+# round's reserve, unless labels beyond the next round's plan would overrun the budget.
+_CALLER_AND_QUEUE = f"""{_CALLER},
 project AS (
     SELECT p.id, p.name, p.state, p.reveal_after_label, p.budget, p.step_size
     FROM projects p, caller c
@@ -393,12 +390,22 @@ UNDO = _statement(_UNDO)
 SKIP = _statement(_SKIP)
 
 
-ACCESS = text(
-    "SELECT u.role, EXISTS (SELECT 1 FROM projects p WHERE p.id = :project_id AND (u.role = 'admin'"
-    " OR EXISTS (SELECT 1 FROM project_members m WHERE m.project_id = p.id AND m.user_id = u.id))) AS member"
-    " FROM api_tokens t JOIN users u ON u.id = t.user_id WHERE t.token_hash = :token_hash AND t.revoked_at IS NULL"
-    " AND (t.expires_at IS NULL OR t.expires_at > :now)"
+# The access check also notes the token's last use (at most once a minute): it runs once per
+# token and project every ACCESS_CACHE_S seconds, so the four statements above need not, and an
+# UPDATE in a statement costs PostgreSQL its set-up (the table and its indexes opened) at every
+# call even where it writes nothing.
+ACCESS = text(f"""
+WITH {_CALLER},
+token_used AS (
+    UPDATE api_tokens SET last_used_at = :now
+    WHERE id = (SELECT token_id FROM caller)
+      AND (last_used_at IS NULL OR last_used_at < CAST(:now AS timestamp) - INTERVAL '{TOKEN_USE_RESOLUTION_S} seconds')
+    RETURNING id
 )
+SELECT c.role, EXISTS (SELECT 1 FROM projects p WHERE p.id = :project_id AND (c.role = 'admin'
+    OR EXISTS (SELECT 1 FROM project_members m WHERE m.project_id = p.id AND m.user_id = c.id))) AS member
+FROM caller c
+""")
 ACCESS_CACHE_S = 5.0
 _access: dict[tuple[str, int], tuple[float, str]] = {}  # (token hash, project) -> (when read, outcome)
 

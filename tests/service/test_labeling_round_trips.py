@@ -118,3 +118,32 @@ def test_a_revoked_token_and_a_removed_member_are_refused_at_once(app_client, ad
         assert client.delete(f"/api/tokens/{token_id}", headers=admin_headers).status_code == 204
     assert client.post(f"/api/projects/{project}/queue/next", headers=headers).status_code == 401
     assert client.post(f"/api/projects/{project}/labels/undo", headers=headers).status_code == 401
+
+
+def test_the_access_check_notes_the_tokens_last_use(app_client, open_project):
+    """The four statements leave the token's last use to the access check, which reads it at
+    most every few seconds per token and project: it is noted on the first labeling request
+    and again once older than a minute."""
+    from datetime import timedelta
+
+    from backend.core.db.models import ApiToken
+    from backend.core.db.session import new_session
+    from backend.services import annotating
+
+    _, headers = make_user("annotator", project_ids=[open_project])
+    this_token = ApiToken.token_hash == annotating.token_hash(headers["Authorization"].split()[1])
+
+    def last_used():
+        with new_session() as session:
+            return session.scalar(select(ApiToken.last_used_at).where(this_token))
+
+    assert last_used() is None
+    assert app_client.post(f"/api/projects/{open_project}/queue/next", headers=headers).status_code == 200
+    first = last_used()
+    assert first is not None
+    with new_session() as session:
+        session.scalar(select(ApiToken).where(this_token)).last_used_at = first - timedelta(minutes=2)
+        session.commit()
+    annotating._access.clear()  # as if ACCESS_CACHE_S had passed
+    assert app_client.post(f"/api/projects/{open_project}/queue/next", headers=headers).status_code == 200
+    assert last_used() >= first

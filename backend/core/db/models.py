@@ -202,7 +202,8 @@ class Selection(Base):
         Index("ix_selections_leased_by_id_round_id", "leased_by_id", "round_id"),
     )
     id: Mapped[int] = mapped_column(primary_key=True)
-    round_id: Mapped[int] = mapped_column(ForeignKey("rounds.id", ondelete="CASCADE"), index=True)
+    # no index of its own: the unique constraints above begin with it (migration 0014)
+    round_id: Mapped[int] = mapped_column(ForeignKey("rounds.id", ondelete="CASCADE"))
     image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), index=True)
     rank: Mapped[int]
     score: Mapped[float]
