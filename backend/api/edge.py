@@ -7,7 +7,7 @@ import json
 import math
 from dataclasses import dataclass
 
-from starlette.datastructures import Headers, MutableHeaders
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -40,6 +40,9 @@ SECURITY_HEADERS = {
 }
 
 
+_SECURITY_HEADERS_RAW = [(name.lower().encode(), value.encode()) for name, value in SECURITY_HEADERS.items()]
+
+
 class SecurityHeaders:
     """Adds SECURITY_HEADERS to every answer; one that sets its own policy keeps it (/api/docs)."""
 
@@ -52,9 +55,9 @@ class SecurityHeaders:
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                headers = MutableHeaders(scope=message)
-                for name, value in SECURITY_HEADERS.items():
-                    headers.setdefault(name, value)
+                headers = list(message.get("headers", []))
+                present = {name.lower() for name, _ in headers}
+                message["headers"] = headers + [header for header in _SECURITY_HEADERS_RAW if header[0] not in present]
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
@@ -169,9 +172,13 @@ def _refuse_constant(_name: str) -> float:
     raise _NotFinite
 
 
+# built once: json.loads with hooks builds a decoder at every call
+_FINITE_JSON = json.JSONDecoder(parse_float=_finite_float, parse_constant=_refuse_constant)
+
+
 def _has_a_non_finite_number(body: bytes) -> bool:
     try:
-        json.loads(body, parse_float=_finite_float, parse_constant=_refuse_constant)
+        _FINITE_JSON.decode(body.decode(json.detect_encoding(body), "surrogatepass"))  # as json.loads does
     except _NotFinite:
         return True
     except (ValueError, RecursionError):
