@@ -23,7 +23,7 @@ from typing import Any, NoReturn
 
 import asyncpg
 from fastapi.concurrency import run_in_threadpool
-from sqlalchemy import JSON, Boolean, DateTime, Float, Integer, String, bindparam, text
+from sqlalchemy import JSON, Boolean, DateTime, Float, Integer, String, bindparam, column, text
 from sqlalchemy.engine import Row
 from sqlalchemy.exc import DBAPIError, OperationalError
 
@@ -352,7 +352,10 @@ SELECT d.outcome FROM verdict d
 
 
 def _statement(sql: str, **result_types):
-    return text(sql).columns(**result_types) if result_types else text(sql)
+    """The statement with its result columns typed in the order it selects them. Declared by
+    position, SQLAlchemy matches them to the cursor's columns once per statement and keeps that;
+    declared by name, it matched them again at every call (about 5% of the API's CPU per label)."""
+    return text(sql).columns(*(column(name, type_) for name, type_ in result_types.items()))
 
 
 _LEASED_TYPES = dict(
@@ -386,8 +389,20 @@ LABEL = _statement(_LABEL, **_LABEL_TYPES).bindparams(bindparam("duration_ms", t
 LABEL_THEN_NEXT = _statement(_LABEL_THEN_NEXT, **_LABEL_TYPES, **_LEASED_TYPES).bindparams(
     bindparam("duration_ms", type_=Integer)
 )
-UNDO = _statement(_UNDO)
-SKIP = _statement(_SKIP)
+UNDO = _statement(
+    _UNDO,
+    outcome=String,
+    username=String,
+    label_id=Integer,
+    image_id=Integer,
+    duration_ms=Integer,
+    created_at=DateTime,
+    retracted_at=DateTime,
+    hints_seen=Boolean,
+    class_name=String,
+    round_number=Integer,
+)
+SKIP = _statement(_SKIP, outcome=String)
 
 
 # The access check also notes the token's last use (at most once a minute): it runs once per

@@ -147,3 +147,40 @@ def test_the_access_check_notes_the_tokens_last_use(app_client, open_project):
     annotating._access.clear()  # as if ACCESS_CACHE_S had passed
     assert app_client.post(f"/api/projects/{open_project}/queue/next", headers=headers).status_code == 200
     assert last_used() >= first
+
+
+def test_the_statements_result_columns_are_declared_in_the_order_they_are_selected(app_client):
+    """annotating._statement declares the result columns by position (SQLAlchemy then matches
+    them once per statement, not at every call): a declaration out of order would give a column
+    another's type."""
+    from backend.core.db.models import utcnow
+    from backend.core.db.session import get_async_engine
+    from backend.services import annotating
+
+    now = utcnow()
+    params = dict(token_hash="no such token", project_id=1, image_id=1, now=now, expires=now)
+    label = dict(class_name="Golgi", duration_ms=None, after_reveal=False)
+    statements = {
+        annotating.NEXT: params,
+        annotating.LABEL: {**params, **label},
+        annotating.LABEL_THEN_NEXT: {**params, **label},
+        annotating.UNDO: params,
+        annotating.SKIP: {**params, "kind": "skip", "note": ""},
+    }
+
+    async def names() -> list[tuple[list[str], list[str]]]:
+        engine = get_async_engine()
+        try:
+            async with engine.connect() as connection:
+                pairs = []
+                for statement, values in statements.items():
+                    result = await connection.execute(statement, values)
+                    pairs.append(([d[0] for d in result.cursor.description], list(statement.selected_columns.keys())))
+                    result.close()
+                return pairs
+        finally:
+            await engine.dispose()
+
+    with ThreadPoolExecutor(1) as thread:  # a loop of its own, as above
+        for selected, declared in thread.submit(asyncio.run, names()).result():
+            assert selected == declared
