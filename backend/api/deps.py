@@ -71,8 +71,9 @@ CallerDep = Annotated[Caller, Depends(caller)]
 async def annotator_secret(
     project_id: int, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 ) -> str:
-    """The bearer token of a caller who may label in the path's project (read at most every few
-    seconds); the labeling hot path checks token, role and membership again in its statement."""
+    """The bearer token of a caller who may label in the path's project (an allowed caller is
+    remembered for a while); the labeling hot path checks token, role and membership again in
+    its statement."""
     if credentials is None:
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED,

@@ -421,28 +421,28 @@ SELECT c.role, EXISTS (SELECT 1 FROM projects p WHERE p.id = :project_id AND (c.
     OR EXISTS (SELECT 1 FROM project_members m WHERE m.project_id = p.id AND m.user_id = c.id))) AS member
 FROM caller c
 """)
-ACCESS_CACHE_S = 5.0
-_access: dict[tuple[str, int], tuple[float, str]] = {}  # (token hash, project) -> (when read, outcome)
+# Long enough that reading it is rare against the labels (50 annotators at 100 labels/s read it
+# 1.7 times a second, not 10), short enough that a token's last use stays within a minute or so.
+ACCESS_CACHE_S = 30.0
+_access: dict[tuple[str, int], float] = {}  # (token hash, project) -> when found allowed
 
 
 async def require_annotator(secret: str, project_id: int) -> None:
     """Refuses a caller who may not label in the project (401, 404, 403) before the request's
-    body is read, as the other routes' dependencies do. Read once per token and project every
-    ACCESS_CACHE_S seconds per process; each statement checks token, role and membership
-    again, so this only orders the errors, and a revoked token or a removed member is refused
-    at once."""
+    body is read, as the other routes' dependencies do. A caller found allowed is remembered for
+    ACCESS_CACHE_S seconds per process: each statement checks token, role and membership again,
+    so a revoked token or a removed member is refused at once. A refusal is not remembered, so
+    an annotator added to the project a moment ago is let in at once."""
     key = (token_hash(secret), project_id)
-    cached = _access.get(key)
-    if cached is not None and time.monotonic() - cached[0] < ACCESS_CACHE_S:
-        outcome = cached[1]
-    else:
-        outcome = await _read_access(secret, *key)
-        if outcome != "unauthorized":
-            if len(_access) > 10_000:
-                _access.clear()
-            _access[key] = (time.monotonic(), outcome)
+    allowed_at = _access.get(key)
+    if allowed_at is not None and time.monotonic() - allowed_at < ACCESS_CACHE_S:
+        return
+    outcome = await _read_access(secret, *key)
     if outcome != "ok":
         _refuse(outcome, project_id)
+    if len(_access) > 10_000:
+        _access.clear()
+    _access[key] = time.monotonic()
 
 
 async def _read_access(secret: str, hashed: str, project_id: int) -> str:

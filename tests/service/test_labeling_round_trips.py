@@ -1,7 +1,7 @@
 """The labeling hot path on PostgreSQL: `queue/next`, `labels` (a label that leases the next
 cell too), `labels/undo` and `queue/skip` each send one statement (one round trip) once the
 caller's access is known, planned once per connection, and a revoked token or a removed member
-is refused at once although that access is read only every few seconds."""
+is refused at once although an allowed caller's access is remembered for a while."""
 
 import asyncio
 from concurrent.futures import ThreadPoolExecutor
@@ -184,3 +184,13 @@ def test_the_statements_result_columns_are_declared_in_the_order_they_are_select
     with ThreadPoolExecutor(1) as thread:  # a loop of its own, as above
         for selected, declared in thread.submit(asyncio.run, names()).result():
             assert selected == declared
+
+
+def test_a_member_added_after_a_refusal_is_let_in_at_once(app_client, admin_headers, open_project):
+    """A refusal is not remembered: the caller's next request reads their access again."""
+    client, project = app_client, open_project
+    name, headers = make_user("annotator")
+    assert client.post(f"/api/projects/{project}/queue/next", headers=headers).status_code == 404
+    user_id = next(u["id"] for u in client.get("/api/users", headers=admin_headers).json() if u["username"] == name)
+    assert client.put(f"/api/projects/{project}/members/{user_id}", headers=admin_headers).status_code == 204
+    assert client.post(f"/api/projects/{project}/queue/next", headers=headers).status_code == 200
