@@ -11,7 +11,10 @@ in each project, as annotators of several projects do; the last project is label
 - `leased-by-id-alone`: the index on selections.leased_by_id that migration 0013 replaced by
   one on (leased_by_id, round_id);
 - `custom-plans`: as-is, but PostgreSQL plans the statement again at every call, as it may
-  choose to without the API's `plan_cache_mode`.
+  choose to without the API's `plan_cache_mode`;
+- `token-use-in-statement`: the statement notes the token's last use itself, in an UPDATE CTE,
+  as it did before the access check took that over, and selections keep the index on round_id
+  alone that migration 0014 dropped.
 Blocks of `--labels` labels alternate between the variants, each annotator in turn labeling
 their leased cell and leasing the next; the server process's CPU (/proc) over each block,
 divided by its labels. Prints per block and the median per variant; writes
@@ -53,6 +56,18 @@ VARIANTS = {
         "options": GENERIC,
     },
     "custom-plans": {"ddl": [], "options": "-c plan_cache_mode=force_custom_plan"},
+    "token-use-in-statement": {
+        "ddl": ["CREATE INDEX ix_selections_round_id ON selections (round_id)"],
+        "options": GENERIC,
+        "caller_also": f""",
+token_used AS (
+    UPDATE api_tokens SET last_used_at = :now
+    WHERE id = (SELECT token_id FROM caller)
+      AND (last_used_at IS NULL
+           OR last_used_at < CAST(:now AS timestamp) - INTERVAL '{annotating.TOKEN_USE_RESOLUTION_S} seconds')
+    RETURNING id
+)""",
+    },
 }
 
 
@@ -65,7 +80,7 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "label-statement-cpu.json"))
     args = parser.parse_args()
 
-    sql, first = _psycopg(annotating._LABEL_THEN_NEXT), _psycopg(annotating._NEXT)
+    first = _psycopg(annotating._NEXT)
     with ExitStack() as stack:
         setups = {}
         for variant, setting in VARIANTS.items():
@@ -86,7 +101,9 @@ def main() -> None:
                 cells = {}
                 for secret in secrets:  # each annotator's lease in this project
                     cells[secret] = conn.execute(first, _params(secret, project_id, utcnow()), prepare=True).fetchone()
-            setups[variant] = {"conn": conn, "secrets": secrets, "cells": cells, "project_id": project_id}
+            caller = annotating._CALLER + setting.get("caller_also", "")
+            sql = _psycopg(annotating._LABEL_THEN_NEXT.replace(annotating._CALLER, caller, 1))
+            setups[variant] = {"conn": conn, "secrets": secrets, "cells": cells, "project_id": project_id, "sql": sql}
             setups[variant]["pid"] = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
 
         blocks = []
@@ -105,7 +122,7 @@ def main() -> None:
                         "duration_ms": None,
                         "after_reveal": False,
                     }
-                    row = setup["conn"].execute(sql, params, prepare=True).fetchone()
+                    row = setup["conn"].execute(setup["sql"], params, prepare=True).fetchone()
                     assert row.outcome == "ok" and row.label_id and row.cell_image_id, row
                     setup["cells"][secret] = row
                     labeled += 1
