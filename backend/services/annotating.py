@@ -406,9 +406,8 @@ SKIP = _statement(_SKIP, outcome=String)
 
 
 # The access check also notes the token's last use (at most once a minute): it runs once per
-# token and project every ACCESS_CACHE_S seconds, so the four statements above need not, and an
-# UPDATE in a statement costs PostgreSQL its set-up (the table and its indexes opened) at every
-# call even where it writes nothing.
+# token and project every ACCESS_CACHE_S seconds, so the four statements above need not write
+# to api_tokens as well.
 ACCESS = text(f"""
 WITH {_CALLER},
 token_used AS (
