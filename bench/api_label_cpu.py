@@ -1,14 +1,16 @@
 """The API's CPU per label, one request at a time: what a label costs the API process itself,
 free of the load bench's concurrency, so that a change worth a few percent shows.
 
-    .venv/bin/python bench/api_label_cpu.py [--code . ../xal-before] [--pauses-ms 0 10] [--pool 30000]
-        [--labels 400] [--blocks 10]
+    .venv/bin/python bench/api_label_cpu.py [--code . ../xal-before] [--pauses-ms 0 10]
+        [--pythons .venv/bin/python other-venv/bin/python] [--pool 30000] [--labels 400] [--blocks 10]
 
-Each checkout in `--code` serves its own uvicorn process (as bench/labeling_load.py starts it)
-on its own project of `--pool` queued cells in one fresh database migrated by this checkout; 20
+Each checkout in `--code`, under each interpreter in `--pythons` (a virtual environment's
+python with this project's requirements; default: this one), serves its own uvicorn process (as
+bench/labeling_load.py starts it) on its own project of `--pool` queued cells in one fresh
+database migrated by this checkout; 20
 annotators take turns, each label leasing the annotator's next cell (`lease_next`, the
 browser's one request per cell), sent one after the other from one client. Blocks of `--labels`
-labels alternate between the checkouts, and between `--pauses-ms`, the pause before each request
+labels alternate between the servers, and between `--pauses-ms`, the pause before each request
 (0: back to back; a pause lets the server's event loop fall idle between requests, as it does
 when annotators are paced). Per block, the API process's CPU (/proc) divided by its labels. A
 machine whose speed drifts moves neighbouring blocks alike, so with two settings the paired
@@ -44,7 +46,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--code", nargs="+", default=[str(ROOT)], help="checkouts whose API to measure, in turn")
     parser.add_argument("--pauses-ms", type=float, nargs="+", default=[0.0], help="pause before each request, in turn")
-    parser.add_argument("--pool", type=int, default=30000, help="queued cells of each checkout's project")
+    parser.add_argument("--pythons", nargs="+", default=[sys.executable], help="interpreters to run the API with, in turn")
+    parser.add_argument("--pool", type=int, default=30000, help="queued cells of each server's project")
     parser.add_argument("--labels", type=int, default=400, help="labels per block")
     parser.add_argument("--blocks", type=int, default=10, help="blocks per checkout, alternating")
     parser.add_argument("--port", type=int, default=8801)
@@ -56,16 +59,17 @@ def main() -> None:
         try:
             annotators = [labeling_load._annotator(i) for i in range(ANNOTATORS)]
             checkouts = []
-            for index, code in enumerate(args.code):
+            for index, (code, python) in enumerate((code, python) for code in args.code for python in args.pythons):
                 project_id = labeling_load._project_in_progress(args.pool, 0, annotators)
                 port = args.port + index
                 gc_trace = Path(tempfile.mkstemp(prefix="xal-gc-")[1])  # the server's hook writes there; not read
                 gc_traces.append(gc_trace)
-                server = labeling_load._start_server(code, 1, port, "auto", "auto", gc_trace, 0)
+                server = labeling_load._start_server(code, 1, port, "auto", "auto", gc_trace, 0, python)
                 servers.append(server)
                 with httpx.Client(base_url=f"http://127.0.0.1:{port}") as client:
                     wait_for(lambda: api_is_up(client), 120, message="the API")
-                checkouts.append({"code": code, "server": server, "port": port, "project_id": project_id, "cells": {}})
+                name = labeling_load._describe(code) + (f", {python}" if len(args.pythons) > 1 else "")
+                checkouts.append({"name": name, "server": server, "port": port, "project_id": project_id, "cells": {}})
             labeling_load._analyze(env["XAL_DATABASE_URL"].rsplit("/", 1)[1])
             for checkout in checkouts:  # connections opened, statements prepared
                 asyncio.run(_label(checkout, annotators, 200))
@@ -79,7 +83,7 @@ def main() -> None:
                         blocks.append(
                             {
                                 "block": block,
-                                "setting": f"{labeling_load._describe(checkout['code'])}, pause {pause_ms:g} ms",
+                                "setting": f"{checkout['name']}, pause {pause_ms:g} ms",
                                 "api_cpu_ms_per_label": round(cpu_ms, 3),
                                 "python_loop_us": round(python_loop_us(), 1),
                             }

@@ -5,6 +5,7 @@ on loopback and the real PostgreSQL.
     .venv/bin/python bench/labeling_load.py [--annotators 50] [--duration 30] [--workers 1]
         [--rates 0 100] [--repeats 3] [--pool 3000] [--labels-before 0]
         [--patterns label-leases-next next-then-label] [--code . ../xal-before] [--database-pools 0]
+        [--pythons .venv/bin/python other-venv/bin/python]
 
 `--patterns`: how an annotator asks for cells. `label-leases-next` is the browser's: one
 `POST /labels` per cell with `lease_next`, whose answer leases the next cell (`queue/next`
@@ -19,9 +20,11 @@ started (its pool connects, its statements are prepared), and is reported apart
 pause, as fast as the server answers). A paced run shows the latency at that load; one that
 falls short of its rate has saturated the server. `--code`: checkouts whose API is measured,
 run after run in turn (for example a worktree of an older commit beside this one), so that
-both see the same machine. `--database-pools`: the API's XAL_DATABASE_POOL_SIZE, per run in
-turn like `--code` (0: its default). `--labels-before`: labels the project holds already (its earlier
-rounds), to show whether a label costs more in a project that holds many.
+both see the same machine; `--pythons` likewise runs the API under each interpreter given (a
+virtual environment's python with this project's requirements). `--database-pools`: the API's
+XAL_DATABASE_POOL_SIZE, per run in turn like `--code` (0: its default). `--labels-before`:
+labels the project holds already (its earlier rounds), to show whether a label costs more in a
+project that holds many.
 
 It sets everything up itself: a fresh PostgreSQL database (dropped at the end), migrated by
 this checkout, its users, and per run a fresh project written directly in SQL as its earlier
@@ -88,6 +91,7 @@ def main() -> None:
     )
     parser.add_argument("--code", nargs="+", default=[str(ROOT)], help="checkouts whose API to measure, in turn")
     parser.add_argument("--database-pools", type=int, nargs="+", default=[0], help="the API pool sizes (0: default)")
+    parser.add_argument("--pythons", nargs="+", default=[sys.executable], help="interpreters to run the API with, in turn")
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--loop", default="auto", help="uvicorn's --loop (auto: uvloop where installed)")
     parser.add_argument("--http", default="auto", help="uvicorn's --http (auto: httptools where installed)")
@@ -116,7 +120,7 @@ def _measure(args, database: str) -> list[dict]:
     base_url = f"http://127.0.0.1:{args.port}"
     runs = []
     plan = [
-        (n_workers, labels_before, rate, repeat, code, pattern, database_pool)
+        (n_workers, labels_before, rate, repeat, code, pattern, database_pool, python)
         for n_workers in args.workers
         for labels_before in args.labels_before
         for rate in args.rates
@@ -124,12 +128,13 @@ def _measure(args, database: str) -> list[dict]:
         for code in args.code
         for pattern in args.patterns
         for database_pool in args.database_pools
+        for python in args.pythons
     ]
-    for n_workers, labels_before, rate, repeat, code, pattern, database_pool in plan:
+    for n_workers, labels_before, rate, repeat, code, pattern, database_pool, python in plan:
         project_id = _project_in_progress(args.pool, labels_before, annotators)
         _analyze(database)
         gc_trace = Path(tempfile.mkstemp(prefix="xal-gc-")[1])
-        server = _start_server(code, n_workers, args.port, args.loop, args.http, gc_trace, database_pool)
+        server = _start_server(code, n_workers, args.port, args.loop, args.http, gc_trace, database_pool, python)
         try:
             with httpx.Client(base_url=base_url, timeout=60) as client:
                 wait_for(lambda: api_is_up(client), 120, message="the API")
@@ -147,7 +152,8 @@ def _measure(args, database: str) -> list[dict]:
         labels = max(run["labels"], 1)
         per_label = {k: round(v * 1000 / labels, 2) for k, v in cpu.seconds.items()}
         run.update(
-            code=codes[code],
+            code=codes[code] + (f" on {python}" if len(args.pythons) > 1 else ""),
+            python=python,
             pattern=pattern,
             workers=n_workers,
             database_pool=database_pool or None,
@@ -198,12 +204,19 @@ def _gc_pauses(trace: Path, started: float, ended: float) -> dict:
 
 
 def _start_server(
-    code: str, workers: int, port: int, loop: str, http: str, gc_trace: Path, database_pool: int
+    code: str,
+    workers: int,
+    port: int,
+    loop: str,
+    http: str,
+    gc_trace: Path,
+    database_pool: int,
+    python: str = sys.executable,
 ) -> subprocess.Popen:
     pool = {"XAL_DATABASE_POOL_SIZE": str(database_pool)} if database_pool else {}
     return subprocess.Popen(
         [
-            sys.executable,
+            python,
             "-m",
             "uvicorn",
             "backend.api.app:create_app",
