@@ -59,14 +59,7 @@ VARIANTS = {
     "token-use-in-statement": {
         "ddl": ["CREATE INDEX ix_selections_round_id ON selections (round_id)"],
         "options": GENERIC,
-        "caller_also": f""",
-token_used AS (
-    UPDATE api_tokens SET last_used_at = :now
-    WHERE id = (SELECT token_id FROM caller)
-      AND (last_used_at IS NULL
-           OR last_used_at < CAST(:now AS timestamp) - INTERVAL '{annotating.TOKEN_USE_RESOLUTION_S} seconds')
-    RETURNING id
-)""",
+        "caller_also": "," + annotating._TOKEN_USED,
     },
 }
 

@@ -405,17 +405,19 @@ UNDO = _statement(
 SKIP = _statement(_SKIP, outcome=String)
 
 
-# The access check also notes the token's last use (at most once a minute): it runs once per
-# token and project every ACCESS_CACHE_S seconds, so the four statements above need not write
-# to api_tokens as well.
-ACCESS = text(f"""
-WITH {_CALLER},
+# The caller's token's last use, noted at most once a minute.
+_TOKEN_USED = f"""
 token_used AS (
     UPDATE api_tokens SET last_used_at = :now
     WHERE id = (SELECT token_id FROM caller)
       AND (last_used_at IS NULL OR last_used_at < CAST(:now AS timestamp) - INTERVAL '{TOKEN_USE_RESOLUTION_S} seconds')
     RETURNING id
-)
+)"""
+
+# The access check also notes the token's last use: it runs once per token and project every
+# ACCESS_CACHE_S seconds, so the four statements above need not write to api_tokens as well.
+ACCESS = text(f"""
+WITH {_CALLER},{_TOKEN_USED}
 SELECT c.role, EXISTS (SELECT 1 FROM projects p WHERE p.id = :project_id AND (c.role = 'admin'
     OR EXISTS (SELECT 1 FROM project_members m WHERE m.project_id = p.id AND m.user_id = c.id))) AS member
 FROM caller c
