@@ -77,9 +77,9 @@ def main() -> None:
             for block in range(args.blocks):
                 for checkout in checkouts:
                     for pause_ms in args.pauses_ms:
-                        cpu_before = _cpu(checkout["server"].pid)
+                        cpu_before = labeling_load.cpu_seconds(checkout["server"].pid)
                         asyncio.run(_label(checkout, annotators, args.labels, pause_ms / 1000))
-                        cpu_ms = (_cpu(checkout["server"].pid) - cpu_before) * 1000 / args.labels
+                        cpu_ms = (labeling_load.cpu_seconds(checkout["server"].pid) - cpu_before) * 1000 / args.labels
                         blocks.append(
                             {
                                 "block": block,
@@ -132,10 +132,6 @@ async def _label(checkout: dict, annotators: list[dict], labels: int, pause_s: f
                 answer = await response.json()
                 assert response.status == 201, answer
                 cells[token] = answer["next"]["cell"]
-
-
-def _cpu(pid: int) -> float:
-    return labeling_load._stat(Path(f"/proc/{pid}/stat")).cpu_s
 
 
 if __name__ == "__main__":

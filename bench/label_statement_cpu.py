@@ -102,7 +102,7 @@ def main() -> None:
         blocks = []
         for block in range(args.blocks):
             for variant, setup in setups.items():
-                cpu_before, started = _cpu(setup["pid"]), time.perf_counter()
+                cpu_before, started = labeling_load.cpu_seconds(setup["pid"]), time.perf_counter()
                 labeled = 0
                 while labeled < args.labels:
                     secret = setup["secrets"][labeled % len(setup["secrets"])]
@@ -120,7 +120,7 @@ def main() -> None:
                     setup["cells"][secret] = row
                     labeled += 1
                 seconds = time.perf_counter() - started
-                cpu = _cpu(setup["pid"]) - cpu_before
+                cpu = labeling_load.cpu_seconds(setup["pid"]) - cpu_before
                 blocks.append(
                     {
                         "block": block,
@@ -161,10 +161,6 @@ def _params(secret: str, project_id: int, now) -> dict:
         "now": now,
         "expires": labeling.lease_expiry(now),
     }
-
-
-def _cpu(pid: int) -> float:
-    return labeling_load._stat(Path(f"/proc/{pid}/stat")).cpu_s
 
 
 if __name__ == "__main__":

@@ -418,6 +418,11 @@ class ProcStat(NamedTuple):
         return self.user_s + self.system_s
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time the process has used so far."""
+    return _stat(Path(f"/proc/{pid}/stat")).cpu_s
+
+
 def _stat(path: Path) -> ProcStat | None:
     """A process's counters from /proc/PID/stat; None when the process is gone."""
     try:
