@@ -43,7 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from backend.core.db.models import utcnow  # noqa: E402
 from backend.services import annotating, labeling  # noqa: E402
-from backend.testing import POSTGRES_ADMIN_URL, throwaway_service  # noqa: E402
+from backend.testing import throwaway_service  # noqa: E402
 
 GENERIC = "-c plan_cache_mode=force_generic_plan"
 VARIANTS = {
@@ -79,7 +79,7 @@ def main() -> None:
         for variant, setting in VARIANTS.items():
             env = stack.enter_context(throwaway_service("xal_stmt", OMP_NUM_THREADS="1"))
             database = env["XAL_DATABASE_URL"].rsplit("/", 1)[1]
-            url = POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + f"/{database}"
+            url = labeling_load._database_url(database)
             with psycopg.connect(url, autocommit=True) as conn:
                 for statement in setting["ddl"]:
                     conn.execute(statement)

@@ -119,12 +119,14 @@ def _measure(args, database: str) -> list[dict]:
     codes = {path: _describe(path) for path in args.code}
     base_url = f"http://127.0.0.1:{args.port}"
     runs = []
+    # Each repeat runs every setting once, so that the VM's drift over the bench spreads over all
+    # settings alike instead of reading as a difference between them.
     plan = [
         (n_workers, labels_before, rate, repeat, code, pattern, database_pool, python)
+        for repeat in range(args.repeats)
         for n_workers in args.workers
         for labels_before in args.labels_before
         for rate in args.rates
-        for repeat in range(args.repeats)
         for code in args.code
         for pattern in args.patterns
         for database_pool in args.database_pools
@@ -147,6 +149,8 @@ def _measure(args, database: str) -> list[dict]:
             wal_after = _wal_and_checkpoints(database)
         finally:
             stop(server)
+        run["labels_in_database"] = _labels_in_database(project_id) - labels_before
+        _drop_project(database, project_id)
         run["gc_pauses"] = _gc_pauses(gc_trace, load_started, load_ended)
         gc_trace.unlink()
         labels = max(run["labels"], 1)
@@ -173,7 +177,6 @@ def _measure(args, database: str) -> list[dict]:
             },
             api_plus_pg_cpu_ms_per_label=round(per_label["api"] + per_label["database"], 2),
         )
-        run["labels_in_database"] = _labels_in_database(project_id) - labels_before
         wal = {key: wal_after[key] - wal_before[key] for key in wal_before}
         run["checkpoints_during_run"] = wal.pop("checkpoints")
         run["wal_per_label"] = {key: round(value / labels, 2) for key, value in wal.items()}
@@ -434,12 +437,23 @@ def _stat(path: Path) -> ProcStat | None:
 
 
 def _analyze(database: str) -> None:
-    """What autovacuum does after a bulk insert. This machine's PostgreSQL runs with autovacuum off
-    (its CI configuration); without statistics the planner walks every current label for each
-    queued cell it considers, and a lease takes hundreds of milliseconds once a few thousand
-    labels exist."""
-    with psycopg.connect(POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + f"/{database}", autocommit=True) as conn:
-        conn.execute("ANALYZE")
+    """What autovacuum does after a bulk insert or delete. This machine's PostgreSQL runs with
+    autovacuum off (its CI configuration); without statistics the planner walks every current
+    label for each queued cell it considers, and a lease takes hundreds of milliseconds once a
+    few thousand labels exist."""
+    with psycopg.connect(_database_url(database), autocommit=True) as conn:
+        conn.execute("VACUUM ANALYZE")
+
+
+def _drop_project(database: str, project_id: int) -> None:
+    """Deletes a run's project (its rows cascade), so that each run meets the same database: kept,
+    the tables grew run by run, and a setting run later met bigger tables."""
+    with psycopg.connect(_database_url(database), autocommit=True) as conn:
+        conn.execute("DELETE FROM projects WHERE id = %s", (project_id,))
+
+
+def _database_url(database: str) -> str:
+    return POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + f"/{database}"
 
 
 def _ok(response: httpx.Response) -> dict:
@@ -566,7 +580,7 @@ def _wal_and_checkpoints(database: str) -> dict:
     """The server's WAL so far (records, full-page images, bytes) and its checkpoints: a page's
     first change after a checkpoint starts writes the whole page to the WAL, which a run that
     overlaps a checkpoint pays for in PostgreSQL's CPU."""
-    with psycopg.connect(POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + f"/{database}", autocommit=True) as conn:
+    with psycopg.connect(_database_url(database), autocommit=True) as conn:
         records, fpi, size = conn.execute("SELECT wal_records, wal_fpi, wal_bytes FROM pg_stat_wal").fetchone()
         checkpoints = conn.execute("SELECT checkpoints_timed + checkpoints_req FROM pg_stat_bgwriter").fetchone()[0]
     return {"wal_records": records, "wal_fpi": fpi, "wal_bytes": int(size), "checkpoints": checkpoints}
