@@ -12,8 +12,8 @@ they are, and so does PostgreSQL for a relabel or an answer after a reveal (rare
 statements). `_on_sqlite` is the one place that tells the two apart.
 
 A step's last label opens the next round in its own statement: each first label of a step cell
-takes one off `rounds.open_cells`, an UPDATE of the round row that concurrent labels wait for
-and then re-read, so exactly one of them sees 0 and inserts the next round."""
+takes one off `rounds.open_cells`, a write of the round row that concurrent labels wait for and
+then read again, so exactly one of them sees 0 and inserts the next round."""
 
 import hashlib
 import time
@@ -165,6 +165,16 @@ LEFT JOIN caller c ON true
 # has it, `sel` the same row locked: a row written since the snapshot (a round stored meanwhile
 # that queued the cell again, backend.core.queries.mark_labeled_cells) comes back in a new
 # version, and the statement does nothing and asks to be run again with a fresh snapshot.
+#
+# `step` is an INSERT ... ON CONFLICT DO UPDATE, not an UPDATE of the round row, because every
+# label writes that row, so at saturation nearly every label finds it changed since its
+# snapshot. An UPDATE then re-checks the row through EvalPlanQual, which sets up the plan of the
+# whole statement again (74 subplans): 11% of PostgreSQL's samples at saturation in a perf
+# profile, 2.6% with the upsert (bench/README.md, session 13). ON CONFLICT DO UPDATE locks the row's latest version
+# and checks its WHERE on that version directly, with the same outcome. The INSERT half never
+# inserts: it proposes a copy of the round, which exists (rounds are deleted only with their
+# project, and then the copy's foreign key to the project fails the statement); the copy's
+# `open_cells` carries the labeled cell's rank to the WHERE, as `excluded.open_cells`.
 _LABEL_CTES = f"""
 cls AS (
     SELECT pc.id FROM project_classes pc WHERE pc.project_id = (SELECT id FROM project) AND pc.name = :class_name
@@ -226,10 +236,14 @@ marked AS (
     WHERE image_id = :image_id AND NOT labeled AND EXISTS (SELECT 1 FROM inserted)
     RETURNING round_id, rank
 ),
-step AS (
-    UPDATE rounds r SET open_cells = r.open_cells - 1
-    FROM marked m
-    WHERE r.id = m.round_id AND m.rank < r.n_selected AND r.state = 'done'
+step AS (  -- takes one off the round's open cells; an upsert, not an UPDATE (see above)
+    INSERT INTO rounds AS r (id, project_id, number, state, n_labels, n_selected, open_cells, attempts,
+                             progress, timings, metrics, selection_summary, diagnostics, created_at)
+    SELECT o.id, o.project_id, o.number, o.state, o.n_labels, o.n_selected, m.rank, o.attempts,
+           o.progress, o.timings, o.metrics, o.selection_summary, o.diagnostics, o.created_at
+    FROM marked m JOIN rounds o ON o.id = m.round_id
+    ON CONFLICT (id) DO UPDATE SET open_cells = r.open_cells - 1
+    WHERE excluded.open_cells < r.n_selected AND r.state = 'done'
     RETURNING r.project_id, r.number, r.open_cells
 ),
 opened AS (
