@@ -92,6 +92,30 @@ def test_a_connection_plans_the_hot_paths_statement_once(app_client, open_projec
     assert (generic, custom) == (8, 0)
 
 
+def test_the_hot_paths_connections_find_rows_by_index_in_a_table_that_looks_empty(app_client):
+    """A plan made while a table looks empty (a new database before autovacuum's first ANALYZE)
+    would scan it, and a connection keeps its plan: the label statement then read every label
+    for each label, until the next ANALYZE (bench/README.md, session 13). An empty, analyzed
+    table of this connection's own stands for the labels of a new database."""
+    from backend.core.db.session import get_async_engine
+
+    async def plan() -> str:
+        engine = get_async_engine()
+        try:
+            async with engine.connect() as connection:
+                await connection.execute(text("CREATE TEMP TABLE fresh_labels (id int PRIMARY KEY, image_id int)"))
+                await connection.execute(text("CREATE INDEX ON fresh_labels (image_id)"))
+                await connection.execute(text("ANALYZE fresh_labels"))
+                rows = await connection.execute(text("EXPLAIN SELECT id FROM fresh_labels WHERE image_id = 1"))
+                return "\n".join(row[0] for row in rows)
+        finally:
+            await engine.dispose()
+
+    with ThreadPoolExecutor(1) as thread:
+        found = thread.submit(asyncio.run, plan()).result()
+    assert "Index" in found and "Seq Scan" not in found, found
+
+
 def test_a_revoked_token_and_a_removed_member_are_refused_at_once(app_client, admin_headers, open_project):
     from backend.core.db.models import ApiToken
     from backend.core.db.session import new_session

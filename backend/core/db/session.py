@@ -71,11 +71,15 @@ def _async_engine_for(url: str, _loop: asyncio.AbstractEventLoop) -> AsyncEngine
     # cost estimates after the fifth call. Planning the hot path's statements costs more than twice
     # what running them does (bench/README.md, "PostgreSQL's high mode"), so a connection plans
     # each once; their parameters (a project, a caller) do not change which plan is best.
+    # No sequential scans: each of those statements finds its rows through indexes, but a plan
+    # made while a table looked empty (a new database before autovacuum's first ANALYZE) scanned
+    # the labels for every label, a cost that grew with each label until the next ANALYZE
+    # (bench/README.md, session 13).
     driver, rest = url.split("://", 1)
     return create_async_engine(
         f"postgresql+asyncpg://{rest}" if driver.startswith("postgresql") else url,
         isolation_level="AUTOCOMMIT",
         pool_size=get_settings().database_pool_size,
         max_overflow=0,
-        connect_args={"timeout": 5, "server_settings": {"plan_cache_mode": "force_generic_plan"}},
+        connect_args={"timeout": 5, "server_settings": {"plan_cache_mode": "force_generic_plan", "enable_seqscan": "off"}},
     )
