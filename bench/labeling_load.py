@@ -33,10 +33,9 @@ the images), `--labels-before` of them labeled, the rest queued in the open roun
 Then VACUUM ANALYZE (see _analyze); after the run the project is deleted, so that every run
 meets the same database, and each repeat runs every setting once. The load comes from this
 process (an asyncio aiohttp client), the API runs in its own uvicorn process(es); all share the
-machine's cores. Prints p50/p90/p99/max
-latency of next and submit, labels per second and CPU time per label (API, database, load
-generator) per run, and writes everything to bench/results/labeling-load.json, each run with
-`api_plus_pg_cpu_ms_per_label`."""
+machine's cores. Prints p50/p90/p99/max latency of next and submit, labels per second and CPU
+time per label (API, database, load generator) per run, and writes everything to
+bench/results/labeling-load.json, each run with `api_plus_pg_cpu_ms_per_label`."""
 
 import argparse
 import asyncio

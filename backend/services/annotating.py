@@ -170,11 +170,12 @@ LEFT JOIN caller c ON true
 # label writes that row, so at saturation nearly every label finds it changed since its
 # snapshot. An UPDATE then re-checks the row through EvalPlanQual, which sets up the plan of the
 # whole statement again (74 subplans): 11% of PostgreSQL's samples at saturation in a perf
-# profile, 2.6% with the upsert (bench/README.md, session 13). ON CONFLICT DO UPDATE locks the row's latest version
-# and checks its WHERE on that version directly, with the same outcome. The INSERT half never
-# inserts: it proposes a copy of the round, which exists (rounds are deleted only with their
-# project, and then the copy's foreign key to the project fails the statement); the copy's
-# `open_cells` carries the labeled cell's rank to the WHERE, as `excluded.open_cells`.
+# profile, 2.6% with the upsert (bench/README.md, session 13). ON CONFLICT DO UPDATE locks the
+# row's latest version and checks its WHERE on that version directly, with the same outcome.
+# The INSERT half never inserts: it proposes a copy of the round, which exists (rounds are
+# deleted only with their project, and then the copy's foreign key to the project fails the
+# statement); the copy's `open_cells` carries the labeled cell's rank to the WHERE, as
+# `excluded.open_cells`.
 _LABEL_CTES = f"""
 cls AS (
     SELECT pc.id FROM project_classes pc WHERE pc.project_id = (SELECT id FROM project) AND pc.name = :class_name

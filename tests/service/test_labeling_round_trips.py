@@ -60,36 +60,45 @@ def test_each_labeling_request_is_one_statement(app_client, open_project):
     assert undone.json()["retracted_at"] is not None
 
 
+def _on_the_async_engine(work):
+    """`await work(engine)` on this process's async engine, in an event loop of its own (the
+    browser tests' Playwright keeps one running in this thread); the engine is disposed after."""
+    from backend.core.db.session import get_async_engine
+
+    async def run():
+        engine = get_async_engine()
+        try:
+            return await work(engine)
+        finally:
+            await engine.dispose()
+
+    with ThreadPoolExecutor(1) as thread:
+        return thread.submit(asyncio.run, run()).result()
+
+
 def test_a_connection_plans_the_hot_paths_statement_once(app_client, open_project):
     """PostgreSQL keeps one generic plan of the prepared statement instead of planning it again
     at every call, which it may otherwise choose to do from the sixth call on, and which costs
     more than running it (bench/README.md, "PostgreSQL's high mode")."""
-    from backend.core.db.session import get_async_engine
     from backend.services import annotating
 
     _, headers = make_user("annotator", project_ids=[open_project])
     secret = headers["Authorization"].split()[1]
 
-    async def plans_after(calls: int) -> tuple[int, int]:
-        engine = get_async_engine()  # this loop's own: one connection, as the calls take turns
-        try:
-            for _ in range(calls):
-                assert (await annotating.next_cell(secret, open_project)).cell is not None
-            async with engine.connect() as connection:
-                return (
-                    await connection.execute(
-                        text(
-                            "SELECT sum(generic_plans)::int, sum(custom_plans)::int FROM pg_prepared_statements"
-                            " WHERE statement LIKE '%SKIP LOCKED%' AND statement NOT LIKE '%pg_prepared_statements%'"
-                        )
+    async def plans_after_eight_calls(engine) -> tuple[int, int]:
+        for _ in range(8):  # one connection, as the calls take turns
+            assert (await annotating.next_cell(secret, open_project)).cell is not None
+        async with engine.connect() as connection:
+            return (
+                await connection.execute(
+                    text(
+                        "SELECT sum(generic_plans)::int, sum(custom_plans)::int FROM pg_prepared_statements"
+                        " WHERE statement LIKE '%SKIP LOCKED%' AND statement NOT LIKE '%pg_prepared_statements%'"
                     )
-                ).one()
-        finally:
-            await engine.dispose()
+                )
+            ).one()
 
-    with ThreadPoolExecutor(1) as thread:  # a loop of its own: the browser tests' Playwright keeps one running here
-        generic, custom = thread.submit(asyncio.run, plans_after(8)).result()
-    assert (generic, custom) == (8, 0)
+    assert tuple(_on_the_async_engine(plans_after_eight_calls)) == (8, 0)
 
 
 def test_the_hot_paths_connections_find_rows_by_index_in_a_table_that_looks_empty(app_client):
@@ -97,22 +106,16 @@ def test_the_hot_paths_connections_find_rows_by_index_in_a_table_that_looks_empt
     would scan it, and a connection keeps its plan: the label statement then read every label
     for each label, until the next ANALYZE (bench/README.md, session 13). An empty, analyzed
     table of this connection's own stands for the labels of a new database."""
-    from backend.core.db.session import get_async_engine
 
-    async def plan() -> str:
-        engine = get_async_engine()
-        try:
-            async with engine.connect() as connection:
-                await connection.execute(text("CREATE TEMP TABLE fresh_labels (id int PRIMARY KEY, image_id int)"))
-                await connection.execute(text("CREATE INDEX ON fresh_labels (image_id)"))
-                await connection.execute(text("ANALYZE fresh_labels"))
-                rows = await connection.execute(text("EXPLAIN SELECT id FROM fresh_labels WHERE image_id = 1"))
-                return "\n".join(row[0] for row in rows)
-        finally:
-            await engine.dispose()
+    async def plan(engine) -> str:
+        async with engine.connect() as connection:
+            await connection.execute(text("CREATE TEMP TABLE fresh_labels (id int PRIMARY KEY, image_id int)"))
+            await connection.execute(text("CREATE INDEX ON fresh_labels (image_id)"))
+            await connection.execute(text("ANALYZE fresh_labels"))
+            rows = await connection.execute(text("EXPLAIN SELECT id FROM fresh_labels WHERE image_id = 1"))
+            return "\n".join(row[0] for row in rows)
 
-    with ThreadPoolExecutor(1) as thread:
-        found = thread.submit(asyncio.run, plan()).result()
+    found = _on_the_async_engine(plan)
     assert "Index" in found and "Seq Scan" not in found, found
 
 
@@ -178,7 +181,6 @@ def test_the_statements_result_columns_are_declared_in_the_order_they_are_select
     them once per statement, not at every call): a declaration out of order would give a column
     another's type."""
     from backend.core.db.models import utcnow
-    from backend.core.db.session import get_async_engine
     from backend.services import annotating
 
     now = utcnow()
@@ -192,22 +194,17 @@ def test_the_statements_result_columns_are_declared_in_the_order_they_are_select
         annotating.SKIP: {**params, "kind": "skip", "note": ""},
     }
 
-    async def names() -> list[tuple[list[str], list[str]]]:
-        engine = get_async_engine()
-        try:
-            async with engine.connect() as connection:
-                pairs = []
-                for statement, values in statements.items():
-                    result = await connection.execute(statement, values)
-                    pairs.append(([d[0] for d in result.cursor.description], list(statement.selected_columns.keys())))
-                    result.close()
-                return pairs
-        finally:
-            await engine.dispose()
+    async def names(engine) -> list[tuple[list[str], list[str]]]:
+        async with engine.connect() as connection:
+            pairs = []
+            for statement, values in statements.items():
+                result = await connection.execute(statement, values)
+                pairs.append(([d[0] for d in result.cursor.description], list(statement.selected_columns.keys())))
+                result.close()
+            return pairs
 
-    with ThreadPoolExecutor(1) as thread:  # a loop of its own, as above
-        for selected, declared in thread.submit(asyncio.run, names()).result():
-            assert selected == declared
+    for selected, declared in _on_the_async_engine(names):
+        assert selected == declared
 
 
 def test_a_member_added_after_a_refusal_is_let_in_at_once(app_client, admin_headers, open_project):
