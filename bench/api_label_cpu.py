@@ -7,9 +7,9 @@ free of the load bench's concurrency, so that a change worth a few percent shows
 Each checkout in `--code`, under each interpreter in `--pythons` (a virtual environment's
 python with this project's requirements; default: this one), serves its own uvicorn process (as
 bench/labeling_load.py starts it) on its own project of `--pool` queued cells in one fresh
-database migrated by this checkout; 20
-annotators take turns, each label leasing the annotator's next cell (`lease_next`, the
-browser's one request per cell), sent one after the other from one client. Blocks of `--labels`
+database migrated by this checkout; 20 annotators take turns, each label leasing the
+annotator's next cell (`lease_next`, the browser's one request per cell), sent one after the
+other from one client. Blocks of `--labels`
 labels alternate between the servers, and between `--pauses-ms`, the pause before each request
 (0: back to back; a pause lets the server's event loop fall idle between requests, as it does
 when annotators are paced). Per block, the API process's CPU (/proc) divided by its labels. A

@@ -148,9 +148,9 @@ def test_a_revoked_token_and_a_removed_member_are_refused_at_once(app_client, ad
 
 
 def test_the_access_check_notes_the_tokens_last_use(app_client, open_project):
-    """The four statements leave the token's last use to the access check, which reads it at
-    most every few seconds per token and project: it is noted on the first labeling request
-    and again once older than a minute."""
+    """The four statements leave the token's last use to the access check, which reads an
+    allowed caller's access at most every ACCESS_CACHE_S seconds per token and project: it is
+    noted on the first labeling request and again once older than a minute."""
     from datetime import timedelta
 
     from backend.core.db.models import ApiToken
